@@ -1,0 +1,1 @@
+"""`nascloud estimate`, `prices`, `plan` (issue 2)."""

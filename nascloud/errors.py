@@ -1,0 +1,27 @@
+"""One error family. The library raises these; only the CLI turns them into `Error: ...` and an exit code."""
+
+
+class NascloudError(Exception):
+    """A failure with a message a user can act on. Exit code 1: something at run time went wrong."""
+
+    exit_code = 1
+
+
+class UsageError(NascloudError):
+    """The user's input is wrong (flags, job file, names that do not exist): fixable by editing it."""
+
+    exit_code = 2
+
+
+class CloudError(NascloudError):
+    """The cloud, network, credentials, quota or capacity failed us."""
+
+
+class StaleWriterError(NascloudError):
+    """This writer lost the race for a job's HEAD pointer: another (newer) writer owns the job now."""
+
+
+class BudgetStop(NascloudError):
+    """The job was stopped at its budget or deadline; it stays resumable."""
+
+    exit_code = 3

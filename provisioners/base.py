@@ -1,0 +1,60 @@
+"""The provisioner protocol: one small interface, one module per cloud (aws, gcp, local)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional, Protocol
+
+
+class State(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PREEMPTED = "preempted"  # taken away by the cloud (spot/preemptible reclaim)
+    TERMINATED = "terminated"  # gone by our hand or a shutdown from inside
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    job_id: str
+    cloud: str
+    region: str
+    zone: Optional[str]
+    instance_type: str
+    spot: bool
+    launched_at: float  # unix seconds as the provider reports it
+    extra: dict = field(default_factory=dict)  # provider specifics (public ip, project, ...)
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    port: int
+    user: str
+    key_path: str  # the job's private key (0600)
+    host_key: Optional[str]  # "ssh-ed25519 AAAA..." pinned; None only where no SSH is used (local direct)
+
+
+class Provisioner(Protocol):
+    cloud: str
+
+    def launch(self, job_id: str, offer, spec) -> Instance:
+        """Find the job's instance by tag; create it only if missing (idempotent)."""
+
+    def status(self, instances: list[Instance]) -> dict[str, State]:
+        """States of many instances in one call per region; an unknown id reads TERMINATED."""
+
+    def terminate(self, instances: list[Instance]) -> None:
+        """A missing instance is success."""
+
+    def list_owned(self, job_id: Optional[str] = None) -> list[Instance]:
+        """Instances tagged by nascloud (for one job, or all), for reconciliation and gc."""
+
+    def ssh_target(self, instance: Instance) -> Optional[SshTarget]:
+        """How to reach the instance; None when the instance is run directly on this machine."""
+
+    def release(self, job_id: str) -> None:
+        """Delete what the job created besides instances (security group, key pair, role, firewall
+        rule). Quiet about what is already gone."""
