@@ -1,0 +1,3 @@
+from nascloud.cli import main
+
+main()
