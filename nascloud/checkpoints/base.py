@@ -21,6 +21,8 @@ class SnapshotInfo:
 
 class CheckpointStore(Protocol):
     url: str  # the job prefix this store writes under, e.g. s3://bucket/job-id
+    # Set by restore(): why the snapshot asked for was not the one restored (damaged), else None.
+    last_restore_warning: Optional[str]
 
     def publish(self, local_dir: Path) -> str:
         """Upload what changed, write a manifest create-only, swing HEAD to it. Returns its id.
@@ -46,3 +48,42 @@ class CheckpointStore(Protocol):
         """Download name to path; False if it does not exist."""
 
     def exists(self, name: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the job prefix, e.g. "blobs/ab12..."
+    size: int
+    modified: float  # unix seconds of the last write
+
+
+class ObjectStore(Protocol):
+    """The tiny per-backend object API the shared core (store.py) is written over. Keys are relative
+    to the job prefix. Versions are opaque strings (S3 ETag, GCS generation, a hash on a local disk)."""
+
+    url: str
+
+    def get(self, key: str) -> Optional[tuple[bytes, str]]:
+        """The object's bytes and version, or None if it does not exist."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write (overwrite) the object whole: a reader sees the old or the new bytes, never a mix."""
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create the object only if no object has that key; False if one exists."""
+
+    def put_if_match(self, key: str, data: bytes, version: Optional[str]) -> Optional[str]:
+        """Overwrite only if the current version is `version` (None: only if absent). Returns the new
+        version, or None when the precondition failed."""
+
+    def upload(self, key: str, path: Path) -> None:
+        """Write a local file (possibly large) to the object, overwriting."""
+
+    def download(self, key: str, path: Path) -> bool:
+        """Copy the object into the local file `path`; False if it does not exist."""
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Objects whose key starts with prefix, in no particular order."""
+
+    def delete(self, key: str) -> None:
+        """Remove the object; quiet if it is already gone."""
