@@ -31,14 +31,6 @@ def check_bucket_suits(spec: JobSpec) -> None:
             f"use a {' or '.join(allowed)} bucket (e.g. --bucket {allowed[0]}my-bucket/nascloud)")
 
 
-def resolve_bucket(bucket: str) -> str:
-    """file:// URLs relative to the current directory become absolute: the watch loop and the local
-    instance may run elsewhere."""
-    if bucket.startswith("file://") and not bucket.startswith("file:///"):
-        return "file://" + str((Path.cwd() / bucket[len("file://"):]).resolve())
-    return bucket
-
-
 def choose_offer(spec: JobSpec, price_per_hour: Optional[float]) -> dict:
     """The offer to run on: what the job pins, or the estimate's cheapest that fits."""
     compute = spec.compute
@@ -79,10 +71,10 @@ def build_wheel() -> Path:
 def create_job(state: State, spec: JobSpec, offer: dict, estimate: Optional[dict], interval_minutes: float) -> str:
     """Upload the bundle (job, data set once by content, wheel for clouds) and record the job."""
     from nascloud.agent.data import pack_dataset
-    from nascloud.checkpoints import open_store
+    from nascloud.checkpoints import job_url as job_prefix_url, open_store
 
     job_id = new_job_id(spec)
-    job_url = f"{resolve_bucket(spec.checkpoint.bucket).rstrip('/')}/{job_id}"
+    job_url = job_prefix_url(spec.checkpoint.bucket, job_id)
     store = open_store(job_url)
     with tempfile.TemporaryDirectory(prefix="nascloud-data-") as scratch:
         packed = pack_dataset(spec.search, Path(scratch))
