@@ -12,6 +12,8 @@ from nascloud.errors import NascloudError
 # Each module registers its commands on `app`; importing them must stay cheap (no cloud SDKs,
 # no TensorFlow): heavy imports live inside the commands that use them.
 from nascloud.cli import planning  # noqa: F401,E402  estimate, prices, plan
+from nascloud.cli import checkpoints  # noqa: F401,E402  checkpoints list, pull
+from nascloud.cli import agent  # noqa: F401,E402  agent, calibrate
 
 
 def _fail(message: str, code: int) -> None:

@@ -1,0 +1,88 @@
+"""`nascloud checkpoints list` and `pull`: a job's snapshots, and a copy of one on your own disk."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nascloud.cli.app import app
+from nascloud.errors import NascloudError, UsageError
+
+checkpoints_app = typer.Typer(help="A job's search-state snapshots in its bucket: list them, pull one.",
+                              no_args_is_help=True)
+app.add_typer(checkpoints_app, name="checkpoints")
+
+JOB_HELP = ("A job id (or name) known to this machine, or the job's bucket URL: file:///path/JOB, "
+            "s3://bucket/prefix/JOB or gs://bucket/prefix/JOB.")
+
+
+def _job_url(job_or_url: str) -> str:
+    if "://" in job_or_url:
+        return job_or_url
+    from nascloud.state import State
+
+    try:
+        return State().job(job_or_url).job_url
+    except UsageError as error:
+        raise UsageError(f"{error}; or pass the job's bucket URL (s3://bucket/prefix/JOB, gs://..., "
+                         "file:///path/JOB)") from None
+
+
+def _size(n: float) -> str:
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB", "GB"):
+        n /= 1000
+        if n < 1000 or unit == "GB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+@checkpoints_app.command("list")
+def list_snapshots(
+    job_or_url: str = typer.Argument(..., metavar="JOB_OR_URL", help=JOB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of snapshots, oldest first."),
+) -> None:
+    """List a job's kept snapshots, oldest first: id, time, files, size, and whether HEAD's chain holds it."""
+    from nascloud.checkpoints import open_store
+
+    store = open_store(_job_url(job_or_url))
+    snapshots = store.list()
+    if as_json:
+        typer.echo(json.dumps([{"snapshot_id": s.snapshot_id, "created_at": s.created_at, "files": s.files,
+                                "bytes": s.bytes, "committed": s.committed} for s in snapshots], indent=2))
+        return
+    if not snapshots:
+        typer.echo(f"no snapshots yet in {store.url}")
+        return
+    typer.echo(f"{'SNAPSHOT':<10} {'CREATED (UTC)':<20} {'FILES':>6} {'SIZE':>10}  COMMITTED")
+    for s in snapshots:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s.created_at))
+        typer.echo(f"{s.snapshot_id:<10} {created:<20} {s.files:>6} {_size(s.bytes):>10}  "
+                   f"{'yes' if s.committed else 'no (a publish that never finished)'}")
+
+
+@checkpoints_app.command("pull")
+def pull(
+    job_or_url: str = typer.Argument(..., metavar="JOB_OR_URL", help=JOB_HELP),
+    directory: Path = typer.Argument(..., metavar="DIR", help="Made exactly equal to the snapshot "
+                                     "(files not in it are removed)."),
+    snapshot: Optional[str] = typer.Option(None, "--snapshot", help="This snapshot id instead of the "
+                                           "latest committed one (see `nascloud checkpoints list`)."),
+) -> None:
+    """Download a verified snapshot of a job's search state (the tuner's project directory) into DIR."""
+    from nascloud.checkpoints import open_store
+
+    store = open_store(_job_url(job_or_url))
+    restored = store.restore(directory, snapshot)
+    if restored is None:
+        raise NascloudError(f"{store.url} has no snapshot yet: the job has not checkpointed; try again later")
+    if store.last_restore_warning:
+        typer.echo(f"Warning: {store.last_restore_warning}", err=True)
+    info = next((s for s in store.list() if s.snapshot_id == restored), None)
+    detail = f" ({info.files} files, {_size(info.bytes)})" if info else ""
+    typer.echo(f"restored snapshot {restored}{detail} into {directory}")
