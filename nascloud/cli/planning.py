@@ -1,1 +1,271 @@
-"""`nascloud estimate`, `prices`, `plan` (issue 2)."""
+"""`nascloud prices`, `estimate`, `plan`: what a search will cost, before any money is spent.
+
+Thin: parse, call nascloud.estimating / nascloud.cost, render. matplotlib is imported only for --plot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nascloud.cli.app import app
+from nascloud.errors import UsageError
+
+CLOUD_HELP = "aws, gcp, lambda, paperspace or any."
+CATALOG_HELP = "A folder of catalog CSVs to use instead of the packaged one (or set NASCLOUD_CATALOG)."
+
+
+def _console():
+    import sys
+
+    from rich.console import Console
+
+    # Piped or captured output gets room for the whole table instead of rich's 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _money(value: float) -> str:
+    return f"${value:,.2f}"
+
+
+def _hours(value: float) -> str:
+    return f"{value:,.1f} h" if value >= 1 else f"{value * 60:.0f} min"
+
+
+@app.command()
+def prices(
+    gpu: Optional[str] = typer.Option(None, help="Only this GPU (T4, V100, A10G, L4, A100...)."),
+    cloud: Optional[str] = typer.Option(None, help=CLOUD_HELP),
+    region: Optional[str] = typer.Option(None, help="Only this region."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: {\"offers\": [...]}, each with its source."),
+    catalog_dir: Optional[Path] = typer.Option(None, "--catalog", help=CATALOG_HELP),
+) -> None:
+    """List the catalog's GPU offers, cheapest first, with on-demand and spot $/h and where each came from."""
+    from nascloud.pricing import load_catalog
+
+    catalog = load_catalog(catalog_dir)
+    offers = sorted(catalog.select(gpu=gpu, cloud=cloud, region=region),
+                    key=lambda o: (min(p for p in (o.spot, o.on_demand) if p is not None), o.cloud, o.zone))
+    if as_json:
+        typer.echo(json.dumps({"catalog": catalog.folder, "offers": [
+            {"cloud": o.cloud, "region": o.region, "zone": o.zone, "instance_type": o.instance_type,
+             "accelerator_type": o.accelerator_type or None, "gpu": o.gpu, "gpu_count": o.gpu_count,
+             "vcpus": o.vcpus, "memory_gib": o.memory_gib, "on_demand_usd_per_hour": o.on_demand,
+             "spot_usd_per_hour": o.spot, "speed_vs_t4": catalog.gpus[o.gpu].speed if o.gpu in catalog.gpus else None,
+             "source": o.source, "as_of": o.as_of} for o in offers]}, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("cloud", "region", "zone", "instance", "GPU", "vCPU", "GiB", "on-demand $/h", "spot $/h",
+                  "speed", "as of", title=f"{len(offers)} offers, cheapest first ({catalog.folder})")
+    for o in offers:
+        speed = catalog.gpus.get(o.gpu)
+        table.add_row(o.cloud, o.region, o.zone or "-", o.instance_type,
+                      f"{o.gpu_count}×{o.gpu}" if o.gpu_count > 1 else o.gpu, f"{o.vcpus:g}", f"{o.memory_gib:g}",
+                      f"{o.on_demand:.4g}", f"{o.spot:.4g}" if o.spot is not None else "-",
+                      f"{speed.speed:g}{'*' if speed.basis == 'estimated' else ''}" if speed else "?", o.as_of)
+    console = _console()
+    console.print(table)
+    console.print("speed: training speed relative to the T4 (* estimated; sources in gpus.csv). Multi-GPU rows "
+                  "are listed, but a single search runs on one GPU. `--json` shows each row's source.")
+
+
+def _load_job(job: Optional[Path]):
+    from nascloud.job import load_job
+
+    return load_job(job) if job else None
+
+
+def _prepare(job, gpu, cloud, region, spot, hours, trials, epochs, samples, seconds_per_epoch, price_per_hour,
+             interruptions_per_hour, checkpoint_minutes, budget, catalog_dir):
+    """Job file + flags -> (catalog, resolved workload, options, assumptions, budget). Flags win."""
+    from nascloud import estimating
+    from nascloud.pricing import load_catalog
+
+    spec = _load_job(job)
+    catalog = load_catalog(catalog_dir)
+    compute = spec.compute if spec else None
+    if compute:
+        gpu = gpu or compute.gpu
+        cloud = cloud or (compute.cloud if compute.cloud != "local" else None)
+        region = region or compute.region
+        spot = compute.spot if spot is None else spot
+        price_per_hour = price_per_hour if price_per_hour is not None else compute.price_per_hour
+        if interruptions_per_hour is None:
+            interruptions_per_hour = compute.interruptions_per_hour
+        budget = budget if budget is not None else spec.budget.usd
+    if budget is not None and not budget > 0:
+        raise UsageError(f"--budget must be a positive number of dollars, got {budget:g}")
+    gpu, cloud = catalog.check_names(gpu, cloud, region)
+    resolved = estimating.resolve_workload(spec, catalog, hours=hours, gpu=gpu, trials=trials, epochs=epochs,
+                                           samples=samples, seconds_per_epoch=seconds_per_epoch)
+    options = estimating.options_for(catalog, gpu, cloud, region, spot, price_per_hour, interruptions_per_hour,
+                                     preemptible=bool(compute and compute.provisioning == "preemptible"))
+    return spec, resolved, options, estimating.assumptions_for(checkpoint_minutes, spec), budget
+
+
+JOB_ARG = typer.Argument(None, help="A job YAML: the workload, compute and budget come from it; flags override.",
+                         show_default=False)
+
+
+@app.command()
+def estimate(
+    job: Optional[Path] = JOB_ARG,
+    gpu: Optional[str] = typer.Option(None, help="Only this GPU; with --hours, the hours are on this GPU."),
+    cloud: Optional[str] = typer.Option(None, help=CLOUD_HELP),
+    region: Optional[str] = typer.Option(None, help="Only this region."),
+    spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Only spot, or only on-demand (default: both).",
+                                        show_default=False),
+    hours: Optional[float] = typer.Option(None, help="The work as hours of training (on --gpu, else on a T4)."),
+    trials: Optional[int] = typer.Option(None, help="search.max_trials: how many candidates."),
+    epochs: Optional[int] = typer.Option(None, help="search.epochs per candidate."),
+    samples: Optional[int] = typer.Option(None, help="search.samples: training samples per epoch."),
+    seconds_per_epoch: Optional[float] = typer.Option(None, help="search.seconds_per_epoch on a T4."),
+    price_per_hour: Optional[float] = typer.Option(None, help="Replace the catalog's $/h (reproduce a quoted figure)."),
+    interruptions_per_hour: Optional[float] = typer.Option(None, help="Replace the default spot interruption rate."),
+    checkpoint_minutes: Optional[float] = typer.Option(None, help="Checkpoint interval (default: Young/Daly's optimum)."),
+    budget: Optional[float] = typer.Option(None, help="USD: adds the probability of going over it."),
+    top: int = typer.Option(12, min=1, help="Rows in the table (--json lists every option)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with an `options` list."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG of cost against wall time for the options."),
+    catalog_dir: Optional[Path] = typer.Option(None, "--catalog", help=CATALOG_HELP),
+) -> None:
+    """Estimate a search's cost and wall time on every matching offer, cheapest expected cost first:
+    P50/P90 from a Monte Carlo over spot interruptions and trial times, and P(over budget)."""
+    from nascloud import estimating
+
+    spec, resolved, options, assumptions, budget = _prepare(
+        job, gpu, cloud, region, spot, hours, trials, epochs, samples, seconds_per_epoch, price_per_hour,
+        interruptions_per_hour, checkpoint_minutes, budget, catalog_dir)
+    ranking = estimating.rank_options(resolved.workload, options, assumptions, budget)
+    if plot:
+        _plot(ranking.estimates, plot)
+    if as_json:
+        typer.echo(json.dumps({"workload": estimating.workload_json(resolved), "budget_usd": budget,
+                               "options": [estimating.estimate_json(e) for e in ranking.estimates],
+                               "skipped": ranking.skipped, "plot": str(plot) if plot else None}, indent=2))
+        return
+    _render_estimates(resolved, ranking, budget, top, plot)
+
+
+def _render_estimates(resolved, ranking, budget, top, plot) -> None:
+    from rich.table import Table
+
+    shown = ranking.estimates[:top]
+    from rich import box
+
+    table = Table("#", "cloud", "region", "instance", "GPU", "kind", "$/h", "wall P50", "wall P90", "cost P50",
+                  "cost P90", "+extras", "preempt.", *(["P(>budget)"] if budget else []),
+                  title=f"Work: {resolved.description}", box=box.SIMPLE)
+    for i, e in enumerate(shown, 1):
+        o = e.option
+        table.add_row(str(i), o.offer.cloud, o.offer.region, o.offer.instance_type,
+                      f"{o.offer.gpu_count}×{o.offer.gpu}" if o.offer.gpu_count > 1 else o.offer.gpu, o.kind,
+                      f"{o.price_per_hour:.4g}", _hours(e.wall_hours.p50), _hours(e.wall_hours.p90),
+                      _money(e.cost_usd.p50), _money(e.cost_usd.p90), _money(e.extras_usd.mean),
+                      f"{e.expected_preemptions:.2f}", *([f"{e.p_over_budget:.0%}"] if budget else []))
+    console = _console()
+    console.print(table)
+    best = ranking.estimates[0]
+    interval = (f"checkpoint every {best.interval_hours * 60:.0f} min (Young/Daly)"
+                if math.isfinite(best.interval_hours) else "no periodic checkpoints needed")
+    console.print(f"Cheapest: {best.option.offer.cloud} {best.option.offer.instance_type} {best.option.kind}, "
+                  f"${best.total_usd.mean:,.2f} expected in all; {interval}. Extras: disk, IPv4, checkpoint storage, "
+                  "model download.")
+    if len(ranking.estimates) > top:
+        console.print(f"{len(ranking.estimates) - top} more options: --top N or --json.")
+    for note in resolved.notes:
+        console.print(f"Note: {note}")
+    for skipped in ranking.skipped:
+        console.print(f"Skipped: {skipped}")
+    if plot:
+        console.print(f"Plot written to {plot}")
+
+
+def _plot(estimates, path: Path) -> None:
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--plot writes a PNG; give a file name ending in .png, got {path.name}")
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'nascloud[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for e in estimates:
+        o = e.option
+        ax.errorbar(e.wall_hours.p50, e.total_usd.p50, xerr=[[0], [e.wall_hours.p90 - e.wall_hours.p50]],
+                    yerr=[[0], [e.total_usd.p90 - e.total_usd.p50]], fmt="o" if o.spot else "s", capsize=3)
+        ax.annotate(f"{o.offer.cloud} {o.offer.instance_type} {o.kind}", (e.wall_hours.p50, e.total_usd.p50),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("wall time, hours (P50, bar to P90)")
+    ax.set_ylabel("total cost, USD (P50, bar to P90)")
+    ax.set_title("nascloud estimate: circles spot, squares on-demand")
+    ax.grid(alpha=0.3)
+    try:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror}") from None
+    finally:
+        plt.close(fig)
+
+
+@app.command()
+def plan(
+    job: Optional[Path] = JOB_ARG,
+    budget: Optional[float] = typer.Option(None, help="USD to split into stages (default: the job's budget.usd)."),
+    gpu: Optional[str] = typer.Option(None, help="Only this GPU."),
+    cloud: Optional[str] = typer.Option(None, help=CLOUD_HELP),
+    region: Optional[str] = typer.Option(None, help="Only this region."),
+    spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Only spot, or only on-demand.",
+                                        show_default=False),
+    trials: Optional[int] = typer.Option(None, help="search.max_trials of one full search."),
+    epochs: Optional[int] = typer.Option(None, help="search.epochs per candidate."),
+    samples: Optional[int] = typer.Option(None, help="search.samples per epoch."),
+    seconds_per_epoch: Optional[float] = typer.Option(None, help="search.seconds_per_epoch on a T4."),
+    price_per_hour: Optional[float] = typer.Option(None, help="Replace the catalog's $/h."),
+    interruptions_per_hour: Optional[float] = typer.Option(None, help="Replace the default spot interruption rate."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    catalog_dir: Optional[Path] = typer.Option(None, "--catalog", help=CATALOG_HELP),
+) -> None:
+    """Split a budget into stages sized from the estimate: explore on a data subset, full searches with
+    several seeds, refine the best, and a reserve; each with its cost, what it buys and the job-file
+    overrides that run it."""
+    from nascloud import cost, estimating
+
+    spec, resolved, options, assumptions, budget = _prepare(
+        job, gpu, cloud, region, spot, None, trials, epochs, samples, seconds_per_epoch, price_per_hour,
+        interruptions_per_hour, None, budget, catalog_dir)
+    if budget is None:
+        raise UsageError("plan needs a budget: give --budget USD or set budget.usd in the job file")
+    best = estimating.rank_options(resolved.workload, options, assumptions).estimates[0].option
+    result = cost.plan(budget, resolved.trials, resolved.epochs, spec.search.seed if spec else 1,
+                       resolved.for_stage, best, assumptions, resolved.data_fraction)
+    if as_json:
+        typer.echo(json.dumps({"workload": estimating.workload_json(resolved)} | estimating.plan_json(result),
+                              indent=2))
+        return
+    from rich.table import Table
+
+    offer = best.offer
+    table = Table("stage", "runs", "cost", "P90", "wall per run", "buys", "job-file overrides",
+                  title=f"Plan for {_money(budget)} on {offer.cloud} {offer.instance_type} ({offer.gpu}, {best.kind}, "
+                        f"${best.price_per_hour:.4g}/h)")
+    for s in result.stages:
+        overrides = "; ".join(", ".join(f"{k}={v}" for k, v in run.items()) for run in s.runs)
+        table.add_row(s.name, str(len(s.runs)), _money(s.mean_usd), _money(s.estimate.total_usd.p90 * len(s.runs)),
+                      _hours(s.estimate.wall_hours.p50), s.buys, overrides)
+    table.add_row("reserve", "", _money(result.reserve_usd), "", "", "the P90 spread of the stages above: "
+                  "preemptions and slow trials", "")
+    console = _console()
+    console.print(table)
+    if result.unallocated_usd > 0.005:
+        console.print(f"Unallocated: {_money(result.unallocated_usd)}: the job's search fits with room to spare; "
+                      "raise search.max_trials (or --trials) to spend it on a wider search.")
+    for note in resolved.notes:
+        console.print(f"Note: {note}")

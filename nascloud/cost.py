@@ -1,0 +1,354 @@
+"""The cost model: pure functions over small records, no I/O (see README "Cost model and sources").
+
+Work is GPU time on the reference GPU (T4), scaled by each GPU's speed. On spot capacity,
+interruptions arrive at a rate per hour; each costs a restart plus the work since the last checkpoint,
+and checkpoints cost time themselves. `first_order` is the closed-form check; `simulate` is the
+vectorised Monte Carlo over interruptions, the interruption rate's uncertainty and the spread of
+trial durations that gives P50/P90 and the chance of going over a budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+
+from nascloud.errors import UsageError
+
+REFERENCE_GPU = "T4"
+HOURS_PER_MONTH = 730.0  # the clouds' billing month
+PUTS_PER_SNAPSHOT = 10  # manifest, HEAD and the changed blobs of a typical incremental snapshot
+MAX_INTERRUPTIONS = 5000  # a run needing more is not a plan; `first_order` refuses those earlier
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One catalog row: a machine (with its GPUs) in one zone, as a launch needs it."""
+
+    cloud: str
+    region: str
+    zone: str  # AWS: a zone ID (use1-az1), mapped to a name per account at launch; GCP: a zone name
+    instance_type: str  # GCP: the machine type the accelerator attaches to
+    gpu: str
+    gpu_count: int
+    vcpus: float
+    memory_gib: float
+    on_demand: float  # USD per hour, machine + accelerators
+    spot: Optional[float]  # None where the provider sells no spot capacity
+    source: str
+    as_of: str
+    accelerator_type: str = ""  # GCP's accelerator name (nvidia-tesla-t4); empty where built in
+
+    def price(self, spot: bool) -> Optional[float]:
+        return self.spot if spot else self.on_demand
+
+
+@dataclass(frozen=True)
+class Billing:
+    """What a cloud charges besides the instance-hour (USD)."""
+
+    minimum_hours: float = 60 / 3600
+    boot_disk_gb_month: float = 0.0
+    public_ipv4_hour: float = 0.0
+    storage_gb_month: float = 0.0
+    put_per_1000: float = 0.0
+    egress_gb: float = 0.0
+
+
+@dataclass(frozen=True)
+class Option:
+    """An offer priced for one way of running it (spot or on-demand), ready for the cost model."""
+
+    offer: Offer
+    spot: bool
+    price_per_hour: float
+    speed: float  # training speed relative to the reference GPU
+    interruptions_per_hour: float
+    rate_cv: float = 0.0  # uncertainty of the rate (coefficient of variation); 0: the rate is known
+    rate_source: str = ""
+    max_run_hours: Optional[float] = None  # GCP preemptible VMs are stopped within 24 h
+    billing: Billing = field(default_factory=Billing)
+    price_source: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "spot" if self.spot else "on-demand"
+
+    def launch_record(self) -> dict:
+        """What launch and bundle/job.json need of the chosen offer."""
+        offer = self.offer
+        aws = offer.cloud == "aws"
+        return {
+            "cloud": offer.cloud, "region": offer.region,
+            "zone": None if aws or not offer.zone else offer.zone,
+            "zone_id": offer.zone if aws else None,
+            "instance_type": offer.instance_type, "accelerator_type": offer.accelerator_type or None,
+            "gpu": offer.gpu, "gpu_count": offer.gpu_count, "spot": self.spot,
+            "price_per_hour": self.price_per_hour, "on_demand_price_per_hour": offer.on_demand,
+            "source": self.price_source or offer.source, "as_of": offer.as_of,
+        }
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The work of a search: pure training time on the reference GPU, and what it stores."""
+
+    t4_hours: float
+    trials: int = 1
+    trial_cv: float = 0.0  # spread of one trial's duration (coefficient of variation)
+    checkpoint_gb: float = 0.5  # one snapshot in the bucket
+    keep: int = 3  # snapshots kept
+    model_gb: float = 0.1  # the final model, downloaded once
+    boot_disk_gb: float = 100.0  # a deep-learning image needs about this much
+
+    def __post_init__(self) -> None:
+        if not self.t4_hours > 0 or not math.isfinite(self.t4_hours):
+            raise UsageError(f"the work must be a positive number of GPU hours, got {self.t4_hours}")
+        if self.trials < 1:
+            raise UsageError(f"the number of trials must be at least 1, got {self.trials}")
+
+
+def workload_from_trials(trials: int, epochs: int, seconds_per_epoch: float, overhead_seconds: float,
+                         trial_cv: float = 0.3, **storage) -> Workload:
+    """trials × (epochs × seconds per epoch + per-trial overhead), all on the reference GPU. AutoKeras
+    candidates differ in size, so one trial's time varies; 0.3 is a middle guess, made explicit."""
+    hours = trials * (epochs * seconds_per_epoch + overhead_seconds) / 3600
+    return Workload(t4_hours=hours, trials=trials, trial_cv=trial_cv, **storage)
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    restart_hours: float = 0.1  # new instance boot + bootstrap + restore (cost-model.md's 6 min)
+    checkpoint_hours: float = 1 / 60  # writing one snapshot (1 min)
+    interval_hours: Optional[float] = None  # None: Young/Daly's optimum for the offer's rate
+    samples: int = 4000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Quantiles:
+    p50: float
+    p90: float
+    mean: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "Quantiles":
+        p50, p90 = np.percentile(values, [50, 90])
+        return cls(float(p50), float(p90), float(values.mean()))
+
+
+@dataclass(frozen=True)
+class FirstOrder:
+    wall_hours: float
+    cost_usd: float
+    interruptions: float
+
+
+@dataclass(frozen=True)
+class Estimate:
+    option: Option
+    work_hours: float  # pure training time on this option's GPU
+    interval_hours: float  # checkpoint interval used (inf: no periodic checkpoints)
+    first_order: FirstOrder
+    wall_hours: Quantiles
+    cost_usd: Quantiles  # instance-hours × price, with billing minimums
+    extras_usd: Quantiles  # boot disk, public IPv4, checkpoint storage and requests, model download
+    total_usd: Quantiles  # cost + extras
+    expected_preemptions: float
+    p_over_budget: Optional[float]
+
+
+def young_daly_interval(checkpoint_hours: float, rate_per_hour: float) -> float:
+    """The checkpoint interval that minimises expected waste: Daly (2006)'s refinement of Young (1974)'s
+    sqrt(2·δ·M), M the mean time between interruptions. Infinite (never) when nothing interrupts."""
+    if rate_per_hour <= 0:
+        return math.inf
+    mtbf, delta = 1 / rate_per_hour, checkpoint_hours
+    if delta >= 2 * mtbf:
+        return mtbf
+    ratio = delta / (2 * mtbf)
+    return math.sqrt(2 * delta * mtbf) * (1 + math.sqrt(ratio) / 3 + ratio / 9) - delta
+
+
+def first_order(work_hours: float, price: float, rate: float, restart: float, delta: float,
+                interval: float, minimum: float = 0.0) -> FirstOrder:
+    """T ≈ W·(1 + δ/τ) / (1 − λ·(R + τ/2)), interruptions ≈ λ·T, cost ≈ p·max(T, m) (cost-model.md)."""
+    overhead = 1 + (delta / interval if math.isfinite(interval) else 0.0)
+    loss = rate * (restart + (interval / 2 if math.isfinite(interval) else work_hours / 2))
+    if loss >= 1:
+        raise UsageError(
+            f"at {rate:g} interruptions per hour, each losing {restart + min(interval, work_hours) / 2:.2f} h, "
+            f"the work never finishes; checkpoint more often (--checkpoint-minutes) or run on-demand")
+    wall = work_hours * overhead / (1 - loss)
+    return FirstOrder(wall_hours=wall, cost_usd=price * max(wall, minimum), interruptions=rate * wall)
+
+
+def simulate(work_hours: float, option: Option, interval: float, trials: int, trial_cv: float,
+             assumptions: Assumptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Monte Carlo of one search on one option: per sample, the wall hours, billed instance cost and
+    number of interruptions. Vectorised over samples; loops only over interruption rounds."""
+    rng = np.random.default_rng(assumptions.seed)
+    n = assumptions.samples
+    # A sum of `trials` gamma-distributed trial times (mean w/trials, CV c) is gamma(trials/c², w·c²/trials).
+    if trial_cv > 0:
+        shape = trials / trial_cv**2
+        need = rng.gamma(shape, work_hours / shape, n)
+    else:
+        need = np.full(n, work_hours)
+    periodic = math.isfinite(interval)
+    period = interval + assumptions.checkpoint_hours if periodic else math.inf
+    remaining = need * (period / interval if periodic else 1.0)
+    rate = option.interruptions_per_hour
+    if option.rate_cv > 0 and rate > 0:  # the rate itself is uncertain: gamma with the same mean
+        shape = 1 / option.rate_cv**2
+        rates = rng.gamma(shape, rate / shape, n)
+    else:
+        rates = np.full(n, rate)
+    wall = np.zeros(n)
+    interruptions = np.zeros(n)
+    active = np.arange(n)
+    for _ in range(MAX_INTERRUPTIONS):
+        if active.size == 0:
+            break
+        with np.errstate(divide="ignore"):
+            segment = rng.exponential(1.0, active.size) / rates[active]
+        if option.max_run_hours:
+            segment = np.minimum(segment, option.max_run_hours)
+        left = remaining[active]
+        finished = segment >= left
+        wall[active[finished]] += left[finished]
+        stopped, lived = active[~finished], segment[~finished]
+        # Work survives up to the last completed checkpoint; the rest is redone after a restart.
+        saved = np.floor(lived / period) * period if periodic else np.zeros_like(lived)
+        remaining[stopped] -= saved
+        wall[stopped] += lived + assumptions.restart_hours
+        interruptions[stopped] += 1
+        active = stopped
+    else:
+        raise UsageError(f"{option.offer.instance_type}: more than {MAX_INTERRUPTIONS} interruptions in a run; "
+                         "the work does not finish at this interruption rate")
+    cost = option.price_per_hour * np.maximum(wall, option.billing.minimum_hours * (interruptions + 1))
+    return wall, cost, interruptions
+
+
+def extras(option: Option, workload: Workload, wall: np.ndarray, interval: float) -> np.ndarray:
+    """Billing beyond the instance-hour: boot disk and public IPv4 while it runs, checkpoints kept in the
+    bucket and the requests that write them, and downloading the final model once."""
+    bill = option.billing
+    per_hour = (workload.boot_disk_gb * bill.boot_disk_gb_month / HOURS_PER_MONTH + bill.public_ipv4_hour
+                + workload.checkpoint_gb * workload.keep * bill.storage_gb_month / HOURS_PER_MONTH)
+    snapshots = workload.trials + (wall / interval if math.isfinite(interval) else 0.0)
+    requests = snapshots * PUTS_PER_SNAPSHOT / 1000 * bill.put_per_1000
+    return per_hour * wall + requests + workload.model_gb * bill.egress_gb
+
+
+def estimate(workload: Workload, option: Option, assumptions: Assumptions = Assumptions(),
+             budget: Optional[float] = None) -> Estimate:
+    if budget is not None and not budget > 0:
+        raise UsageError(f"the budget must be a positive number of dollars, got {budget}")
+    work = workload.t4_hours / option.speed
+    interval = assumptions.interval_hours or young_daly_interval(assumptions.checkpoint_hours,
+                                                                  option.interruptions_per_hour)
+    check = first_order(work, option.price_per_hour, option.interruptions_per_hour, assumptions.restart_hours,
+                        assumptions.checkpoint_hours, interval, option.billing.minimum_hours)
+    wall, cost, interruptions = simulate(work, option, interval, workload.trials, workload.trial_cv, assumptions)
+    total = cost + extras(option, workload, wall, interval)
+    return Estimate(
+        option=option, work_hours=work, interval_hours=interval, first_order=check,
+        wall_hours=Quantiles.of(wall), cost_usd=Quantiles.of(cost), extras_usd=Quantiles.of(total - cost),
+        total_usd=Quantiles.of(total), expected_preemptions=float(interruptions.mean()),
+        p_over_budget=None if budget is None else float((total > budget).mean()),
+    )
+
+
+def rank(estimates: list[Estimate]) -> list[Estimate]:
+    """Cheapest expected total first; faster breaks ties."""
+    return sorted(estimates, key=lambda e: (e.total_usd.mean, e.wall_hours.mean))
+
+
+# ---- plan: a budget split into stages the way careful practitioners spend one ------------------
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    buys: str
+    runs: list[dict]  # one dict of job-file overrides (dotted paths) per run
+    estimate: Estimate  # of one run
+
+    @property
+    def mean_usd(self) -> float:
+        return self.estimate.total_usd.mean * len(self.runs)
+
+    @property
+    def spread_usd(self) -> float:
+        """What the runs may cost beyond their mean at P90: held back in the reserve."""
+        return (self.estimate.total_usd.p90 - self.estimate.total_usd.mean) * len(self.runs)
+
+
+@dataclass(frozen=True)
+class Plan:
+    budget: float
+    option: Option
+    stages: list[Stage]
+    reserve_usd: float
+    unallocated_usd: float
+
+
+EXPLORE_FRACTION = 0.25  # explore on a quarter of the data: four times the candidates per dollar
+SEEDS = (3, 5)  # full searches with different seeds: enough to tell a good space from one lucky seed
+
+
+def plan(budget: float, trials: int, epochs: int, seed: int, workload_for, option: Option,
+         assumptions: Assumptions = Assumptions(), data_fraction: float = 1.0) -> Plan:
+    """Stages sized from estimates, not fixed shares: explore twice as many candidates on a quarter of
+    the data, three full searches with different seeds, refine the winner with twice the epochs, and
+    hold back the stages' P90-minus-mean spread as the reserve. A tight budget gets fewer trials per
+    search than the job's max_trials; a loose one gets up to five seeds, and says what is left.
+
+    `workload_for(trials, epochs, data_fraction) -> Workload` turns a stage's size into work."""
+    if not budget > 0:
+        raise UsageError(f"the budget must be a positive number of dollars, got {budget}")
+    explore_fraction = min(EXPLORE_FRACTION, data_fraction)
+
+    def stages_for(n: int, seeds: int) -> list[Stage]:
+        def stage(name: str, buys: str, runs: list[dict], n_trials: int, n_epochs: int, fraction: float) -> Stage:
+            work = workload_for(n_trials, n_epochs, fraction)
+            return Stage(name, buys, runs, estimate(work, option, assumptions))
+
+        refine_trials = max(1, n // 4)
+        return [
+            stage("explore", f"{2 * n} candidates on {explore_fraction:.0%} of the data: which block types and "
+                  "depths deserve full training", [{"search.data_fraction": explore_fraction,
+                                                    "search.max_trials": 2 * n, "search.seed": seed}],
+                  2 * n, epochs, explore_fraction),
+            stage("full", f"{seeds} searches of {n} trials on all the data with different seeds: a winner that "
+                  "is not one seed's luck", [{"search.max_trials": n, "search.seed": seed + i} for i in range(seeds)],
+                  n, epochs, data_fraction),
+            stage("refine", f"{refine_trials} trial(s) at {2 * epochs} epochs from the best full search's space: "
+                  "the winner's score with longer training", [{"search.max_trials": refine_trials,
+                                                               "search.epochs": 2 * epochs}],
+                  refine_trials, 2 * epochs, data_fraction),
+        ]
+
+    def needed(stages: list[Stage]) -> float:
+        return sum(s.mean_usd + s.spread_usd for s in stages)
+
+    seeds, most_seeds = SEEDS
+    stages = stages_for(trials, seeds)
+    n = trials
+    # Cost grows about linearly with the trials: scale down, then step until the P90 of all fits.
+    while needed(stages) > budget and n > 1:
+        n = max(1, min(n - 1, int(n * budget / needed(stages))))
+        stages = stages_for(n, seeds)
+    if needed(stages) > budget:
+        raise UsageError(
+            f"a budget of ${budget:.2f} does not cover the smallest plan (one trial per search: about "
+            f"${needed(stages):.2f} at P90 on {option.offer.instance_type}); raise --budget or lower the epochs")
+    while n == trials and seeds < most_seeds and needed(more := stages_for(n, seeds + 1)) <= budget:
+        stages, seeds = more, seeds + 1
+    reserve = sum(s.spread_usd for s in stages)
+    spent = sum(s.mean_usd for s in stages) + reserve
+    return Plan(budget=budget, option=option, stages=stages, reserve_usd=reserve,
+                unallocated_usd=max(0.0, budget - spent))
