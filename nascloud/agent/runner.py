@@ -1,0 +1,359 @@
+"""The agent loop on the instance: restore, search, snapshot, report, export.
+
+A trial counts as completed once a snapshot holding it is committed to the bucket. Every stop
+(SIGTERM, a cloud notice, the lease, the budget, the deadline) ends in one final consistent snapshot
+and an exit status; a SIGKILL at any moment loses at most the work since the last snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from nascloud.agent import data as data_module
+from nascloud.agent.notices import Notices, StopRequested, fault_point, pollers, start_polling
+from nascloud.errors import NascloudError, UsageError
+from nascloud.job import JobSpec
+
+log = logging.getLogger("nascloud.agent")
+
+EXIT_CODES = {"finished": 0, "budget": 3, "deadline": 3, "preempted": 75, "lease_lapsed": 4, "failed": 1}
+LAPTOP_INTERVAL_MINUTES = 10.0  # `auto` without an offer (laptop mode): no interruption rate to optimise
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    target: str  # a job prefix URL (with bundle/job.json) or a job YAML (laptop mode)
+    instance_id: str = "local"
+    spent_usd: float = 0.0  # spend before this instance
+    budget_usd: Optional[float] = None
+    deadline_at: Optional[float] = None  # unix seconds
+    work_dir: Path = Path("nascloud-work")
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    status: str  # finished | preempted | budget | deadline | lease_lapsed
+    message: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    spec: JobSpec
+    store: object  # a CheckpointStore on the job prefix
+    data_name: Optional[str]  # data/<sha>.npz in the bucket; None: read the source here
+    cloud: str
+    gpu: Optional[str]  # None: a CPU run
+    price_per_hour: float
+    interval_seconds: float
+
+
+def open_job(target: str) -> Job:
+    """The job from its bucket bundle or a job YAML; bad input is refused here, before any compute."""
+    from nascloud.checkpoints import job_url, open_store
+    from nascloud.job import load_job, parse_job
+
+    if "://" in target:
+        store = open_store(target)
+        bundle = store.get_json("bundle/job.json")
+        if bundle is None:
+            raise UsageError(f"{target} has no bundle/job.json; give the job prefix `nascloud launch` made, "
+                             "or a job YAML")
+        spec = parse_job(bundle["spec"], source=f"{target}/bundle/job.json")
+        offer = bundle.get("offer") or {}
+        job = Job(bundle["job_id"], spec, open_store(target, keep=spec.checkpoint.keep), bundle.get("data"),
+                  offer.get("cloud", spec.compute.cloud), offer.get("gpu"),
+                  float(bundle.get("price_per_hour") or 0.0), float(bundle["interval_minutes"]) * 60)
+    else:
+        spec = load_job(target)
+        interval = spec.checkpoint.interval_minutes
+        minutes = LAPTOP_INTERVAL_MINUTES if interval == "auto" else float(interval)
+        cloud = spec.compute.cloud
+        job = Job(spec.name, spec, open_store(job_url(spec.checkpoint.bucket, spec.name), keep=spec.checkpoint.keep),
+                  None, cloud, None if cloud == "local" else spec.compute.gpu,
+                  spec.compute.price_per_hour or 0.0, minutes * 60)
+    if job.data_name is None:
+        data_module.check_data_source(spec.search)
+    elif spec.search.task not in data_module.SUPPORTED_TASKS:
+        data_module.check_data_source(spec.search)  # the one-line task error
+    return job
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow without its C++ start-up chatter (absl writes to fd 2 before any log level
+    applies) and hide Keras' structure warnings: they would bury the agent's own log."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", module=r"keras\..*")
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def require_gpu(offer_gpu: Optional[str]) -> None:
+    """A GPU bill for CPU training is the worst outcome: refuse before training anything."""
+    if offer_gpu is None:
+        return
+    from nascloud.agent.search import gpu_names
+
+    if not gpu_names():
+        raise NascloudError(
+            f"the offer has a {offer_gpu} GPU but TensorFlow sees none; install the search extra "
+            "(tensorflow, not tensorflow-cpu) and the NVIDIA driver, or set compute.gpu: null for a CPU run")
+
+
+class Agent:
+    """One run of the agent on one instance. Implements the search hooks (nascloud.agent.search)."""
+
+    def __init__(self, job: Job, options: AgentOptions):
+        self.job, self.options = job, options
+        self.store = job.store
+        self.search = job.spec.search
+        self.notices = Notices()
+        self.work = Path(options.work_dir)
+        self.snapshot_dir = self.work / "snapshot"
+        self.project_dir = self.snapshot_dir / "search"
+        self.phase = "restoring"
+        self.started = time.time()
+        self.running: Optional[dict] = None
+        self.snapshot_id: Optional[str] = None
+        self.last_snapshot = time.monotonic()
+        self.searching = False
+        self._stopped = threading.Event()
+
+    # -- bucket reports ------------------------------------------------------------------
+    def heartbeat(self) -> None:
+        self.store.put_json("agent/heartbeat.json", {
+            "time": time.time(), "instance_id": self.options.instance_id, "pid": os.getpid(),
+            "phase": self.phase})
+
+    def progress(self, finished: bool = False) -> None:
+        from nascloud.agent.search import trial_rows
+
+        rows = trial_rows(self.project_dir, self.search.objective) if self.project_dir.exists() else []
+        done = [r for r in rows if r["status"] == "COMPLETED"]
+        self.store.put_json("agent/progress.json", {
+            "max_trials": self.search.max_trials, "trials_done": len(done),
+            "trials_failed": sum(r["status"] in ("FAILED", "INVALID") for r in rows),
+            "running": self.running, "best_score": done[0]["score"] if done else None,
+            "objective": self.search.objective, "trial_durations": [r["duration_seconds"] for r in done],
+            "finished": finished, "snapshot_id": self.snapshot_id, "updated_at": time.time()})
+
+    def exit_status(self, status: str, message: str) -> AgentResult:
+        self.store.put_json("agent/exit.json", {"status": status, "message": message, "time": time.time(),
+                                                "instance_id": self.options.instance_id})
+        return AgentResult(status, message)
+
+    def stop_reason(self) -> Optional[tuple[str, str]]:
+        """The lease, budget and deadline checks (the heartbeat thread runs them too)."""
+        now = time.time()
+        lease = self.store.get_json("lease.json")
+        if lease and now > float(lease["renewed_at"]) + float(lease["ttl_seconds"]):
+            return "lease_lapsed", (f"the lease from {lease.get('owner', 'the orchestrator')} lapsed "
+                                    f"{now - float(lease['renewed_at']):.0f} s after its last renewal")
+        options = self.options
+        if options.budget_usd is not None:
+            spent = options.spent_usd + self.job.price_per_hour * (now - self.started) / 3600
+            if spent >= options.budget_usd:
+                return "budget", f"spent ${spent:.2f} of the ${options.budget_usd:.2f} budget"
+        if options.deadline_at is not None and now >= options.deadline_at:
+            return "deadline", "the job's deadline passed"
+        return None
+
+    def _heartbeat_loop(self, seconds: float) -> None:
+        while not self._stopped.wait(seconds):
+            try:
+                self.heartbeat()
+                reason = self.stop_reason()
+            except NascloudError as error:  # a flaky bucket must not kill the search
+                log.warning("heartbeat failed: %s", error)
+                continue
+            if reason:
+                self.notices.request(*reason)
+                return
+
+    # -- search hooks ----------------------------------------------------------------------
+    def trial_started(self, trial_id: str, epoch: int) -> None:
+        self.running = {"trial_id": trial_id, "epoch": epoch}
+        log.info("trial %s starts at epoch %d", trial_id, epoch)
+        self.progress()
+
+    def epoch_ended(self, trial_id: str, epoch: int) -> None:
+        self.running = {"trial_id": trial_id, "epoch": epoch + 1}
+        if time.monotonic() - self.last_snapshot >= self.job.interval_seconds:
+            self.snapshot(f"trial {trial_id} epoch {epoch + 1}")
+        self.progress()
+
+    def trial_ended(self, trial_id: str) -> None:
+        self.running = None
+        self.snapshot(f"trial {trial_id} end")
+        self.progress()
+
+    def snapshot(self, why: str) -> None:
+        self.phase = "snapshotting"
+        fault_point("snapshot", delay=0.005)  # the timer fires while publish is under way
+        self.snapshot_id = self.store.publish(self.snapshot_dir)
+        self.last_snapshot = time.monotonic()
+        log.info("snapshot %s after %s", self.snapshot_id, why)
+        self.phase = "searching"
+
+    # -- the run ---------------------------------------------------------------------------
+    def finished_before(self) -> bool:
+        progress = self.store.get_json("agent/progress.json")
+        return bool(progress and progress.get("finished")) and self.store.exists("results/leaderboard.json")
+
+    def load_data(self) -> data_module.Splits:
+        if self.job.data_name:
+            local = self.work / "data" / Path(self.job.data_name).name
+            if not local.exists() and not self.store.get_file(self.job.data_name, local):
+                raise NascloudError(f"{self.store.url}/{self.job.data_name} is missing; launch the job again "
+                                    "to upload its data")
+            dataset = data_module.load_packed(local)
+        else:
+            dataset = data_module.load_source(self.search)
+        return data_module.split(dataset, self.search.seed, self.search.data_fraction)
+
+    def run(self) -> AgentResult:
+        if self.finished_before():
+            return AgentResult("finished", "the search finished before; results are in "
+                                           f"{self.store.url}/results (nothing refitted)")
+        reason = self.stop_reason()
+        if reason:
+            return self.exit_status(*reason)
+        self.notices.install()
+        self.heartbeat()
+        beat = threading.Thread(target=self._heartbeat_loop, daemon=True, name="nascloud-heartbeat",
+                                args=(float(os.environ.get("NASCLOUD_HEARTBEAT_SECONDS", "30")),))
+        beat.start()
+        start_polling(self.notices, pollers(self.job.cloud), float(os.environ.get("NASCLOUD_NOTICE_POLL_SECONDS", "5")),
+                      self._stopped)
+        try:
+            return self._search()
+        except StopRequested as stop:
+            return self._stop(stop)
+        except (NascloudError, RuntimeError, ValueError, OSError) as error:
+            # RuntimeError: KerasTuner's "consecutive failures exceeded"; the rest: a broken set-up.
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self.exit_status("failed", message)
+            raise NascloudError(f"the search failed: {message}") from None
+        finally:
+            self._stopped.set()
+
+    def _search(self) -> AgentResult:
+        fault_point("import", delay=1.0)  # the timer fires while TensorFlow is being imported
+        quiet_tensorflow()  # the slow import, before anything is spent
+        require_gpu(self.job.gpu)
+        from nascloud.agent import search as search_module
+
+        self.snapshot_id = self.store.restore(self.snapshot_dir)
+        if self.store.last_restore_warning:
+            log.warning("%s", self.store.last_restore_warning)
+        log.info("restored snapshot %s", self.snapshot_id or "none (a fresh search)")
+        splits = self.load_data()
+        self.phase = "searching"
+        self.heartbeat()
+        search_module.set_seeds(self.search.seed)
+        self.notices.hold()  # the tuner writes its project files while it is built
+        model = search_module.build_auto_model(self.search, self.snapshot_dir, self)
+        self.searching = True
+        self.notices.release()
+        search_module.fit(model, self.search, splits)
+        self.snapshot("search end")
+        return self._export(splits)
+
+    def _export(self, splits: data_module.Splits) -> AgentResult:
+        import autokeras  # noqa: F401  the saved model's custom layers
+        import keras
+        import numpy as np
+
+        from nascloud.agent.search import trial_rows
+
+        self.phase = "exporting"
+        self.heartbeat()
+        best = self.project_dir / "best_model.keras"
+        model = keras.models.load_model(best)
+        predicted = np.argmax(model.predict(splits.x_test, verbose=0), axis=1)
+        accuracy = float(np.mean(predicted == splits.y_test))
+        rows = trial_rows(self.project_dir, self.search.objective)
+        self.store.put_file("results/best_model.keras", best)
+        self.store.put_json("results/labels.json", {"labels": splits.labels,
+                                                    "input_shape": list(splits.x_test.shape[1:])})
+        self.store.put_json("results/leaderboard.json", {
+            "objective": self.search.objective, "best_trial_id": rows[0]["trial_id"] if rows else None,
+            "test_accuracy": accuracy, "test_samples": int(len(splits.y_test)), "seed": self.search.seed,
+            "data_fraction": self.search.data_fraction, "trials": rows})
+        self.phase = "done"
+        self.progress(finished=True)  # last: the marker that stops a rerun from refitting
+        self.heartbeat()
+        done = sum(r["status"] == "COMPLETED" for r in rows)
+        return self.exit_status("finished", f"{done} trials completed; best {self.search.objective} "
+                                            f"{rows[0]['score'] if rows else None}, test accuracy {accuracy:.4f}")
+
+    def _stop(self, stop: StopRequested) -> AgentResult:
+        self.notices.hold()  # a second notice must not interrupt the final snapshot
+        if self.searching:
+            self.snapshot(f"{stop.reason} notice")
+            self.progress()
+        result = self.exit_status(stop.reason, stop.message)
+        if stop.reason == "lease_lapsed" and os.environ.get("NASCLOUD_SHUTDOWN_COMMAND"):
+            # Nobody renews the lease any more: stop paying for this machine.
+            subprocess.run(os.environ["NASCLOUD_SHUTDOWN_COMMAND"], shell=True, check=False)
+        return result
+
+
+def run_agent(options: AgentOptions) -> AgentResult:
+    return Agent(open_job(options.target), options).run()
+
+
+class _EpochClock:
+    """Search hooks that only time epochs (calibration needs no snapshots)."""
+
+    def __init__(self) -> None:
+        self.notices = Notices()
+        self.ends: list[float] = []
+
+    def trial_started(self, trial_id: str, epoch: int) -> None:
+        self.ends.append(time.monotonic())
+
+    def epoch_ended(self, trial_id: str, epoch: int) -> None:
+        self.ends.append(time.monotonic())
+
+    def trial_ended(self, trial_id: str) -> None:
+        pass
+
+
+def calibrate(spec: JobSpec, directory: Path) -> dict:
+    """One short trial (two epochs) on this machine; the second epoch is timed (the first one
+    includes graph tracing). Returns the record `estimate` reads."""
+    data_module.check_data_source(spec.search)
+    quiet_tensorflow()
+    from nascloud.agent import search as search_module
+
+    splits = data_module.split(data_module.load_source(spec.search), spec.search.seed, spec.search.data_fraction)
+    clock = _EpochClock()
+    search_module.set_seeds(spec.search.seed)
+    model = search_module.build_auto_model(spec.search, directory, clock, max_trials=1)
+    search_module.fit(model, spec.search, splits, epochs=2)
+    if len(clock.ends) < 3:
+        raise NascloudError("the calibration trial failed before two epochs; run `nascloud agent` on the job "
+                            "file to see the trial's error")
+    seconds = clock.ends[2] - clock.ends[1]
+    gpus = search_module.gpu_names()
+    return {"seconds_per_epoch": seconds, "seconds_per_sample": seconds / len(splits.y_train),
+            "samples": int(len(splits.y_train)), "gpu": gpus[0] if gpus else None, "measured_at": time.time()}

@@ -1,0 +1,246 @@
+"""The constrained AutoKeras search and the tuner that makes it resumable.
+
+TensorFlow, Keras and AutoKeras are imported inside the functions (the CLI must stay light).
+The space is constrained by pre-declaring KerasTuner hyperparameters with the allowed values: a
+block asking for `kernel_size` in [3, 5, 7] gets the job's [3] instead. This keeps AutoKeras' own
+blocks (serialisable, reloadable) while limiting what they may try.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from nascloud.agent.data import Splits
+from nascloud.agent.notices import Notices, fault_point
+from nascloud.job import SearchSection
+
+PROJECT = "search"  # the KerasTuner project folder inside the snapshot directory
+TRIAL_INFO = "nascloud.json"  # per-trial duration and parameter count, written into the trial folder
+IMAGE_BLOCK = "image_block"
+TABLE_BLOCK = "structured_data_block"
+
+
+class SearchHooks(Protocol):
+    notices: Notices
+
+    def trial_started(self, trial_id: str, epoch: int) -> None: ...
+
+    def epoch_ended(self, trial_id: str, epoch: int) -> None:
+        """Called at a consistent moment (every callback of the epoch has written its files)."""
+
+    def trial_ended(self, trial_id: str) -> None:
+        """Called after KerasTuner recorded the trial: the moment to publish a snapshot."""
+
+
+def constraints(search: SearchSection):
+    """KerasTuner hyperparameters holding the job's allowed values under AutoKeras' own names."""
+    import keras_tuner
+
+    space, hp = search.space, keras_tuner.HyperParameters()
+
+    def choice(name: str, values: list) -> None:
+        hp.Choice(name, sorted(set(values)))
+
+    depth = list(range(space.num_layers[0], space.num_layers[1] + 1))
+    if search.task == "structured_data_classification":
+        choice(f"{TABLE_BLOCK}/dense_block_1/num_layers", depth)
+        choice(f"{TABLE_BLOCK}/dense_block_1/dropout", space.dropout)
+        return hp
+    conv = f"{IMAGE_BLOCK}/conv_block_1"
+
+    def vanilla() -> None:
+        choice(f"{conv}/kernel_size", space.kernel_size)
+        choice(f"{conv}/num_blocks", list(range(space.num_blocks[0], space.num_blocks[1] + 1)))
+        choice(f"{conv}/num_layers", depth)
+        choice(f"{conv}/dropout", space.dropout)
+
+    if len(space.block_type) > 1:
+        choice(f"{IMAGE_BLOCK}/block_type", space.block_type)
+        if "vanilla" in space.block_type:
+            with hp.conditional_scope(f"{IMAGE_BLOCK}/block_type", ["vanilla"]):
+                vanilla()
+    elif space.block_type == ["vanilla"]:
+        vanilla()
+    return hp
+
+
+def _trial_info(trial_dir: Path) -> dict:
+    try:
+        return json.loads((trial_dir / TRIAL_INFO).read_text())
+    except (OSError, ValueError):
+        return {"elapsed": 0.0, "params": None, "epochs_done": 0}
+
+
+def tuner_class(hooks: SearchHooks):
+    """A Greedy tuner that resumes the running trial from its last epoch and reports its moments."""
+    import autokeras as ak
+    import keras
+
+    notices = hooks.notices
+
+    class HoldAtEpochEnd(keras.callbacks.Callback):
+        """First in the list: from here to the hook's release, files are being written."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            notices.hold()
+
+    class TrialHook(keras.callbacks.Callback):
+        """Last in the list: runs after BackupAndRestore and KerasTuner saved the epoch."""
+
+        def __init__(self, trial_id: str, trial_dir: Path):
+            super().__init__()
+            self.trial_id, self.trial_dir = trial_id, trial_dir
+            self.info = _trial_info(trial_dir)
+            self.started = time.monotonic()
+            self.first_epoch = True
+
+        def on_train_begin(self, logs=None):
+            self.info["params"] = int(self.model.count_params())
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.first_epoch:
+                self.first_epoch = False
+                hooks.trial_started(self.trial_id, epoch)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                fault_point("epoch")  # mid-epoch
+
+        def on_epoch_end(self, epoch, logs=None):
+            try:
+                self.save(epochs_done=epoch + 1)
+                hooks.epoch_ended(self.trial_id, epoch)
+            finally:
+                notices.release()
+
+        def save(self, **fields) -> None:
+            now = time.monotonic()
+            self.info["elapsed"] = self.info.get("elapsed", 0.0) + now - self.started
+            self.started = now
+            self.info.update(fields)
+            (self.trial_dir / TRIAL_INFO).write_text(json.dumps(self.info))
+
+    class ResumableTuner(ak.Greedy):
+        def __init__(self, *args, max_consecutive_failed_trials: int = 3, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Greedy does not pass this to its oracle; the oracle enforces it.
+            self.oracle.max_consecutive_failed_trials = max_consecutive_failed_trials
+
+        def _backup_dir(self, trial_id: str) -> str:
+            # One folder per trial: a shared one would leak weights into the next trial.
+            return os.path.join(self.get_trial_dir(trial_id), "backup")
+
+        def _build_and_fit_model(self, trial, *args, **kwargs):
+            fault_point("fail-trial")
+            # Added here, after KerasTuner deep-copied the user's callbacks: the hook holds references
+            # (the store, the notices) that must not be copied.
+            self._hook = TrialHook(trial.trial_id, Path(self.get_trial_dir(trial.trial_id)))
+            kwargs["callbacks"] = [HoldAtEpochEnd(), *kwargs.get("callbacks", []),
+                                   keras.callbacks.BackupAndRestore(self._backup_dir(trial.trial_id),
+                                                                    delete_checkpoint=False),
+                                   self._hook]
+            return super()._build_and_fit_model(trial, *args, **kwargs)
+
+        def pre_create_trial(self):
+            notices.hold()  # create_trial writes oracle.json and trial.json
+
+        def on_trial_begin(self, trial):
+            super().on_trial_begin(trial)
+            notices.release()
+
+        def on_trial_end(self, trial):
+            notices.hold()
+            try:
+                super().on_trial_end(trial)  # first: trial.json, oracle.json, tuner0.json agree after it
+                hook = getattr(self, "_hook", None)
+                if hook is not None and hook.trial_id == trial.trial_id:
+                    hook.save()
+                shutil.rmtree(self._backup_dir(trial.trial_id), ignore_errors=True)
+                fault_point("publish")  # between the trial's end and its publish
+                hooks.trial_ended(trial.trial_id)
+            finally:
+                notices.release()
+
+    return ResumableTuner
+
+
+def one_hot(y: np.ndarray, classes: int) -> np.ndarray:
+    return np.eye(classes, dtype=np.float32)[y]
+
+
+def set_seeds(seed: int) -> None:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def build_auto_model(search: SearchSection, directory: Path, hooks: SearchHooks,
+                     max_trials: int | None = None):
+    import autokeras as ak
+
+    space = search.space
+    normalize = space.normalize[0] if len(space.normalize) == 1 else None  # None: AutoKeras tunes it
+    if search.task == "structured_data_classification":
+        inputs = ak.StructuredDataInput()
+        block = ak.StructuredDataBlock(normalize=normalize, name=TABLE_BLOCK)(inputs)
+    else:
+        inputs = ak.ImageInput()
+        block_type = space.block_type[0] if len(space.block_type) == 1 else None
+        block = ak.ImageBlock(block_type=block_type, normalize=normalize, augment=space.augment,
+                              name=IMAGE_BLOCK)(inputs)
+    outputs = ak.ClassificationHead(name="classification_head")(block)
+    return ak.AutoModel(
+        inputs=inputs, outputs=outputs, tuner=tuner_class(hooks), overwrite=False,
+        max_trials=max_trials or search.max_trials, directory=str(directory), project_name=PROJECT,
+        objective=search.objective, seed=search.seed, hyperparameters=constraints(search),
+        tune_new_entries=True, max_consecutive_failed_trials=search.max_consecutive_failed_trials)
+
+
+def fit(model, search: SearchSection, splits: Splits, epochs: int | None = None) -> None:
+    """Run (or resume) the search. Passing validation data and our own EarlyStopping keeps AutoKeras
+    from its final refit: the best trial's own checkpoint is the result, and a rerun refits nothing."""
+    import keras
+
+    classes = len(splits.labels)
+    epochs = epochs or search.epochs
+    model.fit(splits.x_train, one_hot(splits.y_train, classes),
+              validation_data=(splits.x_val, one_hot(splits.y_val, classes)), epochs=epochs,
+              callbacks=[keras.callbacks.EarlyStopping(patience=epochs, min_delta=1e-4)],
+              batch_size=32, verbose=0)
+    model.tuner.save()  # AutoKeras sets `finished` after its last save; persist it for the snapshot
+
+
+def trial_rows(project_dir: Path, objective: str) -> list[dict]:
+    """The leaderboard: every trial KerasTuner recorded, best score first, failed ones last."""
+    rows = []
+    for trial_dir in sorted(project_dir.glob("trial_*")):
+        try:
+            trial = json.loads((trial_dir / "trial.json").read_text())
+        except (OSError, ValueError):
+            continue
+        info = _trial_info(trial_dir)
+        rows.append({"trial_id": trial["trial_id"], "status": trial["status"],
+                     "hyperparameters": trial["hyperparameters"]["values"], "score": trial.get("score"),
+                     "objective": objective, "duration_seconds": round(info.get("elapsed", 0.0), 3),
+                     "epochs": info.get("epochs_done"), "parameters": info.get("params")})
+    maximize = objective.endswith(("acc", "accuracy", "auc", "precision", "recall"))
+    done = [r for r in rows if r["status"] == "COMPLETED" and r["score"] is not None]
+    done.sort(key=lambda r: -r["score"] if maximize else r["score"])
+    return done + [r for r in rows if r not in done]
+
+
+def gpu_names() -> list[str]:
+    import tensorflow as tf
+
+    names = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        names.append(details.get("device_name", device.name))
+    return names
