@@ -249,9 +249,9 @@ class SnapshotStore:
         self._base = manifest
         stats.snapshot_id = manifest.snapshot_id
         stats.uploaded_bytes += len(data) + len(pointer)
+        self.prune()
         stats.seconds = time.monotonic() - started
         self.last_publish = stats
-        self.prune()
         return manifest.snapshot_id
 
     def _stale(self, head: Optional[str]) -> StaleWriterError:
