@@ -37,10 +37,25 @@ class SshTarget:
     host_key: Optional[str]  # "ssh-ed25519 AAAA..." pinned; None only where no SSH is used (local direct)
 
 
+class Offer(Protocol):
+    """What launch needs of an offer (the pricing catalog's row or bundle/job.json's "offer")."""
+
+    cloud: str
+    region: Optional[str]
+    zone: Optional[str]
+    instance_type: str
+    gpu: Optional[str]
+    spot: bool
+
+
 class Provisioner(Protocol):
     cloud: str
 
-    def launch(self, job_id: str, offer, spec) -> Instance:
+    def preflight(self, offer: Offer, spec) -> None:
+        """Before any launch: the instance type, region and zone exist (UsageError), the account's GPU
+        quota allows one more instance and the bucket is reachable (CloudError naming what to do)."""
+
+    def launch(self, job_id: str, offer: Offer, spec) -> Instance:
         """Find the job's instance by tag; create it only if missing (idempotent)."""
 
     def status(self, instances: list[Instance]) -> dict[str, State]:
@@ -50,7 +65,8 @@ class Provisioner(Protocol):
         """A missing instance is success."""
 
     def list_owned(self, job_id: Optional[str] = None) -> list[Instance]:
-        """Instances tagged by nascloud (for one job, or all), for reconciliation and gc."""
+        """Instances tagged by nascloud (for one job, or all) that the provider still has, live or
+        stopped (not those deleted or terminated for good), for reconciliation and gc."""
 
     def ssh_target(self, instance: Instance) -> Optional[SshTarget]:
         """How to reach the instance; None when the instance is run directly on this machine."""

@@ -1,0 +1,153 @@
+"""Helpers every provisioner shares: the job's SSH keys, the owner tag, the SSH CIDR, the bucket URL
+and the bootstrap script. No cloud SDK is imported here."""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import ipaddress
+import os
+import re
+import shlex
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Optional
+from urllib.parse import urlparse
+
+from nascloud.errors import CloudError, UsageError
+from nascloud.paths import nascloud_home
+
+# Where the bootstrap puts nascloud on a cloud instance; the orchestrator runs the agent with this.
+CLOUD_ROOT = "/opt/nascloud"
+CLOUD_PYTHON = f"{CLOUD_ROOT}/venv/bin/python"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_path: Path  # OpenSSH private key file, mode 0600
+    public_line: str  # "ssh-ed25519 AAAA... comment"
+
+
+def _new_ed25519(comment: str) -> tuple[bytes, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, f"{public.decode()} {comment}"
+
+
+def ensure_key(path: Path, comment: str) -> KeyPair:
+    """The ed25519 key at path (created 0600 if missing), with its public line beside it (.pub)."""
+    pub = path.with_name(path.name + ".pub")
+    if not (path.exists() and pub.exists()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        private, public = _new_ed25519(comment)
+        tmp = path.with_name(path.name + ".tmp")
+        # Created 0600 from the start: the key is never readable by others, not even for a moment.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(private)
+        os.replace(tmp, path)
+        pub.write_text(public + "\n")
+    return KeyPair(path, pub.read_text().strip())
+
+
+def keys_dir(home: Optional[Path], job_id: str) -> Path:
+    return Path(home or nascloud_home()) / "keys" / job_id
+
+
+def job_keys(home: Optional[Path], job_id: str) -> tuple[KeyPair, KeyPair]:
+    """(client key, host key) of a job. The host key is generated here and installed on the instance by
+    the bootstrap, so the orchestrator pins it from the first connection (no trust on first use)."""
+    folder = keys_dir(home, job_id)
+    return (ensure_key(folder / "id_ed25519", f"nascloud-{job_id}"),
+            ensure_key(folder / "host_ed25519", f"nascloud-host-{job_id}"))
+
+
+def remove_job_keys(home: Optional[Path], job_id: str) -> None:
+    shutil.rmtree(keys_dir(home, job_id), ignore_errors=True)
+
+
+def host_key_line(pair: KeyPair) -> str:
+    """'ssh-ed25519 AAAA...' without the comment, the form SshTarget.host_key pins."""
+    return " ".join(pair.public_line.split()[:2])
+
+
+def default_owner() -> str:
+    """Who launched: NASCLOUD_OWNER or the login name, in the characters GCP labels allow."""
+    raw = os.environ.get("NASCLOUD_OWNER") or getpass.getuser()
+    return re.sub(r"[^a-z0-9_-]", "-", raw.lower())[:63] or "nascloud"
+
+
+def lookup_public_cidr() -> str:
+    """The caller's public address as /32, from AWS's checkip service (only used when the job file gives
+    no compute.ssh_cidr; tests pass their own lookup)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=10) as reply:
+            address = reply.read().decode().strip()
+    except OSError as error:
+        raise CloudError(f"cannot find your public address to open SSH to it ({error}); "
+                         "set compute.ssh_cidr in the job file, e.g. 203.0.113.7/32") from None
+    return f"{ipaddress.ip_address(address)}/32"
+
+
+def ssh_cidr(spec, lookup: Callable[[], str]) -> str:
+    """compute.ssh_cidr, or the caller's address; never a range that opens SSH to the whole internet."""
+    value = spec.compute.ssh_cidr or lookup()
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise UsageError(f"compute.ssh_cidr {value!r} is not a CIDR; give one like 203.0.113.7/32") from None
+    if network.prefixlen == 0:
+        raise UsageError(f"compute.ssh_cidr {value} would open SSH to the whole internet; "
+                         "give your own address, e.g. 203.0.113.7/32")
+    return str(network)
+
+
+@dataclass(frozen=True)
+class BucketPrefix:
+    scheme: str  # s3 | gs | file
+    bucket: str
+    prefix: str  # the job's prefix inside the bucket, no leading or trailing slash
+    url: str  # scheme://bucket/prefix
+
+
+def job_prefix(spec, job_id: str, scheme: str) -> BucketPrefix:
+    """The job's prefix in checkpoint.bucket, which must be on the cloud that runs the instance."""
+    parsed = urlparse(spec.checkpoint.bucket)
+    if parsed.scheme != scheme or not parsed.netloc:
+        raise UsageError(f"checkpoint.bucket {spec.checkpoint.bucket} cannot be reached from a "
+                         f"{spec.compute.cloud} instance; use a {scheme}://BUCKET/PREFIX bucket")
+    prefix = "/".join(p for p in (parsed.path.strip("/"), job_id) if p)
+    return BucketPrefix(scheme, parsed.netloc, prefix, f"{scheme}://{parsed.netloc}/{prefix}")
+
+
+def bootstrap_script(values: dict[str, str]) -> str:
+    """scripts/bootstrap.sh with the job's values set right after the shebang (shell-quoted)."""
+    text = resources.files("nascloud.provisioners").joinpath("scripts/bootstrap.sh").read_text()
+    shebang, _, body = text.partition("\n")
+    lines = [f"{key}={shlex.quote(value)}" for key, value in values.items()]
+    return "\n".join([shebang, *lines, body])
+
+
+def cloud_bootstrap(cloud: str, job_url: str, user: str, gpu: Optional[str], host_key: Optional[KeyPair]) -> str:
+    """The script a cloud instance runs at first boot; host_key None renders a placeholder (dry run)."""
+    private = (base64.b64encode(host_key.private_path.read_bytes()).decode()
+               if host_key else "<generated at launch>")
+    return bootstrap_script({
+        "NASCLOUD_CLOUD": cloud,
+        "NASCLOUD_JOB_URL": job_url,
+        "NASCLOUD_ROOT": CLOUD_ROOT,
+        "NASCLOUD_USER": user,
+        "NASCLOUD_GPU": gpu or "",
+        "NASCLOUD_HOST_KEY_B64": private,
+    })

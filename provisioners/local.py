@@ -1,0 +1,232 @@
+"""The local provider: an "instance" is a fresh directory under the provisioner's home plus the
+processes started in it, all of which can be killed at once (preempt) to play a spot reclaim.
+
+Where OpenSSH's sshd exists each instance gets a private sshd on a random 127.0.0.1 port, with its own
+host key (pinned) and the job's client key, so the orchestrator reaches it exactly like a cloud host.
+Without sshd the processes are started directly (ssh_target is None). Every process of an instance
+carries NASCLOUD_LOCAL_INSTANCE=<id> (sshd sets it with SetEnv), which is how preempt finds them all,
+even the ones that left the process group with setsid. State lives in one small JSON file per
+instance, so a separate process (the CLI) sees the same instances.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from nascloud.errors import CloudError
+from nascloud.paths import nascloud_home
+from nascloud.provisioners.base import Instance, Offer, SshTarget, State
+from nascloud.provisioners.common import bootstrap_script, ensure_key, host_key_line, job_keys, remove_job_keys
+from nascloud.remote import INSTANCE_ENV
+
+
+def find_sshd() -> Optional[str]:
+    found = shutil.which("sshd") or "/usr/sbin/sshd"
+    return found if os.access(found, os.X_OK) else None
+
+
+def _alive(pid: Optional[int]) -> bool:
+    if not pid:
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own dead child (else it reads alive)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _marked_pids(instance_id: str) -> list[int]:
+    """Processes carrying the instance's mark (Linux /proc)."""
+    mark = f"{INSTANCE_ENV}={instance_id}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if mark in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+class LocalProvisioner:
+    cloud = "local"
+
+    def __init__(self, home: Optional[Path] = None, use_ssh: Optional[bool] = None, price_per_hour: float = 0.0):
+        self.home = Path(home) if home else nascloud_home() / "local"
+        self.sshd = find_sshd()
+        self.use_ssh = bool(self.sshd) if use_ssh is None else use_ssh
+        if self.use_ssh and not self.sshd:
+            raise CloudError("use_ssh needs OpenSSH's sshd (apt-get install openssh-server), or use it without SSH")
+        self.price_per_hour = price_per_hour
+
+    # --- state files -------------------------------------------------------------------------
+    def _dir(self, instance_id: str) -> Path:
+        return self.home / "instances" / instance_id
+
+    def _read(self, instance_id: str) -> Optional[dict]:
+        try:
+            return json.loads((self._dir(instance_id) / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write(self, instance_id: str, record: dict) -> None:
+        path = self._dir(instance_id) / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+
+    def _records(self) -> list[dict]:
+        folder = self.home / "instances"
+        found = [self._read(p.name) for p in sorted(folder.iterdir())] if folder.exists() else []
+        return [r for r in found if r]
+
+    # --- protocol ------------------------------------------------------------------------------
+    def preflight(self, offer: Offer, spec) -> None:
+        """Nothing to check: this machine is always there and costs what the user says."""
+
+    def launch(self, job_id: str, offer: Optional[Offer], spec) -> Instance:
+        for existing in self.list_owned(job_id):
+            return existing
+        instance_id = f"local-{secrets.token_hex(4)}"
+        folder = self._dir(instance_id)
+        workdir = folder / "work"
+        workdir.mkdir(parents=True)
+        instance = Instance(
+            instance_id=instance_id, job_id=job_id, cloud="local", region="local", zone=None,
+            instance_type=getattr(offer, "instance_type", None) or "local",
+            spot=getattr(offer, "spot", spec.compute.spot), launched_at=time.time(),
+            extra={"python": sys.executable, "workdir": str(workdir), "price_per_hour": self.price_per_hour},
+        )
+        record = {"instance": instance.__dict__, "state": "running", "sshd_pid": None, "port": None,
+                  "host_key": None, "user": getpass.getuser()}
+        self._write(instance_id, record)
+        self._bootstrap(instance, spec)
+        if self.use_ssh:
+            client, _ = job_keys(self.home, job_id)
+            record.update(self._start_sshd(instance_id, client.public_line))
+            self._write(instance_id, record)
+        return instance
+
+    def _bootstrap(self, instance: Instance, spec) -> None:
+        """The same bootstrap script the clouds run, on its local branch (GPU check, Python check)."""
+        folder = self._dir(instance.instance_id)
+        script = bootstrap_script({"NASCLOUD_CLOUD": "local", "NASCLOUD_ROOT": str(folder),
+                                   "NASCLOUD_GPU": spec.compute.gpu or "", "NASCLOUD_PYTHON": sys.executable})
+        env = {**os.environ, INSTANCE_ENV: instance.instance_id}
+        subprocess.run(["bash", "-c", script], env=env, stdin=subprocess.DEVNULL, timeout=120, check=False)
+        if not (folder / "ready").exists():
+            failed = folder / "failed"
+            reason = failed.read_text().strip() if failed.exists() else "see " + str(folder / "bootstrap.log")
+            self._write(instance.instance_id, {**self._read(instance.instance_id), "state": "failed"})
+            raise CloudError(f"local instance {instance.instance_id} did not bootstrap: {reason}")
+
+    def _start_sshd(self, instance_id: str, authorized: str) -> dict:
+        folder = self._dir(instance_id) / "sshd"
+        folder.mkdir(exist_ok=True)
+        host = ensure_key(folder / "host_ed25519", f"nascloud-host-{instance_id}")
+        (folder / "authorized_keys").write_text(authorized + "\n")
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
+        for _ in range(3):  # the free port may be taken between probing and binding
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            config = folder / "sshd_config"
+            config.write_text("\n".join([
+                f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host.private_path}",
+                f"PidFile {folder / 'sshd.pid'}", f"AuthorizedKeysFile {folder / 'authorized_keys'}",
+                "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+                "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
+                # SHLVL=1 keeps bash from sourcing the user's ~/.bashrc in these non-interactive sessions:
+                # a fresh host has none, and a killed session must not leave its locks behind.
+                f"SetEnv {INSTANCE_ENV}={instance_id} SHLVL=1", "LogLevel ERROR", "",
+            ]))
+            with open(folder / "sshd.log", "ab") as log:
+                process = subprocess.Popen([self.sshd, "-D", "-e", "-f", str(config)], stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    return {"sshd_pid": process.pid, "port": port, "host_key": host_key_line(host)}
+                except OSError:
+                    time.sleep(0.05)
+            process.kill()
+            process.wait()
+        raise CloudError(f"the local sshd for {instance_id} did not start; see {folder / 'sshd.log'}")
+
+    def status(self, instances: list[Instance]) -> dict[str, State]:
+        states = {}
+        for instance in instances:
+            record = self._read(instance.instance_id)
+            state = record["state"] if record else "terminated"
+            if state == "running" and record["port"] and not _alive(record["sshd_pid"]):
+                state = "failed"  # its sshd died without us: the "host" is gone
+            states[instance.instance_id] = State(state)
+        return states
+
+    def _kill(self, instance_id: str, record: dict) -> None:
+        if _alive(record.get("sshd_pid")):
+            os.kill(record["sshd_pid"], signal.SIGKILL)
+            _alive(record["sshd_pid"])  # reap
+        # Twice: a process may have forked while the first sweep ran.
+        for _ in range(2):
+            for pid in _marked_pids(instance_id):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                _alive(pid)
+
+    def preempt(self, instance: Instance) -> None:
+        """Kill every process of the instance at once and mark it preempted, as a spot reclaim would."""
+        record = self._read(instance.instance_id)
+        if record:
+            self._kill(instance.instance_id, record)
+            self._write(instance.instance_id, {**record, "state": "preempted"})
+
+    def terminate(self, instances: list[Instance]) -> None:
+        for instance in instances:
+            record = self._read(instance.instance_id)
+            if not record:
+                continue
+            self._kill(instance.instance_id, record)
+            if record["state"] == "running":
+                record["state"] = "terminated"
+            self._write(instance.instance_id, record)
+            shutil.rmtree(self._dir(instance.instance_id) / "work", ignore_errors=True)
+
+    def list_owned(self, job_id: Optional[str] = None) -> list[Instance]:
+        return [Instance(**r["instance"]) for r in self._records()
+                if r["state"] == "running" and job_id in (None, r["instance"]["job_id"])]
+
+    def ssh_target(self, instance: Instance) -> Optional[SshTarget]:
+        record = self._read(instance.instance_id)
+        if not record or not record["port"]:
+            return None
+        client, _ = job_keys(self.home, instance.job_id)
+        return SshTarget("127.0.0.1", record["port"], record["user"], str(client.private_path), record["host_key"])
+
+    def release(self, job_id: str) -> None:
+        """Remove the job's key and the directories of its instances that are gone."""
+        for record in self._records():
+            if record["instance"]["job_id"] == job_id and record["state"] != "running":
+                shutil.rmtree(self._dir(record["instance"]["instance_id"]), ignore_errors=True)
+        remove_job_keys(self.home, job_id)
