@@ -186,14 +186,17 @@ class LocalProvisioner:
         if _alive(record.get("sshd_pid")):
             os.kill(record["sshd_pid"], signal.SIGKILL)
             _alive(record["sshd_pid"])  # reap
-        # Twice: a process may have forked while the first sweep ran.
-        for _ in range(2):
-            for pid in _marked_pids(instance_id):
+        # Until none is left (a zombie's environ reads empty): a process may fork while we sweep, and a
+        # SIGKILL takes effect a moment after it is sent.
+        deadline = time.monotonic() + 5
+        while (pids := _marked_pids(instance_id)) and time.monotonic() < deadline:
+            for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 _alive(pid)
+            time.sleep(0.01)
 
     def preempt(self, instance: Instance) -> None:
         """Kill every process of the instance at once and mark it preempted, as a spot reclaim would."""
