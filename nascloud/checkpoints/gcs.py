@@ -40,6 +40,7 @@ class GCSObjects:
             else:
                 client = storage.Client()
         self.bucket = client.bucket(bucket)
+        self._bucket_seen = False
 
     def _blob(self, key: str) -> storage.Blob:
         return self.bucket.blob(self.prefix + key)
@@ -71,6 +72,7 @@ class GCSObjects:
             with self._errors():
                 blob = self.bucket.get_blob(self.prefix + key)
             if blob is None:
+                self._check_bucket()
                 return None
             try:
                 with self._errors():
@@ -105,12 +107,18 @@ class GCSObjects:
                 self._blob(key).download_to_filename(str(path))
             return True
         except UsageError:
-            # NotFound: the object, or the whole bucket; tell them apart once.
-            with self._errors():
-                if not self.bucket.exists():
-                    raise gx.NotFound("bucket")
+            self._check_bucket()
             Path(path).unlink(missing_ok=True)
             return False
+
+    def _check_bucket(self) -> None:
+        """GCS answers 404 alike for a missing object and a missing bucket: tell them apart (once)."""
+        if self._bucket_seen:
+            return
+        with self._errors():
+            if not self.bucket.exists():
+                raise gx.NotFound("bucket")
+        self._bucket_seen = True
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         with self._errors():
