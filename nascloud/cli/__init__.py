@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import click
+import typer
 
 from nascloud.cli.app import app
 from nascloud.errors import NascloudError
@@ -16,8 +16,14 @@ from nascloud.cli import checkpoints  # noqa: F401,E402  checkpoints list, pull
 from nascloud.cli import agent  # noqa: F401,E402  agent, calibrate
 
 
+try:  # Typer 0.17+ carries its own copy of click, whose exceptions are not the click package's
+    from typer._click import exceptions as cli_errors
+except ImportError:  # older Typer runs on click itself
+    from click import exceptions as cli_errors
+
+
 def _fail(message: str, code: int) -> None:
-    click.echo(f"Error: {message}", err=True)
+    typer.echo(f"Error: {message}", err=True)
     sys.exit(code)
 
 
@@ -26,13 +32,14 @@ def main() -> None:
         result = app(standalone_mode=False)
     except NascloudError as error:
         _fail(str(error), error.exit_code)
-    except click.exceptions.NoArgsIsHelpError:
+    except cli_errors.NoArgsIsHelpError as error:
+        typer.echo(error.ctx.get_help() if error.ctx else "see `nascloud --help`")
         sys.exit(0)
-    except click.UsageError as error:
+    except cli_errors.UsageError as error:
         hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
         _fail(f"{error.format_message()}{hint}", 2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _fail("aborted", 130)
-    except click.exceptions.Exit as stop:
+    except typer.Exit as stop:
         sys.exit(stop.exit_code)
     sys.exit(result if isinstance(result, int) else 0)
