@@ -1,0 +1,38 @@
+"""`nascloud estimate` and `prices` stay fast: no cloud SDK, TensorFlow, matplotlib or paramiko imported."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("boto3", "botocore", "google.cloud", "tensorflow", "keras", "autokeras", "matplotlib", "paramiko")
+
+# Run the real CLI entry point, then report which heavy modules ended up in sys.modules.
+PROBE = """
+import json, sys
+from nascloud.cli import main
+sys.argv = ["nascloud", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit as stop:
+    code = stop.code or 0
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {h.split(".")[0] for h in HEAVY}
+               and any(m == h or m.startswith(h + ".") for h in HEAVY))
+print("\\nIMPORTED=" + json.dumps([code, heavy]), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["estimate", "--gpu", "T4", "--hours", "72", "--budget", "40"],
+    ["estimate", "--trials", "20", "--epochs", "5", "--json"],
+    ["prices"],
+    ["prices", "--json", "--cloud", "gcp"],
+])
+def test_planning_commands_do_not_import_heavy_modules(args):
+    done = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", json.dumps(args)],
+                          capture_output=True, text=True, timeout=60)
+    line = done.stderr.strip().splitlines()[-1]
+    code, heavy = json.loads(line.split("IMPORTED=", 1)[1])
+    assert code == 0, done.stderr
+    assert heavy == [], f"{' '.join(args)} imported {heavy}"

@@ -1,0 +1,118 @@
+"""The packaged catalog, its validation, and user catalogs (NASCLOUD_CATALOG / --catalog)."""
+
+import csv
+import shutil
+
+import pytest
+
+from nascloud.errors import UsageError
+from nascloud.pricing import cheapest_offer, load_catalog
+from nascloud.pricing.catalog import OFFER_COLUMNS, PACKAGED
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog(PACKAGED)
+
+
+def test_every_row_has_a_source_and_date_and_every_gpu_a_speed(catalog):
+    assert catalog.clouds() == ["aws", "gcp", "lambda", "paperspace"]
+    for offer in catalog.offers:
+        assert offer.source and offer.as_of[:2] == "20"
+        assert offer.gpu in catalog.gpus, offer
+    assert {g.gpu: g.speed for g in catalog.gpus.values() if g.basis != "estimated"} == {"T4": 1.0, "V100": 2.5}
+    assert all(g.source for g in catalog.gpus.values())
+    assert {"on-demand", "aws-spot", "gcp-spot", "gcp-preemptible"} <= set(catalog.rates)
+    assert catalog.rates["gcp-preemptible"].max_run_hours == 24
+    assert all(r.source for r in catalog.rates.values())
+    assert catalog.billing["aws"]["public_ipv4_hour"] == 0.005
+    assert catalog.billing["aws"]["billing_minimum_seconds"] == 60
+
+
+def test_gcp_offer_is_machine_plus_accelerator(catalog):
+    """n1-standard-4 0.19 + T4 0.35 = 0.54; spot 0.06382 + 0.1915 = 0.25532 (cloud-facts.md)."""
+    t4 = [o for o in catalog.select(gpu="T4", cloud="gcp")]
+    assert {o.zone for o in t4} == {"us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"}
+    assert {(o.instance_type, o.accelerator_type, o.on_demand, o.spot) for o in t4} == {
+        ("n1-standard-4", "nvidia-tesla-t4", 0.54, 0.25532)}
+    a100 = catalog.select(gpu="A100", cloud="gcp")[0]
+    assert a100.instance_type == "a2-highgpu-1g" and a100.on_demand == pytest.approx(3.67339)
+
+
+def test_aws_spot_prices_are_per_zone_id_and_launch_record_keeps_what_launch_needs(catalog):
+    option = cheapest_offer(cloud="aws", gpu="T4", spot=True, catalog=catalog)
+    record = option.launch_record()
+    assert record["instance_type"] == "g4dn.xlarge" and record["zone_id"] == "use1-az2" and record["zone"] is None
+    assert record["price_per_hour"] == 0.2132 and record["on_demand_price_per_hour"] == 0.526
+    gcp = cheapest_offer(cloud="gcp", gpu="T4", spot=False, catalog=catalog).launch_record()
+    assert (gcp["instance_type"], gcp["accelerator_type"], gcp["gpu_count"], gcp["price_per_hour"]) == (
+        "n1-standard-4", "nvidia-tesla-t4", 1, 0.54)
+    assert gcp["zone"].startswith("us-central1-")
+
+
+def test_cheapest_offer_ranks_by_price_per_unit_of_work_on_one_gpu(catalog):
+    chosen = cheapest_offer(spot=False, catalog=catalog)
+    assert chosen.offer.gpu_count == 1
+    for offer in catalog.offers:
+        if offer.gpu_count == 1:
+            assert chosen.price_per_hour / chosen.speed <= offer.on_demand / catalog.gpus[offer.gpu].speed + 1e-12
+    with pytest.raises(UsageError, match="no spot single-GPU offer"):
+        cheapest_offer(cloud="lambda", spot=True, catalog=catalog)
+
+
+def test_unknown_names_list_the_known_ones(catalog):
+    with pytest.raises(UsageError, match=r"unknown GPU 'K80'; known: A10, A100, .*T4"):
+        catalog.select(gpu="K80")
+    with pytest.raises(UsageError, match=r"unknown cloud 'azure'; known: aws, gcp, lambda, paperspace or any"):
+        catalog.select(cloud="azure")
+    with pytest.raises(UsageError, match=r"unknown region 'eu-west-1' for T4 on aws; known: us-east-1"):
+        catalog.select(gpu="t4", cloud="aws", region="eu-west-1")
+
+
+def _user_catalog(tmp_path, edit=None, name="mine.csv"):
+    """A catalog folder with one offer file copied from the packaged AWS rows, one row edited."""
+    rows = list(csv.DictReader(open(PACKAGED / "aws.csv")))
+    if edit:
+        edit(rows[0])
+    with open(tmp_path / name, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, OFFER_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return tmp_path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.update(on_demand_usd_per_hour=""), "line 2: on_demand_usd_per_hour is empty"),
+    (lambda r: r.update(spot_usd_per_hour="0.9"), "line 2: spot price 0.9 is not below on-demand 0.526"),
+    (lambda r: r.update(on_demand_usd_per_hour="700.0"), "line 2: on_demand_usd_per_hour 700 looks like a placeholder"),
+    (lambda r: r.update(spot_usd_per_hour="cheap"), "line 2: spot_usd_per_hour 'cheap' is not a number"),
+    (lambda r: r.update(gpu_count="0"), "line 2: gpu_count '0' must be a whole number >= 1"),
+    (lambda r: r.update(source=""), "line 2: source is empty"),
+])
+def test_bad_rows_are_rejected_with_file_and_line(tmp_path, edit, message):
+    folder = _user_catalog(tmp_path, edit)
+    with pytest.raises(UsageError) as error:
+        load_catalog(folder)
+    assert message in str(error.value) and "mine.csv" in str(error.value)
+
+
+def test_missing_column_and_bad_folder(tmp_path):
+    (tmp_path / "x.csv").write_text("cloud,region\naws,us-east-1\n")
+    with pytest.raises(UsageError, match="missing column"):
+        load_catalog(tmp_path)
+    with pytest.raises(UsageError, match="does not exist"):
+        load_catalog(tmp_path / "nope")
+
+
+def test_user_catalog_from_env_uses_packaged_tables_unless_given(tmp_path, monkeypatch):
+    folder = _user_catalog(tmp_path, lambda r: r.update(spot_usd_per_hour="0.1"))
+    monkeypatch.setenv("NASCLOUD_CATALOG", str(folder))
+    mine = load_catalog()
+    assert mine.clouds() == ["aws"] and min(o.spot for o in mine.offers) == 0.1
+    assert mine.gpus["T4"].speed == 1.0  # from the packaged gpus.csv
+    shutil.copy(PACKAGED / "gpus.csv", folder / "gpus.csv")
+    (folder / "gpus.csv").write_text((folder / "gpus.csv").read_text().replace("A10G,2.0", "A10G,3.3"))
+    from nascloud.pricing import catalog as module
+
+    module._load.cache_clear()  # the catalog is read once per process; this test edits it in between
+    assert load_catalog().gpus["A10G"].speed == 3.3
