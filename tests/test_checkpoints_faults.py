@@ -93,5 +93,14 @@ def test_sigkilled_s3_publisher_leaves_last_committed_snapshot(moto_server, tmp_
     assert kill_publishers(f"s3://{bucket}/job", tmp_path, kills=20, max_delay=0.4, seed=11) > 10
 
 
+def test_sigkilled_gcs_publisher_leaves_last_committed_snapshot(gcs_server, tmp_path):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    bucket = f"faults-{uuid.uuid4().hex[:8]}"
+    storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(bucket)
+    assert kill_publishers(f"gs://{bucket}/job", tmp_path, kills=20, max_delay=0.3, seed=13) > 10
+
+
 if __name__ == "__main__":
     writer_main(sys.argv[1], Path(sys.argv[2]))
