@@ -144,7 +144,7 @@ class SnapshotStore:
         self.last_publish: Optional[PublishStats] = None
         self._head_version: Optional[str] = None  # version of HEAD this writer last saw
         self._head_seen = False  # True once HEAD was read (absent HEAD is a valid view)
-        self._base: Optional[Manifest] = None  # the snapshot HEAD named when last seen
+        self._base: Optional[Manifest] = None  # the snapshot this writer last restored or published
         self._hashes = _HashCache()
 
     # -- HEAD and manifests ------------------------------------------------------------------
@@ -175,7 +175,7 @@ class SnapshotStore:
             raise Damaged(f"manifest {snapshot_id} is unreadable") from None
 
     def _chain(self, head: Optional[str]) -> list[str]:
-        """HEAD's snapshot and its kept ancestors, newest first (manifests are read to follow parents)."""
+        """HEAD's snapshot and its ancestors still present, newest first (following manifests' parents)."""
         chain: list[str] = []
         present = {info.key for info in self.objects.list(MANIFESTS)}
         current = head
