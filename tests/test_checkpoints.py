@@ -138,6 +138,20 @@ def test_two_writers_racing_for_head_exactly_one_wins(store_url, tmp_path):
         loser.publish(tmp_path / losers[0])
 
 
+def test_a_stale_writer_with_nothing_new_still_learns_it_is_stale(tmp_path):
+    url = f"file://{tmp_path}/bucket/job"
+    work = tmp_path / "work"
+    write_tree(work, V1)
+    old = open_store(url)
+    old.publish(work)
+    new = open_store(url)
+    new.restore(tmp_path / "new")
+    write_tree(tmp_path / "new", {"oracle.json": b'{"trials": 9}'})
+    taken = new.publish(tmp_path / "new")
+    with pytest.raises(StaleWriterError, match=f"HEAD now names snapshot {taken}, which this writer did not make"):
+        old.publish(work)  # unchanged since its own last snapshot
+
+
 def test_corrupted_or_missing_blob_falls_back_to_previous_snapshot(store_url, tmp_path):
     work = tmp_path / "work"
     write_tree(work, V1)
