@@ -1,3 +1,3 @@
 """Shared fixtures. Every server binds 127.0.0.1; no test reaches a real cloud."""
 
-pytest_plugins = ["tests.fixtures.servers"]
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.moto_ec2"]
