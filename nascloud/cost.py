@@ -192,7 +192,7 @@ def simulate(work_hours: float, option: Option, interval: float, trials: int, tr
     rng = np.random.default_rng(assumptions.seed)
     n = assumptions.samples
     # A sum of `trials` gamma-distributed trial times (mean w/trials, CV c) is gamma(trials/c², w·c²/trials).
-    if trial_cv > 0:
+    if trial_cv > 1e-6:  # below this the spread is nil and the gamma shape overflows
         shape = trials / trial_cv**2
         need = rng.gamma(shape, work_hours / shape, n)
     else:
@@ -201,7 +201,7 @@ def simulate(work_hours: float, option: Option, interval: float, trials: int, tr
     period = interval + assumptions.checkpoint_hours if periodic else math.inf
     remaining = need * (period / interval if periodic else 1.0)
     rate = option.interruptions_per_hour
-    if option.rate_cv > 0 and rate > 0:  # the rate itself is uncertain: gamma with the same mean
+    if option.rate_cv > 1e-6 and rate > 0:  # the rate itself is uncertain: gamma with the same mean
         shape = 1 / option.rate_cv**2
         rates = rng.gamma(shape, rate / shape, n)
     else:
@@ -212,7 +212,7 @@ def simulate(work_hours: float, option: Option, interval: float, trials: int, tr
     for _ in range(MAX_INTERRUPTIONS):
         if active.size == 0:
             break
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore"):  # rate 0 (or tiny): no interruption, inf
             segment = rng.exponential(1.0, active.size) / rates[active]
         if option.max_run_hours:
             segment = np.minimum(segment, option.max_run_hours)

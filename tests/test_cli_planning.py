@@ -139,6 +139,8 @@ def test_plan_stages_with_overrides(cli, tmp_path):
     (["plan", "--trials", "5"], "Error: plan needs a budget"),
     (["estimate", "--hours", "5", "--plot", "x.jpg"], "Error: --plot writes a PNG"),
     (["estimate", "--gpu", "T4", "--cloud", "lambda", "--hours", "3"], "Error: unknown GPU 'T4' on lambda"),
+    (["prices", "--refresh", "aws"], "Error: --refresh writes a catalog file: give --catalog DIR"),
+    (["estimate", "--hours", "abc"], "Error: Invalid value for '--hours'"),
 ])
 def test_bad_input_is_one_line_exit_2(cli, args, message):
     code, out, err = cli(*args)

@@ -43,10 +43,14 @@ def prices(
     region: Optional[str] = typer.Option(None, help="Only this region."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: {\"offers\": [...]}, each with its source."),
     catalog_dir: Optional[Path] = typer.Option(None, "--catalog", help=CATALOG_HELP),
+    refresh: Optional[str] = typer.Option(None, help="aws or gcp: fetch today's prices for the catalog's offers "
+                                          "(needs credentials) and write them to --catalog DIR/<cloud>.csv first."),
 ) -> None:
     """List the catalog's GPU offers, cheapest first, with on-demand and spot $/h and where each came from."""
     from nascloud.pricing import load_catalog
 
+    if refresh:
+        _refresh(refresh, catalog_dir)
     catalog = load_catalog(catalog_dir)
     offers = sorted(catalog.select(gpu=gpu, cloud=cloud, region=region),
                     key=lambda o: (min(p for p in (o.spot, o.on_demand) if p is not None), o.cloud, o.zone))
@@ -72,6 +76,18 @@ def prices(
     console.print(table)
     console.print("speed: training speed relative to the T4 (* estimated; sources in gpus.csv). Multi-GPU rows "
                   "are listed, but a single search runs on one GPU. `--json` shows each row's source.")
+
+
+def _refresh(cloud: str, catalog_dir: Optional[Path]) -> None:
+    from nascloud.pricing import load_catalog, refresh
+
+    if catalog_dir is None:
+        raise UsageError("--refresh writes a catalog file: give --catalog DIR (then use it with NASCLOUD_CATALOG=DIR)")
+    refreshers = {"aws": refresh.refresh_aws, "gcp": refresh.refresh_gcp}
+    if cloud not in refreshers:
+        raise UsageError(f"--refresh knows {', '.join(refreshers)}, not {cloud!r}")
+    offers = refreshers[cloud](list(load_catalog().offers))
+    refresh.write_offers(offers, catalog_dir / f"{cloud}.csv")
 
 
 def _load_job(job: Optional[Path]):
