@@ -172,15 +172,18 @@ def test_corrupted_or_missing_blob_falls_back_to_previous_snapshot(store_url, tm
         f"snapshot {second} is damaged (content of trial_1/trial.json does not match its sha256); "
         f"restored snapshot {first} instead")
 
+    only_in_second = hashlib.sha256(b'{"trials": 2}').hexdigest()
+    store.objects.delete(f"blobs/{only_in_second}")
+    with pytest.raises(NascloudError, match=f"snapshot {second} is damaged \\(content of oracle.json is missing\\)"):
+        open_store(store_url).restore(tmp_path / "explicit", second)
+    assert list((tmp_path / "explicit").iterdir()) == []  # nothing of a damaged snapshot lands
+
     # A writer that restored the fallback uploads the damaged content again: the next snapshot is whole.
     write_tree(out, {"trial_1/trial.json": b'{"score": 0.9}'})
     third = reader.publish(out)
     final = tmp_path / "final"
     assert open_store(store_url).restore(final) == third
     assert read_tree(final) == read_tree(out)
-
-    with pytest.raises(NascloudError, match=f"snapshot {second} is damaged"):
-        open_store(store_url).restore(tmp_path / "explicit", second)
 
 
 def test_keep_last_k_prunes_manifests_and_unreferenced_blobs(store_url, tmp_path):
