@@ -216,9 +216,12 @@ def plan_json(p: cost.Plan) -> dict:
     }
 
 
-def estimate_for_offer(spec: JobSpec, record: dict, catalog: Catalog) -> tuple[dict, float]:
-    """For launch: the estimate of `spec` on the chosen offer record (Option.launch_record()'s shape)
-    and the checkpoint interval in minutes the agent should use."""
+def estimate_for_offer(spec: JobSpec, record: dict, catalog: Optional[Catalog] = None) -> tuple[dict, float]:
+    """For launch: the estimate of `spec` on the chosen offer record (Option.launch_record()'s shape, or
+    the local provider's record) and the checkpoint interval in minutes the agent should use."""
+    from nascloud.pricing import load_catalog
+
+    catalog = catalog or load_catalog()
     resolved = resolve_workload(spec, catalog)
     gpu = record.get("gpu")
     offer = cost.Offer(cloud=record["cloud"], region=record.get("region") or "", zone=record.get("zone") or

@@ -175,3 +175,23 @@ def test_plot_writes_a_png(cli, tmp_path):
     code, out, err = cli("estimate", "--gpu", "T4", "--hours", "20", "--plot", target)
     assert code == 0, err
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_estimate_for_launch_records(tmp_path, monkeypatch):
+    """What launch asks of the estimate: the JSON of one option and the checkpoint interval."""
+    from nascloud.estimating import estimate_for_offer
+    from nascloud.job import parse_job
+    from nascloud.pricing import cheapest_offer
+
+    monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path))
+    spec = parse_job({"name": "digits-quick", "search": {"seconds_per_epoch": 60.0, "max_trials": 10, "epochs": 6},
+                      "compute": {"cloud": "aws", "gpu": "T4"}, "budget": {"usd": 5}})
+    record = cheapest_offer(cloud="aws", gpu="T4", spot=True).launch_record()
+    result, interval = estimate_for_offer(spec, record)
+    assert result["instance_type"] == "g4dn.xlarge" and result["spot"] is True
+    assert result["wall_hours"]["p90"] >= result["wall_hours"]["p50"] >= 1.0
+    assert 0 <= result["p_over_budget"] <= 1 and 60 < interval < 600  # Young/Daly at 0.01/h and 1 min
+    local = {"cloud": "local", "region": "local", "zone": None, "instance_type": "local", "gpu": None,
+             "gpu_count": 0, "spot": False, "price_per_hour": 0.0, "on_demand_price_per_hour": 0.0, "source": "user"}
+    result, interval = estimate_for_offer(spec, local)
+    assert result["cost_usd"]["p50"] == 0 and interval == 30
