@@ -158,13 +158,13 @@ class Ranking:
 
 def rank_options(workload: cost.Workload, options: list[cost.Option], assumptions: cost.Assumptions,
                  budget: Optional[float] = None) -> Ranking:
+    if budget is not None and not budget > 0:
+        raise UsageError(f"--budget must be a positive number of dollars, got {budget:g}")
     estimates, skipped = [], []
     for option in options:
         try:
             estimates.append(cost.estimate(workload, option, assumptions, budget))
-        except UsageError as error:
-            if budget is not None and not budget > 0:
-                raise
+        except UsageError as error:  # this option never finishes the work; the others may
             skipped.append(f"{option.offer.cloud} {option.offer.instance_type} {option.kind}: {error}")
     if not estimates:
         raise UsageError(f"no option finishes the work: {skipped[0]}")

@@ -15,8 +15,21 @@ import typer
 from nascloud.cli.app import app
 from nascloud.errors import UsageError
 
-CLOUD_HELP = "aws, gcp, lambda, paperspace or any."
-CATALOG_HELP = "A folder of catalog CSVs to use instead of the packaged one (or set NASCLOUD_CATALOG)."
+# Options the three commands share, declared once (the flags are the job file's fields).
+GPU = typer.Option(None, help="Only this GPU (T4, V100, A10G, L4, A100...); with --hours, the hours are on it.")
+CLOUD = typer.Option(None, help="aws, gcp, lambda, paperspace or any.")
+REGION = typer.Option(None, help="Only this region.")
+SPOT = typer.Option(None, "--spot/--on-demand", help="Only spot, or only on-demand (default: both).",
+                    show_default=False)
+TRIALS = typer.Option(None, help="search.max_trials: candidates in one search.")
+EPOCHS = typer.Option(None, help="search.epochs per candidate.")
+SAMPLES = typer.Option(None, help="search.samples: training samples per epoch.")
+SECONDS_PER_EPOCH = typer.Option(None, help="search.seconds_per_epoch on a T4.")
+PRICE = typer.Option(None, help="Replace the catalog's $/h (reproduce a quoted figure).")
+RATE = typer.Option(None, help="Replace the default spot interruption rate (per hour).")
+CATALOG = typer.Option(None, "--catalog", help="A folder of catalog CSVs to use instead of the packaged one "
+                       "(or set NASCLOUD_CATALOG).")
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
 def _console():
@@ -38,11 +51,11 @@ def _hours(value: float) -> str:
 
 @app.command()
 def prices(
-    gpu: Optional[str] = typer.Option(None, help="Only this GPU (T4, V100, A10G, L4, A100...)."),
-    cloud: Optional[str] = typer.Option(None, help=CLOUD_HELP),
-    region: Optional[str] = typer.Option(None, help="Only this region."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: {\"offers\": [...]}, each with its source."),
-    catalog_dir: Optional[Path] = typer.Option(None, "--catalog", help=CATALOG_HELP),
+    gpu: Optional[str] = GPU,
+    cloud: Optional[str] = CLOUD,
+    region: Optional[str] = REGION,
+    as_json: bool = JSON,
+    catalog_dir: Optional[Path] = CATALOG,
     refresh: Optional[str] = typer.Option(None, help="aws or gcp: fetch today's prices for the catalog's offers "
                                           "(needs credentials) and write them to --catalog DIR/<cloud>.csv first."),
 ) -> None:
@@ -114,7 +127,7 @@ def _prepare(job, gpu, cloud, region, spot, hours, trials, epochs, samples, seco
         if interruptions_per_hour is None:
             interruptions_per_hour = compute.interruptions_per_hour
         budget = budget if budget is not None else spec.budget.usd
-    if budget is not None and not budget > 0:
+    if budget is not None and not budget > 0:  # before the slow part, and for plan as well
         raise UsageError(f"--budget must be a positive number of dollars, got {budget:g}")
     gpu, cloud = catalog.check_names(gpu, cloud, region)
     resolved = estimating.resolve_workload(spec, catalog, hours=hours, gpu=gpu, trials=trials, epochs=epochs,
@@ -131,24 +144,23 @@ JOB_ARG = typer.Argument(None, help="A job YAML: the workload, compute and budge
 @app.command()
 def estimate(
     job: Optional[Path] = JOB_ARG,
-    gpu: Optional[str] = typer.Option(None, help="Only this GPU; with --hours, the hours are on this GPU."),
-    cloud: Optional[str] = typer.Option(None, help=CLOUD_HELP),
-    region: Optional[str] = typer.Option(None, help="Only this region."),
-    spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Only spot, or only on-demand (default: both).",
-                                        show_default=False),
+    gpu: Optional[str] = GPU,
+    cloud: Optional[str] = CLOUD,
+    region: Optional[str] = REGION,
+    spot: Optional[bool] = SPOT,
     hours: Optional[float] = typer.Option(None, help="The work as hours of training (on --gpu, else on a T4)."),
-    trials: Optional[int] = typer.Option(None, help="search.max_trials: how many candidates."),
-    epochs: Optional[int] = typer.Option(None, help="search.epochs per candidate."),
-    samples: Optional[int] = typer.Option(None, help="search.samples: training samples per epoch."),
-    seconds_per_epoch: Optional[float] = typer.Option(None, help="search.seconds_per_epoch on a T4."),
-    price_per_hour: Optional[float] = typer.Option(None, help="Replace the catalog's $/h (reproduce a quoted figure)."),
-    interruptions_per_hour: Optional[float] = typer.Option(None, help="Replace the default spot interruption rate."),
+    trials: Optional[int] = TRIALS,
+    epochs: Optional[int] = EPOCHS,
+    samples: Optional[int] = SAMPLES,
+    seconds_per_epoch: Optional[float] = SECONDS_PER_EPOCH,
+    price_per_hour: Optional[float] = PRICE,
+    interruptions_per_hour: Optional[float] = RATE,
     checkpoint_minutes: Optional[float] = typer.Option(None, help="Checkpoint interval (default: Young/Daly's optimum)."),
     budget: Optional[float] = typer.Option(None, help="USD: adds the probability of going over it."),
     top: int = typer.Option(12, min=1, help="Rows in the table (--json lists every option)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with an `options` list."),
+    as_json: bool = JSON,
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of cost against wall time for the options."),
-    catalog_dir: Optional[Path] = typer.Option(None, "--catalog", help=CATALOG_HELP),
+    catalog_dir: Optional[Path] = CATALOG,
 ) -> None:
     """Estimate a search's cost and wall time on every matching offer, cheapest expected cost first:
     P50/P90 from a Monte Carlo over spot interruptions and trial times, and P(over budget)."""
@@ -165,10 +177,10 @@ def estimate(
                                "options": [estimating.estimate_json(e) for e in ranking.estimates],
                                "skipped": ranking.skipped, "plot": str(plot) if plot else None}, indent=2))
         return
-    _render_estimates(resolved, ranking, budget, top, plot)
+    _render_estimates(resolved, ranking, budget, top, plot, chosen_interval=assumptions.interval_hours is not None)
 
 
-def _render_estimates(resolved, ranking, budget, top, plot) -> None:
+def _render_estimates(resolved, ranking, budget, top, plot, chosen_interval: bool) -> None:
     from rich.table import Table
 
     shown = ranking.estimates[:top]
@@ -187,7 +199,8 @@ def _render_estimates(resolved, ranking, budget, top, plot) -> None:
     console = _console()
     console.print(table)
     best = ranking.estimates[0]
-    interval = (f"checkpoint every {best.interval_hours * 60:.0f} min (Young/Daly)"
+    basis = "as asked" if chosen_interval else "Young/Daly"
+    interval = (f"checkpoint every {best.interval_hours * 60:.0f} min ({basis})"
                 if math.isfinite(best.interval_hours) else "no periodic checkpoints needed")
     console.print(f"Cheapest: {best.option.offer.cloud} {best.option.offer.instance_type} {best.option.kind}, "
                   f"${best.total_usd.mean:,.2f} expected in all; {interval}. Extras: disk, IPv4, checkpoint storage, "
@@ -235,19 +248,18 @@ def _plot(estimates, path: Path) -> None:
 def plan(
     job: Optional[Path] = JOB_ARG,
     budget: Optional[float] = typer.Option(None, help="USD to split into stages (default: the job's budget.usd)."),
-    gpu: Optional[str] = typer.Option(None, help="Only this GPU."),
-    cloud: Optional[str] = typer.Option(None, help=CLOUD_HELP),
-    region: Optional[str] = typer.Option(None, help="Only this region."),
-    spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Only spot, or only on-demand.",
-                                        show_default=False),
-    trials: Optional[int] = typer.Option(None, help="search.max_trials of one full search."),
-    epochs: Optional[int] = typer.Option(None, help="search.epochs per candidate."),
-    samples: Optional[int] = typer.Option(None, help="search.samples per epoch."),
-    seconds_per_epoch: Optional[float] = typer.Option(None, help="search.seconds_per_epoch on a T4."),
-    price_per_hour: Optional[float] = typer.Option(None, help="Replace the catalog's $/h."),
-    interruptions_per_hour: Optional[float] = typer.Option(None, help="Replace the default spot interruption rate."),
-    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
-    catalog_dir: Optional[Path] = typer.Option(None, "--catalog", help=CATALOG_HELP),
+    gpu: Optional[str] = GPU,
+    cloud: Optional[str] = CLOUD,
+    region: Optional[str] = REGION,
+    spot: Optional[bool] = SPOT,
+    trials: Optional[int] = TRIALS,
+    epochs: Optional[int] = EPOCHS,
+    samples: Optional[int] = SAMPLES,
+    seconds_per_epoch: Optional[float] = SECONDS_PER_EPOCH,
+    price_per_hour: Optional[float] = PRICE,
+    interruptions_per_hour: Optional[float] = RATE,
+    as_json: bool = JSON,
+    catalog_dir: Optional[Path] = CATALOG,
 ) -> None:
     """Split a budget into stages sized from the estimate: explore on a data subset, full searches with
     several seeds, refine the best, and a reserve; each with its cost, what it buys and the job-file
