@@ -207,10 +207,11 @@ class Agent:
 
     def snapshot(self, why: str) -> None:
         self.phase = "snapshotting"
+        log.info("publishing a snapshot after %s", why)
         fault_point("snapshot", delay=0.005)  # the timer fires while publish is under way
         self.snapshot_id = self.store.publish(self.snapshot_dir)
         self.last_snapshot = time.monotonic()
-        log.info("snapshot %s after %s", self.snapshot_id, why)
+        log.info("snapshot %s committed", self.snapshot_id)
         self.phase = "searching"
 
     # -- the run ---------------------------------------------------------------------------
@@ -235,7 +236,7 @@ class Agent:
                                            f"{self.store.url}/results (nothing refitted)")
         reason = self.stop_reason()
         if reason:
-            return self.exit_status(*reason)
+            return self._stop(StopRequested(*reason))
         self.notices.install()
         self.heartbeat()
         beat = threading.Thread(target=self._heartbeat_loop, daemon=True, name="nascloud-heartbeat",
@@ -247,7 +248,10 @@ class Agent:
             return self._search()
         except StopRequested as stop:
             return self._stop(stop)
-        except (NascloudError, RuntimeError, ValueError, OSError) as error:
+        except NascloudError as error:
+            self.exit_status("failed", str(error))
+            raise
+        except (RuntimeError, ValueError, OSError) as error:
             # RuntimeError: KerasTuner's "consecutive failures exceeded"; the rest: a broken set-up.
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             self.exit_status("failed", message)
@@ -308,7 +312,9 @@ class Agent:
     def _stop(self, stop: StopRequested) -> AgentResult:
         self.notices.hold()  # a second notice must not interrupt the final snapshot
         if self.searching:
-            self.snapshot(f"{stop.reason} notice")
+            where = (f"trial {self.running['trial_id']} epoch {self.running['epoch']}" if self.running
+                     else "a trial's end")
+            self.snapshot(f"{where} ({stop.reason}: {stop.message})")
             self.progress()
         result = self.exit_status(stop.reason, stop.message)
         if stop.reason == "lease_lapsed" and os.environ.get("NASCLOUD_SHUTDOWN_COMMAND"):

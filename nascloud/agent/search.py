@@ -75,13 +75,14 @@ def _trial_info(trial_dir: Path) -> dict:
     try:
         return json.loads((trial_dir / TRIAL_INFO).read_text())
     except (OSError, ValueError):
-        return {"elapsed": 0.0, "params": None, "epochs_done": 0}
+        return {"elapsed": 0.0, "params": None, "epochs_done": 0, "logs": []}
 
 
 def tuner_class(hooks: SearchHooks):
     """A Greedy tuner that resumes the running trial from its last epoch and reports its moments."""
     import autokeras as ak
     import keras
+    from keras_tuner.src.engine import tuner_utils
 
     notices = hooks.notices
 
@@ -99,15 +100,11 @@ def tuner_class(hooks: SearchHooks):
             self.trial_id, self.trial_dir = trial_id, trial_dir
             self.info = _trial_info(trial_dir)
             self.started = time.monotonic()
-            self.first_epoch = True
 
         def on_train_begin(self, logs=None):
+            # BackupAndRestore (earlier in the list) has restored the weights of the epochs logged.
             self.info["params"] = int(self.model.count_params())
-
-        def on_epoch_begin(self, epoch, logs=None):
-            if self.first_epoch:
-                self.first_epoch = False
-                hooks.trial_started(self.trial_id, epoch)
+            hooks.trial_started(self.trial_id, len(self.info["logs"]))
 
         def on_train_batch_end(self, batch, logs=None):
             if batch == 1:
@@ -115,7 +112,8 @@ def tuner_class(hooks: SearchHooks):
 
         def on_epoch_end(self, epoch, logs=None):
             try:
-                self.save(epochs_done=epoch + 1)
+                epoch_logs = {k: float(v) for k, v in (logs or {}).items()}
+                self.save(logs=self.info["logs"][:epoch] + [epoch_logs], epochs_done=epoch + 1)
                 hooks.epoch_ended(self.trial_id, epoch)
             finally:
                 notices.release()
@@ -146,7 +144,21 @@ def tuner_class(hooks: SearchHooks):
                                    keras.callbacks.BackupAndRestore(self._backup_dir(trial.trial_id),
                                                                     delete_checkpoint=False),
                                    self._hook]
-            return super()._build_and_fit_model(trial, *args, **kwargs)
+            done = self._hook.info["logs"]
+            for callback in kwargs["callbacks"]:
+                if isinstance(callback, tuner_utils.SaveBestEpoch) and done:
+                    # Keep the best epoch of the earlier runs unless a resumed epoch beats it.
+                    for logs in done:
+                        value = callback.objective.get_value(logs)
+                        if callback.objective.better_than(value, callback.best_value):
+                            callback.best_value = value
+            history = super()._build_and_fit_model(trial, *args, **kwargs)
+            # A resumed fit only knows its own epochs: the trial is scored on all of them (and on the
+            # logged ones alone when the kill came after the last epoch).
+            logs = self._hook.info["logs"]
+            history.history = {key: [epoch.get(key) for epoch in logs] for key in (logs[0] if logs else {})}
+            history.epoch = list(range(len(logs)))
+            return history
 
         def pre_create_trial(self):
             notices.hold()  # create_trial writes oracle.json and trial.json

@@ -1,0 +1,149 @@
+"""Stops the agent honours: SIGTERM, an AWS spot instance-action served on 127.0.0.1, the lease,
+the budget and the deadline; a failed trial is recorded and never confused with a preemption."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.fixtures.search import LiveAgent, check_chain, make_bundle, run_agent
+
+AWS_NOTICE_WINDOW = 120  # seconds between the instance-action notice and the instance going away
+
+
+class FakeImds(BaseHTTPRequestHandler):
+    """IMDSv2: a token from PUT /latest/api/token, required on every GET."""
+
+    armed = False
+    TOKEN = "token-for-test"
+
+    def do_PUT(self):
+        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            self._answer(200, self.TOKEN)
+        else:
+            self._answer(400, "")
+
+    def do_GET(self):
+        if self.headers.get("X-aws-ec2-metadata-token") != self.TOKEN:
+            self._answer(401, "")
+        elif self.path == "/latest/meta-data/spot/instance-action" and type(self).armed:
+            self._answer(200, json.dumps({"action": "terminate", "time": "2026-11-28T06:00:00Z"}))
+        else:
+            self._answer(404, "")
+
+    def _answer(self, code: int, body: str) -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def imds():
+    handler = type("Imds", (FakeImds,), {"armed": False})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield handler, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def store_of(url):
+    from nascloud.checkpoints import open_store
+
+    return open_store(url)
+
+
+@pytest.mark.search
+def test_sigterm_and_aws_notice_each_end_in_a_final_snapshot_and_the_search_resumes(tmp_path, imds):
+    handler, endpoint = imds
+    url = make_bundle(tmp_path, "digits-notice-2c2c2c", max_trials=4)
+    store = store_of(url)
+    logs = []
+
+    agent = LiveAgent(url, tmp_path / "work-0", NASCLOUD_AWS_METADATA_URL=endpoint)
+    agent.wait_for(r"publishing a snapshot after trial 1 epoch 1")
+    agent.proc.send_signal(signal.SIGTERM)
+    run = agent.finish(timeout=AWS_NOTICE_WINDOW)
+    logs.append(run.log)
+    assert run.code == 75, run.log
+    assert "(preempted: received SIGTERM)" in run.log
+    assert run.log.rstrip().splitlines()[-2].startswith("nascloud agent: snapshot")  # final snapshot, then exit
+    assert store.get_json("agent/exit.json")["status"] == "preempted"
+
+    agent = LiveAgent(url, tmp_path / "work-1", NASCLOUD_AWS_METADATA_URL=endpoint)
+    agent.wait_for(r"publishing a snapshot after trial 2 epoch 1")
+    handler.armed = True
+    run = agent.finish(timeout=AWS_NOTICE_WINDOW)
+    logs.append(run.log)
+    handler.armed = False
+    assert run.code == 75, run.log
+    exit_status = store.get_json("agent/exit.json")
+    assert exit_status["status"] == "preempted" and "instance-action terminate" in exit_status["message"]
+
+    # The last run: a trial that fails on its own (the 2nd trial this process builds) is recorded
+    # failed and the search goes on.
+    run = run_agent(url, tmp_path / "work-2", kill_at="fail-trial:2", NASCLOUD_AWS_METADATA_URL=endpoint)
+    logs.append(run.log)
+    assert run.code == 0, run.log
+    report = check_chain(logs)
+    assert report.problems == []
+    assert any(trial == "1" and epoch >= 1 for _, trial, epoch in report.resumes)
+    assert any(trial == "2" and epoch >= 1 for _, trial, epoch in report.resumes)
+    statuses = {row["trial_id"]: row["status"] for row in store.get_json("results/leaderboard.json")["trials"]}
+    assert statuses == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED", "3": "FAILED"}
+    progress = store.get_json("agent/progress.json")
+    assert (progress["trials_done"], progress["trials_failed"], progress["finished"]) == (3, 1, True)
+
+
+def test_a_lapsed_lease_stops_before_any_compute_and_shuts_down(tmp_path):
+    url = make_bundle(tmp_path, "digits-lease-3d3d3d")
+    store = store_of(url)
+    store.put_json("lease.json", {"renewed_at": time.time() - 600, "ttl_seconds": 60, "owner": "laptop"})
+    marker = tmp_path / "shut-down"
+    run = run_agent(url, tmp_path / "work", NASCLOUD_SHUTDOWN_COMMAND=f"touch {marker}")
+    assert run.code == 4, run.log
+    assert marker.exists()
+    assert store.get_json("agent/exit.json")["status"] == "lease_lapsed"
+    assert store.list() == []
+
+
+@pytest.mark.search
+def test_a_lease_that_lapses_mid_run_stops_the_agent(tmp_path):
+    url = make_bundle(tmp_path, "digits-lease-4e4e4e")
+    store = store_of(url)
+    store.put_json("lease.json", {"renewed_at": time.time(), "ttl_seconds": 3, "owner": "laptop"})
+    run = run_agent(url, tmp_path / "work")
+    assert run.code == 4, run.log
+    assert store.get_json("agent/exit.json")["status"] == "lease_lapsed"
+    assert store.get_json("agent/progress.json") is None or not store.get_json("agent/progress.json")["finished"]
+
+
+@pytest.mark.parametrize("flags, code, status", [
+    (["--spent-usd", "5", "--budget-usd", "5"], 3, "budget"),
+    (["--deadline-at", "1000"], 3, "deadline"),
+])
+def test_budget_and_deadline_stop_before_any_compute(tmp_path, flags, code, status):
+    url = make_bundle(tmp_path, "digits-cap-5f5f5f")
+    run = run_agent(url, tmp_path / "work", *flags)
+    assert run.code == code, run.log
+    assert store_of(url).get_json("agent/exit.json")["status"] == status
+    assert "tensorflow" not in run.log.lower()
+
+
+def test_a_gpu_offer_without_a_gpu_is_refused_before_training(tmp_path):
+    url = make_bundle(tmp_path, "digits-gpu-6a6a6a", gpu="T4", cloud="aws")
+    run = run_agent(url, tmp_path / "work", NASCLOUD_AWS_METADATA_URL="http://127.0.0.1:9")
+    assert run.code == 1
+    assert run.log.strip().splitlines()[-1] == (
+        "Error: the offer has a T4 GPU but TensorFlow sees none; install the search extra (tensorflow, "
+        "not tensorflow-cpu) and the NVIDIA driver, or set compute.gpu: null for a CPU run")
+    assert store_of(url).list() == []
