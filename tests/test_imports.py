@@ -23,6 +23,13 @@ print("\\nIMPORTED=" + json.dumps([code, heavy]), file=sys.stderr)
 """
 
 
+def probe(args: list[str]) -> tuple[int, list[str], str]:
+    done = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", json.dumps(args)],
+                          capture_output=True, text=True, timeout=60)
+    code, heavy = json.loads(done.stderr.strip().splitlines()[-1].split("IMPORTED=", 1)[1])
+    return code, heavy, done.stderr
+
+
 @pytest.mark.parametrize("args", [
     ["estimate", "--gpu", "T4", "--hours", "72", "--budget", "40"],
     ["estimate", "--trials", "20", "--epochs", "5", "--json"],
@@ -30,9 +37,12 @@ print("\\nIMPORTED=" + json.dumps([code, heavy]), file=sys.stderr)
     ["prices", "--json", "--cloud", "gcp"],
 ])
 def test_planning_commands_do_not_import_heavy_modules(args):
-    done = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", json.dumps(args)],
-                          capture_output=True, text=True, timeout=60)
-    line = done.stderr.strip().splitlines()[-1]
-    code, heavy = json.loads(line.split("IMPORTED=", 1)[1])
-    assert code == 0, done.stderr
+    code, heavy, stderr = probe(args)
+    assert code == 0, stderr
     assert heavy == [], f"{' '.join(args)} imported {heavy}"
+
+
+def test_the_probe_sees_matplotlib_when_a_plot_is_asked_for(tmp_path):
+    code, heavy, stderr = probe(["estimate", "--hours", "3", "--gpu", "T4", "--plot", str(tmp_path / "p.png")])
+    assert code == 0, stderr
+    assert "matplotlib" in heavy and "boto3" not in heavy
