@@ -10,7 +10,7 @@ trial durations that gives P50/P90 and the chance of going over a budget.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
