@@ -233,3 +233,10 @@ class LocalProvisioner:
             if record["instance"]["job_id"] == job_id and record["state"] != "running":
                 shutil.rmtree(self._dir(record["instance"]["instance_id"]), ignore_errors=True)
         remove_job_keys(self.home, job_id)
+
+
+def launch_request(job_id: str, offer: Optional[Offer], spec) -> dict:
+    """What a local launch does, for `launch --dry-run` (nothing to send anywhere)."""
+    return {"cloud": "local", "job_id": job_id, "instance": "a fresh directory under NASCLOUD_HOME/local/instances",
+            "ssh": "a private sshd on 127.0.0.1" if find_sshd() else "none: processes started directly",
+            "python": sys.executable, "gpu": spec.compute.gpu, "price_per_hour": spec.compute.price_per_hour or 0.0}

@@ -128,3 +128,10 @@ def test_an_instance_whose_sshd_died_reads_failed(local):
     while local.status([instance])[instance.instance_id] != State.FAILED and time.monotonic() < deadline:
         time.sleep(0.05)
     assert local.status([instance]) == {instance.instance_id: State.FAILED}
+
+
+def test_dry_run_describes_the_local_instance():
+    from nascloud.provisioners.local import launch_request
+
+    request = launch_request(JOB, None, SPEC.with_overrides(compute={"price_per_hour": 0.5}))
+    assert (request["cloud"], request["python"], request["price_per_hour"]) == ("local", sys.executable, 0.5)
