@@ -14,6 +14,7 @@ from nascloud.errors import NascloudError
 from nascloud.cli import planning  # noqa: F401,E402  estimate, prices, plan
 from nascloud.cli import checkpoints  # noqa: F401,E402  checkpoints list, pull
 from nascloud.cli import agent  # noqa: F401,E402  agent, calibrate
+from nascloud.cli import jobs  # noqa: F401,E402  launch, status, watch, logs, stop, resume, results, drill, gc
 
 
 try:  # Typer 0.17+ carries its own copy of click, whose exceptions are not the click package's

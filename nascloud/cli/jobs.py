@@ -28,7 +28,9 @@ def _provisioner(job):
     from nascloud.provisioners import get_provisioner
 
     offer = job.bundle["offer"]
-    return get_provisioner(offer["cloud"], price_per_hour=offer["price_per_hour"])
+    if offer["cloud"] == "local":
+        return get_provisioner("local", price_per_hour=offer["price_per_hour"])
+    return get_provisioner(offer["cloud"])
 
 
 def _orchestrator(state, job_id: str):
@@ -67,7 +69,11 @@ def launch(
     from nascloud.agent.data import check_data_source
 
     check_data_source(spec.search)
-    estimate, interval_minutes = launching.estimate_for(spec, offer)
+    from nascloud.estimating import estimate_for_offer
+
+    estimate, interval_minutes = estimate_for_offer(spec, offer)
+    if spec.checkpoint.interval_minutes != "auto":
+        interval_minutes = spec.checkpoint.interval_minutes
     if spec.budget.usd and estimate["cost_usd"]["p50"] > spec.budget.usd and not force:
         raise UsageError(
             f"the estimate's P50 cost ${estimate['cost_usd']['p50']:.2f} (P90 ${estimate['cost_usd']['p90']:.2f}, "
