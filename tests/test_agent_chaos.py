@@ -63,7 +63,7 @@ def test_exported_model_predicts_the_test_split_with_the_reported_accuracy(digit
     assert labels == [str(d) for d in range(10)]
     board = store.get_json("results/leaderboard.json")
     splits = split(load_source(SearchSection(**DIGITS_SEARCH)), seed=DIGITS_SEARCH["seed"])
-    model = keras.models.load_model(tmp_path / "best.keras")
+    model = keras.models.load_model(tmp_path / "best.keras", compile=False)
     predicted = [labels[i] for i in np.argmax(model.predict(splits.x_test, verbose=0), axis=1)]
     accuracy = float(np.mean(np.array(predicted) == np.array([labels[i] for i in splits.y_test])))
     assert accuracy == pytest.approx(board["test_accuracy"], abs=1e-9)

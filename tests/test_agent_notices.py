@@ -147,3 +147,55 @@ def test_a_gpu_offer_without_a_gpu_is_refused_before_training(tmp_path):
         "Error: the offer has a T4 GPU but TensorFlow sees none; install the search extra (tensorflow, "
         "not tensorflow-cpu) and the NVIDIA driver, or set compute.gpu: null for a CPU run")
     assert store_of(url).list() == []
+
+
+class FakeGce(BaseHTTPRequestHandler):
+    preempted = "FALSE"
+
+    def do_GET(self):
+        ok = self.path == "/computeMetadata/v1/instance/preempted" and self.headers.get("Metadata-Flavor") == "Google"
+        data = type(self).preempted.encode() if ok else b""
+        self.send_response(200 if ok else 403)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_metadata_pollers_read_aws_imdsv2_and_gce(imds):
+    from nascloud.agent.notices import aws_instance_action, gce_preempted
+
+    handler, endpoint = imds
+    assert aws_instance_action(endpoint) is None
+    handler.armed = True
+    assert aws_instance_action(endpoint) == "AWS spot instance-action terminate at 2026-11-28T06:00:00Z"
+    assert aws_instance_action("http://127.0.0.1:9") is None  # unreachable: no notice, no crash
+
+    gce = type("Gce", (FakeGce,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), gce)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/computeMetadata/v1"
+    try:
+        assert gce_preempted(base) is None
+        gce.preempted = "TRUE"
+        assert gce_preempted(base) == "GCP instance/preempted is TRUE"
+    finally:
+        server.shutdown()
+
+
+def test_the_space_constraints_pin_autokeras_names():
+    from nascloud.agent.search import constraints
+    from nascloud.job import SearchSection
+
+    hp = constraints(SearchSection(space={"block_type": ["vanilla", "resnet"], "kernel_size": [3, 5],
+                                          "num_blocks": [1, 2], "dropout": [0.5]}))
+    space = {p.name: p for p in hp.space}
+    assert space["image_block/block_type"].values == ["resnet", "vanilla"]
+    assert space["image_block/conv_block_1/kernel_size"].values == [3, 5]
+    assert space["image_block/conv_block_1/num_blocks"].values == [1, 2]
+    assert space["image_block/conv_block_1/dropout"].values == [0.5]
+    assert space["image_block/res_net_block_1/pretrained"].value is False
+    table = constraints(SearchSection(task="structured_data_classification", space={"num_layers": [2, 3]}))
+    assert {p.name: p.values for p in table.space}["structured_data_block/dense_block_1/num_layers"] == [2, 3]

@@ -138,16 +138,21 @@ def start_polling(notices: Notices, checks: list[Callable[[], Optional[str]]], i
 _hits: dict[str, int] = {}
 
 
-def fault_point(name: str, delay: float = 0.0) -> None:
-    """Test-only fault injection: NASCLOUD_TEST_KILL_AT=<point>:<n> SIGKILLs this process the n-th
-    time it reaches <point> (after `delay` seconds, from a timer, so the kill lands inside the work
-    that follows); the point `fail-trial` raises an ordinary error instead, like a trial that fails."""
-    spec = os.environ.get("NASCLOUD_TEST_KILL_AT", "")
-    point, _, count = spec.partition(":")
+def fault_armed(name: str) -> bool:
+    """Test-only fault injection: NASCLOUD_TEST_KILL_AT=<point>:<n> arms <point> the n-th time it is
+    reached in this process."""
+    point, _, count = os.environ.get("NASCLOUD_TEST_KILL_AT", "").partition(":")
     if point != name:
-        return
+        return False
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] != int(count or 1):
+    return _hits[name] == int(count or 1)
+
+
+def fault_point(name: str, delay: float = 0.0) -> None:
+    """SIGKILL this process when `name` is armed (after `delay` seconds, from a timer, so the kill lands
+    inside the work that follows); the point `fail-trial` raises an ordinary error instead, like a trial
+    that fails on its own."""
+    if not fault_armed(name):
         return
     if name == "fail-trial":
         raise RuntimeError("injected trial failure (NASCLOUD_TEST_KILL_AT)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from nascloud.agent import data as data_module
-from nascloud.agent.notices import Notices, StopRequested, fault_point, pollers, start_polling
+from nascloud.agent.notices import Notices, StopRequested, fault_armed, fault_point, pollers, start_polling
 from nascloud.errors import NascloudError, UsageError
 from nascloud.job import JobSpec
 
@@ -208,11 +209,23 @@ class Agent:
     def snapshot(self, why: str) -> None:
         self.phase = "snapshotting"
         log.info("publishing a snapshot after %s", why)
-        fault_point("snapshot", delay=0.005)  # the timer fires while publish is under way
+        if fault_armed("snapshot"):
+            self._die_inside_publish()
         self.snapshot_id = self.store.publish(self.snapshot_dir)
         self.last_snapshot = time.monotonic()
         log.info("snapshot %s committed", self.snapshot_id)
         self.phase = "searching"
+
+    def _die_inside_publish(self) -> None:
+        """Test-only (fault injection): SIGKILL after the publish's first upload, before its manifest."""
+        objects = self.store.objects
+        upload = objects.upload
+
+        def upload_then_die(key: str, path: Path) -> None:
+            upload(key, path)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        objects.upload = upload_then_die
 
     # -- the run ---------------------------------------------------------------------------
     def finished_before(self) -> bool:

@@ -25,6 +25,8 @@ PROJECT = "search"  # the KerasTuner project folder inside the snapshot director
 TRIAL_INFO = "nascloud.json"  # per-trial duration and parameter count, written into the trial folder
 IMAGE_BLOCK = "image_block"
 TABLE_BLOCK = "structured_data_block"
+APPLICATION_BLOCKS = {"resnet": "res_net_block_1", "xception": "xception_block_1",
+                      "efficient": "efficient_net_block_1"}
 
 
 class SearchHooks(Protocol):
@@ -61,13 +63,20 @@ def constraints(search: SearchSection):
         choice(f"{conv}/num_layers", depth)
         choice(f"{conv}/dropout", space.dropout)
 
+    def application(block_type: str) -> None:
+        # Pretrained weights are downloaded at run time: that fails offline and surprises a budget.
+        hp.Fixed(f"{IMAGE_BLOCK}/{APPLICATION_BLOCKS[block_type]}/pretrained", False)
+
+    def block(block_type: str) -> None:
+        vanilla() if block_type == "vanilla" else application(block_type)
+
     if len(space.block_type) > 1:
         choice(f"{IMAGE_BLOCK}/block_type", space.block_type)
-        if "vanilla" in space.block_type:
-            with hp.conditional_scope(f"{IMAGE_BLOCK}/block_type", ["vanilla"]):
-                vanilla()
-    elif space.block_type == ["vanilla"]:
-        vanilla()
+        for block_type in space.block_type:
+            with hp.conditional_scope(f"{IMAGE_BLOCK}/block_type", [block_type]):
+                block(block_type)
+    else:
+        block(space.block_type[0])
     return hp
 
 
