@@ -121,7 +121,7 @@ def launch_request(job_id: str, offer: Offer, spec) -> dict:
     bucket = job_prefix(spec, job_id, "s3")
     image = spec.compute.image or f"<resolved at launch from SSM {DLAMI_PARAMETER}>"
     cidr = spec.compute.ssh_cidr or "<your public address>/32"
-    user_data = cloud_bootstrap("aws", bucket.url, SSH_USER, spec.compute.gpu, None)
+    user_data = cloud_bootstrap("aws", bucket.url, spec.compute.gpu, None)
     requests = _requests(job_id, offer, spec, image, cidr, user_data, "<id of security group nascloud-"
                          f"{job_id}>", default_owner())
     return {"cloud": "aws", "region": offer.region, **requests}
@@ -132,10 +132,11 @@ class AwsProvisioner:
 
     def __init__(self, home: Optional[Path] = None, region: Optional[str] = None, owner: Optional[str] = None,
                  ssh_address: Optional[Callable[[Instance], tuple[str, int]]] = None,
-                 cidr_lookup: Callable[[], str] = lookup_public_cidr, poll_seconds: float = 5.0):
+                 cidr_lookup: Callable[[], str] = lookup_public_cidr, poll_seconds: float = 5.0,
+                 ssh_user: str = SSH_USER):
         """ssh_address overrides where SSH connects (tests map an instance to a local sshd: the public
         addresses an emulator invents must never be contacted). cidr_lookup finds the caller's address
-        when the job file gives no compute.ssh_cidr."""
+        when the job file gives no compute.ssh_cidr. ssh_user is the image's login (ubuntu on the DLAMI)."""
         import boto3
 
         self._session = boto3.session.Session()
@@ -145,6 +146,7 @@ class AwsProvisioner:
         self._ssh_address = ssh_address
         self._cidr_lookup = cidr_lookup
         self._poll = poll_seconds
+        self.ssh_user = ssh_user
         self._clients: dict[tuple[str, str], object] = {}
 
     def _client(self, service: str, region: str):
@@ -239,7 +241,7 @@ class AwsProvisioner:
         image = spec.compute.image or self._image(region)
         cidr = ssh_cidr(spec, self._cidr_lookup)
         client_key, host_key = job_keys(self.home, job_id)
-        user_data = cloud_bootstrap("aws", job_prefix(spec, job_id, "s3").url, SSH_USER, spec.compute.gpu, host_key)
+        user_data = cloud_bootstrap("aws", job_prefix(spec, job_id, "s3").url, spec.compute.gpu, host_key)
         requests = _requests(job_id, offer, spec, image, cidr, user_data, "", self.owner)
         try:
             self._ensure_key_pair(ec2, job_id, client_key.public_line)
@@ -341,7 +343,7 @@ class AwsProvisioner:
             host, port = (found[0].get("PublicIpAddress") if found else None), 22
             if not host:
                 raise CloudError(f"{instance.instance_id} has no public address (yet); wait until it is running")
-        return SshTarget(host, port, SSH_USER, str(client_key.private_path), host_key_line(host_key))
+        return SshTarget(host, port, self.ssh_user, str(client_key.private_path), host_key_line(host_key))
 
     def release(self, job_id: str) -> None:
         name = _name(job_id)

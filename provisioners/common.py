@@ -139,7 +139,7 @@ def bootstrap_script(values: dict[str, str]) -> str:
     return "\n".join([shebang, *lines, body])
 
 
-def cloud_bootstrap(cloud: str, job_url: str, user: str, gpu: Optional[str], host_key: Optional[KeyPair]) -> str:
+def cloud_bootstrap(cloud: str, job_url: str, gpu: Optional[str], host_key: Optional[KeyPair]) -> str:
     """The script a cloud instance runs at first boot; host_key None renders a placeholder (dry run)."""
     private = (base64.b64encode(host_key.private_path.read_bytes()).decode()
                if host_key else "<generated at launch>")
@@ -147,7 +147,6 @@ def cloud_bootstrap(cloud: str, job_url: str, user: str, gpu: Optional[str], hos
         "NASCLOUD_CLOUD": cloud,
         "NASCLOUD_JOB_URL": job_url,
         "NASCLOUD_ROOT": CLOUD_ROOT,
-        "NASCLOUD_USER": user,
         "NASCLOUD_GPU": gpu or "",
         "NASCLOUD_HOST_KEY_B64": private,
     })

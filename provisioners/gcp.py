@@ -106,7 +106,7 @@ def _bodies(job_id: str, offer: Offer, spec, zone: str, name: str, image: str, c
                                "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]}],
         "scheduling": scheduling,
         "metadata": {"items": [
-            {"key": "ssh-keys", "value": f"{SSH_USER}:{ssh_key}"},
+            {"key": "ssh-keys", "value": ssh_key},
             {"key": "block-project-ssh-keys", "value": "true"},
             {"key": "install-nvidia-driver", "value": "True"},
             {"key": "startup-script", "value": script},
@@ -131,10 +131,11 @@ def launch_request(job_id: str, offer: Offer, spec) -> dict:
     """What launch would send, with no credentials and no network: look-ups show as placeholders."""
     zone = _zone_of(offer, spec)
     bucket = job_prefix(spec, job_id, "gs")
-    script = cloud_bootstrap("gcp", bucket.url, SSH_USER, offer.gpu or spec.compute.gpu, None)
+    script = cloud_bootstrap("gcp", bucket.url, offer.gpu or spec.compute.gpu, None)
     firewall, instance = _bodies(
         job_id, offer, spec, zone, f"{_name(job_id)}-<4 hex>", spec.compute.image or DEFAULT_IMAGE,
-        spec.compute.ssh_cidr or "<your public address>/32", "<the job's SSH public key, generated at launch>",
+        spec.compute.ssh_cidr or "<your public address>/32",
+        f"{SSH_USER}:<the job's SSH public key, generated at launch>",
         script, default_owner(), os.environ.get("NASCLOUD_GCP_SERVICE_ACCOUNT") or None)
     project = os.environ.get("NASCLOUD_GCP_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT") or "<your project>"
     return {"cloud": "gcp", "project": project, "zone": zone, "firewalls.insert": firewall,
@@ -147,9 +148,11 @@ class GcpProvisioner:
     def __init__(self, project: Optional[str] = None, home: Optional[Path] = None, owner: Optional[str] = None,
                  service_account: Optional[str] = None, endpoint: Optional[str] = None,
                  ssh_address: Optional[Callable[[Instance], tuple[str, int]]] = None,
-                 cidr_lookup: Callable[[], str] = lookup_public_cidr, timeout: float = 600.0):
+                 cidr_lookup: Callable[[], str] = lookup_public_cidr, timeout: float = 600.0,
+                 ssh_user: str = SSH_USER):
         """service_account: the identity the VM gets (README: limit it to the bucket prefix); without one the
-        VM has none and cannot reach the bucket. ssh_address overrides where SSH connects (tests)."""
+        VM has none and cannot reach the bucket. ssh_address overrides where SSH connects (tests); ssh_user
+        is the login the job's key is installed for."""
         self.project = project or os.environ.get("NASCLOUD_GCP_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
         self.home = home
         self.owner = owner or default_owner()
@@ -158,6 +161,7 @@ class GcpProvisioner:
         self._ssh_address = ssh_address
         self._cidr_lookup = cidr_lookup
         self._timeout = timeout
+        self.ssh_user = ssh_user
         self._clients: dict[str, object] = {}
         self._credentials = None
 
@@ -299,11 +303,11 @@ class GcpProvisioner:
 
         cidr = ssh_cidr(spec, self._cidr_lookup)
         client_key, host_key = job_keys(self.home, job_id)
-        script = cloud_bootstrap("gcp", job_prefix(spec, job_id, "gs").url, SSH_USER, offer.gpu or spec.compute.gpu,
-                                 host_key)
+        script = cloud_bootstrap("gcp", job_prefix(spec, job_id, "gs").url, offer.gpu or spec.compute.gpu, host_key)
         name = f"{_name(job_id)}-{secrets.token_hex(2)}"
         firewall, body = _bodies(job_id, offer, spec, zone, name, spec.compute.image or DEFAULT_IMAGE, cidr,
-                                 client_key.public_line, script, self.owner, self.service_account)
+                                 f"{self.ssh_user}:{client_key.public_line}", script, self.owner,
+                                 self.service_account)
         self._ensure_firewall(firewall)
         instances = self._client("InstancesClient")
         operation = self._call("creating the instance", instances.insert_unary, offer=offer, project=self.project,
@@ -378,7 +382,7 @@ class GcpProvisioner:
             host, port = self._instance(raw).extra["public_ip"], 22
             if not host:
                 raise CloudError(f"{instance.instance_id} has no external address (yet); wait until it is running")
-        return SshTarget(host, port, SSH_USER, str(client_key.private_path), host_key_line(host_key))
+        return SshTarget(host, port, self.ssh_user, str(client_key.private_path), host_key_line(host_key))
 
     def release(self, job_id: str) -> None:
         from google.api_core.exceptions import NotFound

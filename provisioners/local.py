@@ -27,7 +27,8 @@ from typing import Optional
 from nascloud.errors import CloudError
 from nascloud.paths import nascloud_home
 from nascloud.provisioners.base import Instance, Offer, SshTarget, State
-from nascloud.provisioners.common import bootstrap_script, ensure_key, host_key_line, job_keys, remove_job_keys
+from nascloud.provisioners.common import (KeyPair, bootstrap_script, ensure_key, host_key_line, job_keys,
+                                          remove_job_keys)
 from nascloud.remote import INSTANCE_ENV
 
 
@@ -63,6 +64,42 @@ def _marked_pids(instance_id: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def start_sshd(sshd: str, folder: Path, host_key: KeyPair, authorized: str, instance_id: str) -> tuple[int, int]:
+    """A private sshd on a free 127.0.0.1 port presenting host_key and admitting only the `authorized`
+    public key; its sessions carry the instance's mark. Returns (pid, port) once it accepts connections."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "authorized_keys").write_text(authorized + "\n")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
+    for _ in range(3):  # the free port may be taken between probing and binding
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = folder / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key.private_path}",
+            f"PidFile {folder / 'sshd.pid'}", f"AuthorizedKeysFile {folder / 'authorized_keys'}",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+            "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
+            # SHLVL=1 keeps bash from sourcing the user's ~/.bashrc in these non-interactive sessions:
+            # a fresh host has none, and a killed session must not leave its locks behind.
+            f"SetEnv {INSTANCE_ENV}={instance_id} SHLVL=1", "LogLevel ERROR", "",
+        ]))
+        with open(folder / "sshd.log", "ab") as log:
+            process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return process.pid, port
+            except OSError:
+                time.sleep(0.05)
+        process.kill()
+        process.wait()
+    raise CloudError(f"the local sshd for {instance_id} did not start; see {folder / 'sshd.log'}")
 
 
 class LocalProvisioner:
@@ -139,38 +176,9 @@ class LocalProvisioner:
 
     def _start_sshd(self, instance_id: str, authorized: str) -> dict:
         folder = self._dir(instance_id) / "sshd"
-        folder.mkdir(exist_ok=True)
         host = ensure_key(folder / "host_ed25519", f"nascloud-host-{instance_id}")
-        (folder / "authorized_keys").write_text(authorized + "\n")
-        if os.geteuid() == 0:
-            os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-        for _ in range(3):  # the free port may be taken between probing and binding
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-            config = folder / "sshd_config"
-            config.write_text("\n".join([
-                f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host.private_path}",
-                f"PidFile {folder / 'sshd.pid'}", f"AuthorizedKeysFile {folder / 'authorized_keys'}",
-                "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-                "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
-                # SHLVL=1 keeps bash from sourcing the user's ~/.bashrc in these non-interactive sessions:
-                # a fresh host has none, and a killed session must not leave its locks behind.
-                f"SetEnv {INSTANCE_ENV}={instance_id} SHLVL=1", "LogLevel ERROR", "",
-            ]))
-            with open(folder / "sshd.log", "ab") as log:
-                process = subprocess.Popen([self.sshd, "-D", "-e", "-f", str(config)], stdout=log,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and process.poll() is None:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    return {"sshd_pid": process.pid, "port": port, "host_key": host_key_line(host)}
-                except OSError:
-                    time.sleep(0.05)
-            process.kill()
-            process.wait()
-        raise CloudError(f"the local sshd for {instance_id} did not start; see {folder / 'sshd.log'}")
+        pid, port = start_sshd(self.sshd, folder, host, authorized, instance_id)
+        return {"sshd_pid": pid, "port": port, "host_key": host_key_line(host)}
 
     def status(self, instances: list[Instance]) -> dict[str, State]:
         states = {}

@@ -188,3 +188,4 @@ def test_dry_run_request_needs_no_credentials_and_shows_placeholders(monkeypatch
     assert request["AuthorizeSecurityGroupIngress"]["IpPermissions"][0]["IpRanges"] == [
         {"CidrIp": "<your public address>/32"}]
     json.dumps(request)  # printable as JSON
+

@@ -47,7 +47,7 @@ def scratch(tmp_path):
 def run_cloud_branch(scratch: Path, cloud: str, **env: str) -> tuple[subprocess.CompletedProcess, Path, bytes]:
     host_key = ensure_key(scratch / "keys" / "host_ed25519", "host")
     script = cloud_bootstrap(cloud, "s3://bkt/jobs/digits-1a2b3c" if cloud == "aws" else "gs://bkt/digits-1a2b3c",
-                             "ubuntu", "T4", host_key)
+                             "T4", host_key)
     root = scratch / "root"
     script = script.replace(f"NASCLOUD_ROOT={CLOUD_ROOT}\n", f"NASCLOUD_ROOT={root}\n")
     (scratch / "user-data").write_text(script)

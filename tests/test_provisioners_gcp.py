@@ -186,3 +186,4 @@ def test_dry_run_bodies_need_no_credentials(monkeypatch):
     assert body["disks"][0]["initializeParams"]["sourceImage"].startswith("projects/deeplearning-platform-release/")
     json.dumps(request)
 
+
