@@ -355,7 +355,9 @@ class Orchestrator:
         try:
             remote = connect(self.provisioner.ssh_target(instance), instance)
             try:
-                remote.run("pkill -TERM -f 'nascloud agent' || true", timeout=30)
+                # Only this job's agent: another job may run on the same machine (local provider).
+                pattern = shlex.quote(f"nascloud agent {self.job.job_url}")
+                remote.run(f"pkill -TERM -f -- {pattern} || true", timeout=30)
             finally:
                 remote.close()
         except NascloudError as error:
