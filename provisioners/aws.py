@@ -219,7 +219,8 @@ class AwsProvisioner:
             market = "spot" if offer.spot else "on-demand"
             raise CloudError(f"your AWS {market} quota for {offer.instance_type} in {region} is {quota:g} vCPUs and "
                              f"it needs {vcpus} (new accounts start at 0); request an increase of quota {code} in the "
-                             "Service Quotas console" + (", or try on-demand (compute.spot: false)" if offer.spot else ""))
+                             "Service Quotas console"
+                             + (", or try on-demand (compute.spot: false)" if offer.spot else ""))
 
     def _quota(self, region: str, code: str) -> Optional[float]:
         quotas = self._client("service-quotas", region)
@@ -332,7 +333,8 @@ class AwsProvisioner:
     def list_owned(self, job_id: Optional[str] = None) -> list[Instance]:
         tag = ({"Name": f"tag:{JOB_TAG}", "Values": [job_id]} if job_id else {"Name": "tag-key", "Values": [JOB_TAG]})
         live = {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}
-        return [self._instance(d, region) for region in sorted(self.regions) for d in self._describe(region, [tag, live])]
+        return [self._instance(d, region) for region in sorted(self.regions)
+                for d in self._describe(region, [tag, live])]
 
     def ssh_target(self, instance: Instance) -> SshTarget:
         client_key, host_key = job_keys(self.home, instance.job_id)
@@ -374,7 +376,8 @@ class AwsProvisioner:
     def _wait_gone(self, region: str, job_id: str, tries: int = 60) -> None:
         """The security group can only go once the job's instances have finished terminating."""
         filters = [{"Name": f"tag:{JOB_TAG}", "Values": [job_id]},
-                   {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}]
+                   {"Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}]
         for _ in range(tries):
             left = self._describe(region, filters)
             if not left:

@@ -60,7 +60,8 @@ def test_launch_twice_makes_one_locked_down_instance_and_release_removes_the_res
     assert described["KeyName"] == f"nascloud-{JOB}"
     assert described["IamInstanceProfile"]["Arn"].endswith(f"instance-profile/nascloud-{JOB}")
 
-    (group,) = ec2.describe_security_groups(GroupIds=[g["GroupId"] for g in described["SecurityGroups"]])["SecurityGroups"]
+    groups = [g["GroupId"] for g in described["SecurityGroups"]]
+    (group,) = ec2.describe_security_groups(GroupIds=groups)["SecurityGroups"]
     assert [(p["IpProtocol"], p["FromPort"], p["ToPort"], [r["CidrIp"] for r in p["IpRanges"]])
             for p in group["IpPermissions"]] == [("tcp", 22, 22, [CIDR])]
 
@@ -86,7 +87,8 @@ def test_launch_twice_makes_one_locked_down_instance_and_release_removes_the_res
     assert aws.status([first]) == {first.instance_id: State.TERMINATED}
     aws.release(JOB)
     aws.release(JOB)
-    assert not ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [f"nascloud-{JOB}"]}])["SecurityGroups"]
+    by_name = [{"Name": "group-name", "Values": [f"nascloud-{JOB}"]}]
+    assert not ec2.describe_security_groups(Filters=by_name)["SecurityGroups"]
     assert not ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [f"nascloud-{JOB}"]}])["KeyPairs"]
     assert not [r for r in iam.list_roles()["Roles"] if r["RoleName"] == f"nascloud-{JOB}"]
     assert not Path(target.key_path).exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -81,7 +82,10 @@ def test_launch_twice_makes_one_spot_vm_behind_a_narrow_firewall(gcp, gce):
 
 def test_a_preemption_operation_reads_preempted_a_plain_stop_does_not(gcp, gce):
     reclaimed = gcp.launch(JOB, Offer(), job())
-    gce.preempt(reclaimed.instance_id)
+    # Through the control call a CLI test in another process would use (gce.preempt in this one).
+    urllib.request.urlopen(urllib.request.Request(f"{gce.url}/_control/preempt", method="POST",
+                                                  data=json.dumps({"name": reclaimed.instance_id}).encode()))
+    assert gce.instances["us-central1-a", reclaimed.instance_id]["status"] == "TERMINATED"
     stopped = gce.add_instance("us-central1-b", "nascloud-other-0000", {"nascloud-job": JOB}, status="TERMINATED")
     other = replace(reclaimed, instance_id=stopped["name"], zone="us-central1-b")
     gone = replace(reclaimed, instance_id="nascloud-gone-0000")
@@ -140,7 +144,8 @@ def test_no_capacity_and_no_quota_say_what_to_try(gcp, gce):
         gcp.launch(JOB, Offer(zone="us-central1-b"), job())
     gcp.preflight(Offer(region="us-west1", zone="us-west1-b"), job())
     with pytest.raises(UsageError, match="use a gs://BUCKET/PREFIX bucket"):
-        gcp.preflight(Offer(region="us-west1", zone="us-west1-b"), job().with_overrides(checkpoint={"bucket": "s3://b/p"}))
+        gcp.preflight(Offer(region="us-west1", zone="us-west1-b"),
+                      job().with_overrides(checkpoint={"bucket": "s3://b/p"}))
 
 
 def test_no_credentials_is_a_cloud_error_without_touching_the_network(monkeypatch, tmp_path):
@@ -154,7 +159,6 @@ def test_no_credentials_is_a_cloud_error_without_touching_the_network(monkeypatc
 def test_the_fake_refuses_what_gce_refuses(gce):
     """The server's validation is what makes the provisioner's tests meaningful: check it directly."""
     import urllib.error
-    import urllib.request
 
     def insert(body: dict) -> tuple[int, str]:
         request = urllib.request.Request(f"{gce.url}/compute/v1/projects/{gce.project}/zones/us-central1-a/instances",

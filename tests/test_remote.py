@@ -46,6 +46,7 @@ def test_a_key_the_host_does_not_know_is_refused(two_hosts):
 def test_nothing_listening_is_unreachable_after_bounded_retries(tmp_path):
     local = LocalProvisioner(home=tmp_path / "home", use_ssh=False)
     instance = local.launch("remote-test-cccccc", None, SPEC)
-    target = remote.SshTarget("127.0.0.1", free_port(), "nobody", str(tmp_path / "none"), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeWY494FqoDPcVQiWN1itfle4RloVbuYR+e4Ai1bH0K")
+    pinned = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeWY494FqoDPcVQiWN1itfle4RloVbuYR+e4Ai1bH0K"
+    target = remote.SshTarget("127.0.0.1", free_port(), "nobody", str(tmp_path / "none"), pinned)
     with pytest.raises(remote.UnreachableError, match=r"after 3 tries"):
         remote.connect(target, instance, attempts=3, delay=0.01)
