@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -101,6 +102,26 @@ def test_a_rerun_of_a_finished_search_refits_nothing(digits_chain, tmp_path):
     assert "finished before" in done.stdout
     assert [s.snapshot_id for s in store.list()] == before
     assert not (tmp_path / "again").exists()  # nothing restored, nothing trained
+
+
+def test_a_run_killed_during_export_exports_again_without_training(digits_chain, tmp_path):
+    from nascloud.checkpoints import open_store
+
+    bucket = tmp_path / "bucket"
+    shutil.copytree(digits_chain["root"] / "bucket", bucket)
+    url = f"file://{bucket}/{digits_chain['url'].rsplit('/', 1)[1]}"
+    store = open_store(url)
+    head = store.list()[-1].snapshot_id
+    progress = store.get_json("agent/progress.json")
+    store.put_json("agent/progress.json", {**progress, "finished": False})  # as if killed mid-export
+    (bucket / url.rsplit("/", 1)[1] / "results" / "leaderboard.json").unlink()
+    done = subprocess.run(agent_command(url, tmp_path / "work"), capture_output=True, text=True, timeout=300,
+                          env=agent_env())
+    assert done.returncode == 0, done.stderr
+    assert f"restored snapshot {head}" in done.stderr
+    assert "starts at epoch" not in done.stderr  # no trial and no refit
+    assert store.list()[-1].snapshot_id == head
+    assert store.get_json("results/leaderboard.json") == leaderboard(digits_chain["url"])
 
 
 def test_random_sigkills_still_finish_exactly_once(tmp_path):

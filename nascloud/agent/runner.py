@@ -20,7 +20,7 @@ from typing import Optional
 
 from nascloud.agent import data as data_module
 from nascloud.agent.notices import Notices, StopRequested, fault_armed, fault_point, pollers, start_polling
-from nascloud.errors import NascloudError, UsageError
+from nascloud.errors import NascloudError, StaleWriterError, UsageError
 from nascloud.job import JobSpec
 
 log = logging.getLogger("nascloud.agent")
@@ -261,6 +261,8 @@ class Agent:
             return self._search()
         except StopRequested as stop:
             return self._stop(stop)
+        except StaleWriterError:
+            raise  # another agent owns the job now: its status is not ours to overwrite
         except NascloudError as error:
             self.exit_status("failed", str(error))
             raise

@@ -169,6 +169,19 @@ def tuner_class(hooks: SearchHooks):
             history.epoch = list(range(len(logs)))
             return history
 
+        def on_search_end(self):
+            super().on_search_end()
+            notices.hold()  # AutoKeras writes best_model.keras, its pipeline and its state next
+            self._writing_results = True
+
+        def search(self, *args, **kwargs):
+            history = super().search(*args, **kwargs)
+            if getattr(self, "_writing_results", False):
+                self._writing_results = False
+                self.save()  # AutoKeras sets `finished` after its last save; persist it for the snapshot
+                notices.release()
+            return history
+
         def pre_create_trial(self):
             notices.hold()  # create_trial writes oracle.json and trial.json
 
@@ -235,7 +248,6 @@ def fit(model, search: SearchSection, splits: Splits, epochs: int | None = None)
               validation_data=(splits.x_val, one_hot(splits.y_val, classes)), epochs=epochs,
               callbacks=[keras.callbacks.EarlyStopping(patience=epochs, min_delta=1e-4)],
               batch_size=32, verbose=0)
-    model.tuner.save()  # AutoKeras sets `finished` after its last save; persist it for the snapshot
 
 
 def trial_rows(project_dir: Path, objective: str) -> list[dict]:
