@@ -51,6 +51,17 @@ class WatchSettings:
         )
 
 
+def money(state: State, job: JobRow, progress: Optional[dict], now: float, tick_seconds: float,
+          fired: frozenset = frozenset()):
+    """The budget's view of a job now: spend, burn rate, projection, P(over), alerts due, stop or not."""
+    from nascloud.budget import BudgetConfig, Progress, evaluate
+
+    spec = job.bundle["spec"]["search"]
+    config = BudgetConfig.for_job(job, tick_seconds=tick_seconds)
+    return evaluate(state.instances(job.job_id), Progress.of(progress, spec["epochs"], spec["max_trials"]),
+                    config, fired, now)
+
+
 def crash_point(name: str) -> None:
     """Fault injection for the crash-safety tests: NASCLOUD_TEST_CRASH_AT=<name> kills this process
     with SIGKILL right there, the way a laptop dies, between an intent and its effect."""
@@ -173,7 +184,27 @@ class Orchestrator:
                 self._start_agent(current, instance)
             return None
         self._check_heartbeat(current, instance)
-        return None
+        return self._guard_money(job)
+
+    def _guard_money(self, job: JobRow) -> Optional[str]:
+        """Alerts once each, and the hard stop before the budget or deadline would be passed."""
+        now = self.clock()
+        fired = {e.data["key"] for e in self.state.events(self.job_id, "alert") if e.data}
+        tick = money(self.state, job, self.store.get_json("agent/progress.json"), now,
+                     self.settings.poll_seconds, fired)
+        for alert in tick.alerts:
+            self.event("alert", alert.message, **alert.data())
+            webhook = job.bundle["spec"]["budget"].get("webhook")
+            if webhook:
+                from nascloud.notify import send_webhook
+
+                delivery = send_webhook(webhook, f"nascloud {self.job_id}: {alert.message}")
+                if not delivery.ok:
+                    self.event("error", f"webhook not delivered: {delivery.error}")
+        if tick.stop == "none":
+            return None
+        self.event(tick.stop, f"stopping: {tick.reason}")
+        return self.stop(tick.stop)
 
     # steps ------------------------------------------------------------------------------------
     def _current(self) -> Optional[InstanceRow]:
@@ -245,6 +276,8 @@ class Orchestrator:
             remote.close()
         crash_point("agent-started")
         self.state.agent_started(row.seq, self.clock())
+        if self.job.status == "launching":
+            self.state.set_job(self.job_id, status="running")
         self.event("agent-started", f"agent started on {instance.instance_id}")
 
     def _agent_exit(self, row: InstanceRow) -> Optional[dict]:

@@ -17,13 +17,14 @@ FINAL = ("finished", "stopped", "budget", "deadline", "failed")
 
 
 def job_summary(state: State, job: JobRow, progress: Optional[dict] = None, now: Optional[float] = None) -> dict:
-    from nascloud.budget import ledger_total
+    from nascloud.orchestrator import WatchSettings, money
 
     now = now or time.time()
     if progress is None:
         progress = _progress(job)
     instances = state.instances(job.job_id)
-    spent = ledger_total(instances, now)
+    tick = money(state, job, progress, now, WatchSettings.from_env().poll_seconds)
+    spent = tick.spent_usd
     estimate = job.estimate or {}
     return {
         "job_id": job.job_id,
@@ -35,6 +36,7 @@ def job_summary(state: State, job: JobRow, progress: Optional[dict] = None, now:
         "budget_usd": job.budget_usd,
         "max_hours": job.max_hours,
         "spent_usd": round(spent, 6),
+        "money": {k: v for k, v in tick.as_dict().items() if k not in ("alerts", "stop", "reason")},
         "estimate": {"cost_usd": estimate.get("cost_usd"), "wall_hours": estimate.get("wall_hours")},
         "actual": {"cost_usd": round(spent, 6), "wall_hours": round(((job.ended_at or now) - job.created_at) / 3600, 4)},
         "instances": [
