@@ -1,0 +1,369 @@
+"""The money: what a job has cost, what it will cost, and when to stop it. Pure functions, no I/O.
+
+API for the watch loop (call once per tick, with the tick's own clock):
+
+    config = BudgetConfig.for_job(job, tick_seconds=settings.poll_seconds)   # once per job row read
+    tick = budget.evaluate(state.instances(job_id), Progress.of(progress_json, epochs),
+                           config, fired_alerts, now)
+    for alert in tick.alerts:            # new ones only; each fires once, in order
+        state.add_event(job_id, "alert", alert.message, now, alert.data())   # alert.key -> fired_alerts
+        notify.send_webhook(url, alert.message)
+    if tick.stop != "none":              # "budget" | "deadline": final snapshot, terminate, exit 3
+        orchestrator.stop(tick.stop)     # tick.reason says why, in one line
+    tick.as_dict()                       # spend, burn rate, projection, P(over), time to finish: status --json
+
+The ledger is the instance rows (`InstanceRow` or anything with launched_at, ended_at, price_per_hour):
+each span is billed from the provider's launch time to its end (or now) at the price at its launch,
+with the cloud's minimum and per-second after it; history is never re-priced. `fired_alerts` is the
+set of `Alert.key`s already sent (keep them in the events table); keys carry the budget or deadline
+they were computed against, so raising the budget with `resume --budget +USD` re-arms them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
+
+from nascloud import cost
+from nascloud.errors import UsageError
+
+MIN_BILLED_SECONDS = 60.0  # AWS Linux and GCP: a 60 s minimum, per-second after it
+DEFAULT_ALERTS = (0.5, 0.8, 1.0)
+SHUTDOWN_SECONDS = 180.0  # final snapshot (the agent's SIGTERM path) + terminate, billed all the way
+P_OVER_SAMPLES = 1000  # enough for a percentage on a dashboard; a tick stays in milliseconds
+
+Stop = Literal["none", "budget", "deadline"]
+
+
+# ---- the ledger ------------------------------------------------------------------------------
+
+def billed_seconds(launched_at: Optional[float], ended_at: Optional[float], now: float,
+                   minimum_seconds: float = MIN_BILLED_SECONDS) -> float:
+    """Seconds the provider bills for one instance: from launch to its end (or now), at least the
+    minimum, by the second after it. An intent whose launch never happened costs nothing."""
+    if launched_at is None:
+        return 0.0
+    end = now if ended_at is None else ended_at
+    return max(minimum_seconds, end - launched_at)
+
+
+def span_cost(row: Any, now: float, minimum_seconds: float = MIN_BILLED_SECONDS) -> float:
+    """USD for one ledger row at the price recorded at its launch."""
+    return row.price_per_hour * billed_seconds(row.launched_at, row.ended_at, now, minimum_seconds) / 3600
+
+
+def ledger_total(rows: Iterable[Any], now: float, minimum_seconds: float = MIN_BILLED_SECONDS) -> float:
+    """The job's instance spend: the sum over its spans, each at its own launch price."""
+    return sum(span_cost(row, now, minimum_seconds) for row in rows)
+
+
+def checkpoint_charges(stored_gb: float, hours: float, puts: int, billing: cost.Billing) -> float:
+    """Bucket charges: snapshots kept (GB) for `hours`, and the write requests that made them."""
+    return (stored_gb * billing.storage_gb_month * hours / cost.HOURS_PER_MONTH
+            + puts / 1000 * billing.put_per_1000)
+
+
+def burn_rate(rows: Sequence[Any]) -> float:
+    """USD per hour now: the running instances' launch prices. Between instances (a recovery in
+    progress) the last one's price, since its replacement is about to be billed at a like price."""
+    running = [r.price_per_hour for r in rows if r.launched_at is not None and r.ended_at is None]
+    if running:
+        return sum(running)
+    launched = [r for r in rows if r.launched_at is not None]
+    return launched[-1].price_per_hour if launched else 0.0
+
+
+# ---- progress and projection -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Progress:
+    """What the agent reports in agent/progress.json, reduced to what a projection needs."""
+
+    max_trials: int
+    trials_done: int = 0
+    trials_failed: int = 0
+    trial_durations: tuple[float, ...] = ()
+    running_epoch: Optional[int] = None  # epochs completed in the running trial; None: none running
+    epochs: Optional[int] = None  # epochs per trial (the job's search.epochs)
+    finished: bool = False
+    best_score: Optional[float] = None
+
+    @classmethod
+    def of(cls, data: Optional[Mapping[str, Any]], epochs: Optional[int] = None,
+           max_trials: int = 1) -> "Progress":
+        """From progress.json (or {} before the agent's first report, with the job's max_trials)."""
+        data = data or {}
+        running = data.get("running") or None
+        return cls(max_trials=int(data.get("max_trials") or max_trials),
+                   trials_done=int(data.get("trials_done") or 0),
+                   trials_failed=int(data.get("trials_failed") or 0),
+                   trial_durations=tuple(float(d) for d in data.get("trial_durations") or ()),
+                   running_epoch=int(running.get("epoch") or 0) if running else None,
+                   epochs=epochs, finished=bool(data.get("finished")), best_score=data.get("best_score"))
+
+    def remaining_trials(self) -> float:
+        """Trials still to run; the running one counts by the fraction of its epochs left. Failed
+        trials use up max_trials too (KerasTuner counts them)."""
+        if self.finished:
+            return 0.0
+        left = max(0, self.max_trials - self.trials_done - self.trials_failed)
+        if left and self.running_epoch is not None and self.epochs:
+            left -= min(self.running_epoch, self.epochs) / self.epochs
+        return float(left)
+
+
+def remaining_hours(progress: Progress, trial_seconds_hint: Optional[float] = None) -> Optional[float]:
+    """Compute time left: trials left × the mean trial so far (or the hint before any trial ends)."""
+    left = progress.remaining_trials()
+    if left == 0:
+        return 0.0
+    mean = statistics.fmean(progress.trial_durations) if progress.trial_durations else trial_seconds_hint
+    return None if mean is None else left * mean / 3600
+
+
+def p_over_budget(remaining_usd: float, hours: float, trials: float, trial_cv: float, price_per_hour: float,
+                  interruptions_per_hour: float, interval_hours: Optional[float]) -> float:
+    """P(the remaining work costs more than `remaining_usd`), from the cost model's Monte Carlo."""
+    if remaining_usd <= 0:
+        return 1.0
+    if hours <= 0 or price_per_hour <= 0:
+        return 0.0
+    offer = cost.Offer(cloud="ledger", region="", zone="", instance_type="running", gpu="", gpu_count=1,
+                       vcpus=0, memory_gib=0, on_demand=price_per_hour, spot=price_per_hour,
+                       source="ledger", as_of="")
+    option = cost.Option(offer=offer, spot=True, price_per_hour=price_per_hour, speed=1.0,
+                         interruptions_per_hour=interruptions_per_hour,
+                         # already billed: the running instance's minimum is in the ledger
+                         billing=cost.Billing(minimum_hours=0.0))
+    workload = cost.Workload(t4_hours=hours, trials=max(1, math.ceil(trials)), trial_cv=trial_cv)
+    assumptions = cost.Assumptions(interval_hours=interval_hours, samples=P_OVER_SAMPLES)
+    try:
+        return cost.estimate(workload, option, assumptions, budget=remaining_usd).p_over_budget or 0.0
+    except UsageError:  # the model says the work never finishes at this interruption rate: surely over
+        return 1.0
+
+
+# ---- configuration and validation ------------------------------------------------------------
+
+def check_budget(value: Any, name: str = "--budget") -> float:
+    """A budget is a positive, finite number of dollars."""
+    try:
+        usd = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a number of dollars, e.g. 50, got {value!r}") from None
+    if not math.isfinite(usd) or usd <= 0:
+        raise UsageError(f"{name} must be a positive number of dollars, e.g. 50, got {value}")
+    return usd
+
+
+def check_thresholds(values: Iterable[Any], name: str = "budget.alerts") -> tuple[float, ...]:
+    """Alert thresholds: positive fractions of the budget, increasing, no repeats (1.0 = all of it)."""
+    numbers = []
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{name}: {value!r} is not a number; give fractions like 0.5,0.8,1.0") from None
+        if not math.isfinite(number) or number <= 0:
+            raise UsageError(f"{name}: {value} must be a positive fraction of the budget, e.g. 0.5,0.8,1.0")
+        numbers.append(number)
+    if numbers != sorted(set(numbers)):
+        raise UsageError(f"{name}: thresholds must increase without repeats, e.g. 0.5,0.8,1.0; "
+                         f"got {','.join(f'{n:g}' for n in numbers)}")
+    return tuple(numbers)
+
+
+def parse_thresholds(text: str, name: str = "--alerts") -> tuple[float, ...]:
+    """`0.5,0.8,1.0` (or percentages `50%,80%,100%`) -> checked fractions."""
+    values: list[Any] = []
+    for part in (p.strip() for p in text.split(",")):
+        values.append(float(part[:-1]) / 100 if re.fullmatch(r"[0-9.]+%", part) else part)
+    return check_thresholds(values, name)
+
+
+def parse_budget_change(text: str, current: Optional[float]) -> float:
+    """`resume --budget`: `+USD` adds to the current budget, `USD` sets a new one."""
+    raw = text.strip().replace("$", "")
+    if raw.startswith("+"):
+        extra = check_budget(raw[1:], "--budget +USD")
+        if current is None:
+            raise UsageError(f"the job has no budget to add {text} to; give the new budget without a sign, e.g. "
+                             f"--budget {extra:g}")
+        return current + extra
+    if raw.startswith("-"):
+        raise UsageError(f"--budget must be positive: {text!r} would lower it; give the new budget without "
+                         "a sign, e.g. --budget 20")
+    return check_budget(raw)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    budget_usd: Optional[float] = None
+    alerts: tuple[float, ...] = DEFAULT_ALERTS  # fractions of the budget and of max_hours
+    max_hours: Optional[float] = None
+    started_at: float = 0.0  # the deadline runs from here (the job's creation)
+    tick_seconds: float = 10.0  # the loop's next chance to act: the billing it cannot avoid
+    shutdown_seconds: float = SHUTDOWN_SECONDS
+    minimum_billed_seconds: float = MIN_BILLED_SECONDS
+    interruptions_per_hour: float = 0.0  # for P(over budget); the offer's rate
+    interval_hours: Optional[float] = None  # checkpoint interval, for P(over budget)
+    trial_seconds_hint: Optional[float] = None  # a trial's time before any trial has finished
+
+    def __post_init__(self) -> None:
+        if self.budget_usd is not None:
+            check_budget(self.budget_usd, "budget.usd")
+        if self.max_hours is not None:
+            check_budget(self.max_hours, "budget.max_hours")
+        check_thresholds(self.alerts)
+
+    @property
+    def deadline_at(self) -> Optional[float]:
+        return None if self.max_hours is None else self.started_at + self.max_hours * 3600
+
+    @classmethod
+    def for_job(cls, job: Any, tick_seconds: float, shutdown_seconds: float = SHUTDOWN_SECONDS) -> "BudgetConfig":
+        """From a job row (state.JobRow): its budget and deadline, and its bundle's spec and estimate."""
+        spec = job.bundle["spec"]
+        estimate = job.estimate or {}
+        work = estimate.get("work_hours")  # pure training time on the offer's GPU
+        trials = spec["search"]["max_trials"]
+        interval = job.bundle.get("interval_minutes")
+        return cls(budget_usd=job.budget_usd, alerts=tuple(spec["budget"]["alerts"]), max_hours=job.max_hours,
+                   started_at=job.created_at, tick_seconds=tick_seconds, shutdown_seconds=shutdown_seconds,
+                   interruptions_per_hour=spec["compute"].get("interruptions_per_hour")
+                   or estimate.get("interruptions_per_hour") or 0.0,
+                   interval_hours=interval / 60 if interval else None,
+                   trial_seconds_hint=work * 3600 / trials if work else None)
+
+
+# ---- alerts and the tick ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Alert:
+    key: str  # unique per alert and per budget/deadline: the record that it has fired
+    kind: Literal["spend", "projection", "deadline"]
+    message: str
+
+    def data(self) -> dict:
+        return {"key": self.key, "alert": self.kind}
+
+
+@dataclass(frozen=True)
+class Tick:
+    spent_usd: float
+    burn_usd_per_hour: float
+    remaining_hours: Optional[float]  # compute time left at the current pace; None: not known yet
+    projected_usd: Optional[float]  # spent + burn × remaining
+    p_over: Optional[float]  # P(total > budget) from the cost model
+    alerts: list[Alert] = field(default_factory=list)
+    stop: Stop = "none"
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["alerts"] = [a.message for a in self.alerts]
+        return data
+
+
+def _money(usd: float) -> str:
+    return f"${usd:,.2f}"
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+
+
+def spend_alerts(spent: float, config: BudgetConfig, fired: Iterable[str]) -> list[Alert]:
+    """Threshold alerts not fired yet, lowest first: a jump past several fires each of them, in order."""
+    if config.budget_usd is None:
+        return []
+    fired = set(fired)
+    budget = config.budget_usd
+    out = []
+    for fraction in config.alerts:
+        key = f"spend:{fraction:g}@{budget:.2f}"
+        if spent >= fraction * budget and key not in fired:
+            out.append(Alert(key, "spend", f"{fraction:.0%} of the {_money(budget)} budget spent "
+                                           f"({_money(spent)})"))
+    return out
+
+
+def projection_alert(projected: Optional[float], config: BudgetConfig, fired: Iterable[str]) -> list[Alert]:
+    budget = config.budget_usd
+    if budget is None or projected is None or projected <= budget:
+        return []
+    key = f"projection@{budget:.2f}"
+    if key in set(fired):
+        return []
+    return [Alert(key, "projection", f"at this rate the search will cost {_money(projected)}, "
+                                     f"{_money(projected - budget)} over the {_money(budget)} budget")]
+
+
+def deadline_alerts(now: float, remaining: Optional[float], config: BudgetConfig,
+                    fired: Iterable[str]) -> list[Alert]:
+    """The thresholds applied to max_hours, and a projection past the deadline."""
+    deadline = config.deadline_at
+    if deadline is None:
+        return []
+    fired = set(fired)
+    limit = config.max_hours
+    elapsed = (now - config.started_at) / 3600
+    out = []
+    for fraction in config.alerts:
+        key = f"deadline:{fraction:g}@{limit:g}h"
+        if elapsed >= fraction * limit and key not in fired:
+            out.append(Alert(key, "deadline", f"{fraction:.0%} of the {_hours(limit)} deadline used "
+                                              f"({_hours(elapsed)})"))
+    key = f"deadline-projection@{limit:g}h"
+    if remaining is not None and now + remaining * 3600 > deadline and key not in fired:
+        finish = elapsed + remaining
+        out.append(Alert(key, "deadline", f"at this pace the search needs {_hours(finish)}, "
+                                          f"{_hours(finish - limit)} past the {_hours(limit)} deadline"))
+    return out
+
+
+def stop_decision(rows: Sequence[Any], config: BudgetConfig, now: float, extra_usd: float = 0.0) -> tuple[Stop, str]:
+    """Stop now if waiting for the next tick and then shutting down would pass the budget or deadline:
+    the ledger is evaluated at now + tick + shutdown with the running spans still open, so billing
+    minimums and per-second billing are counted exactly as the provider will. Between instances, the
+    replacement's minimum counts too: a recovery is not launched into a budget that cannot pay for it."""
+    horizon = config.tick_seconds + config.shutdown_seconds
+    if config.budget_usd is not None:
+        at_stop = ledger_total(rows, now + horizon, config.minimum_billed_seconds) + extra_usd
+        if rows and all(r.ended_at is not None for r in rows):
+            # Between instances: the replacement the loop is about to launch bills its minimum at once.
+            at_stop += burn_rate(rows) * max(config.minimum_billed_seconds, horizon) / 3600
+        if at_stop > config.budget_usd:
+            spent = ledger_total(rows, now, config.minimum_billed_seconds) + extra_usd
+            return "budget", (f"spent {_money(spent)} of the {_money(config.budget_usd)} budget; another tick and "
+                              f"the shutdown would make it {_money(at_stop)}")
+    deadline = config.deadline_at
+    if deadline is not None and now + horizon >= deadline:
+        return "deadline", (f"the {_hours(config.max_hours)} deadline is reached "
+                            f"({_hours((now - config.started_at) / 3600)} since launch with the shutdown to come)")
+    return "none", ""
+
+
+def evaluate(rows: Sequence[Any], progress: Progress, config: BudgetConfig, fired_alerts: Iterable[str],
+             now: float, extra_usd: float = 0.0) -> Tick:
+    """One tick of the money: spend, burn, projection, P(over budget), new alerts, stop or not.
+    `extra_usd`: charges beyond the instances (checkpoint_charges), added to the spend."""
+    rows = list(rows)
+    fired = set(fired_alerts)
+    spent = ledger_total(rows, now, config.minimum_billed_seconds) + extra_usd
+    burn = burn_rate(rows)
+    remaining = remaining_hours(progress, config.trial_seconds_hint)
+    projected = None if remaining is None else spent + burn * remaining
+    p_over = None
+    if config.budget_usd is not None and remaining is not None:
+        durations = progress.trial_durations
+        cv = statistics.pstdev(durations) / statistics.fmean(durations) if len(durations) > 1 else 0.3
+        p_over = p_over_budget(config.budget_usd - spent, remaining, progress.remaining_trials(), cv, burn,
+                               config.interruptions_per_hour, config.interval_hours)
+    alerts = (spend_alerts(spent, config, fired) + projection_alert(projected, config, fired)
+              + deadline_alerts(now, remaining, config, fired))
+    stop, reason = stop_decision(rows, config, now, extra_usd) if not progress.finished else ("none", "")
+    return Tick(spent, burn, remaining, projected, p_over, alerts, stop, reason)
