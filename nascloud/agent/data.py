@@ -53,13 +53,17 @@ def _kind(source: str) -> str:
     return "folder"
 
 
+def check_task(task: str) -> None:
+    if task not in SUPPORTED_TASKS:
+        raise UsageError(f"search.task {task}: the agent runs {' or '.join(SUPPORTED_TASKS)}; "
+                         "change search.task")
+
+
 def check_data_source(search: SearchSection) -> None:
     """Cheap checks that refuse bad input before any compute (called by launch on the laptop and by
     the agent): the task is one the agent runs, the source exists and fits the task."""
     task, source = search.task, search.data
-    if task not in SUPPORTED_TASKS:
-        raise UsageError(f"search.task {task}: the agent runs {' or '.join(SUPPORTED_TASKS)}; "
-                         "change search.task")
+    check_task(task)
     kind = _kind(source)
     if kind == "sklearn":
         name = source.split(":", 1)[1]

@@ -87,8 +87,8 @@ def open_job(target: str) -> Job:
                   spec.compute.price_per_hour or 0.0, minutes * 60)
     if job.data_name is None:
         data_module.check_data_source(spec.search)
-    elif spec.search.task not in data_module.SUPPORTED_TASKS:
-        data_module.check_data_source(spec.search)  # the one-line task error
+    else:
+        data_module.check_task(spec.search.task)  # the data was checked and packed by launch
     return job
 
 
@@ -102,6 +102,9 @@ def quiet_tensorflow() -> None:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
             import tensorflow  # noqa: F401
+    except ImportError as error:
+        raise NascloudError(f"cannot import TensorFlow ({error}); install the search extra: "
+                            "pip install 'nascloud[search]'") from None
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -182,8 +185,8 @@ class Agent:
             try:
                 self.heartbeat()
                 reason = self.stop_reason()
-            except NascloudError as error:  # a flaky bucket must not kill the search
-                log.warning("heartbeat failed: %s", error)
+            except Exception as error:  # any bucket or network error: the next beat retries; a dead
+                log.warning("heartbeat failed: %s", error)  # heartbeat thread would look like a dead agent
                 continue
             if reason:
                 self.notices.request(*reason)
