@@ -169,7 +169,8 @@ def render(view: JobView):
                           _clock(i.launched_at), _clock(i.ended_at), i.end_reason or "running")
     parts.append(instances)
 
-    trials = Table("trial", "seconds", title=trials_line(view), title_justify="left")
+    parts.append(Text(trials_line(view), style="bold"))  # above the table: a title would wrap to its width
+    trials = Table("trial", "seconds")
     for number, seconds in enumerate(view.trial_durations, 1):
         trials.add_row(str(number), f"{seconds:.0f}")
     if view.running:
