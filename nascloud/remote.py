@@ -72,8 +72,9 @@ class SshRemote:
                 chunk = None
             if chunk:
                 output.extend(chunk)
-            elif chunk == b"" and channel.exit_status_ready():
-                break
+            elif chunk == b"":  # end of output: wait for the exit status without spinning
+                if channel.status_event.wait(0.1):
+                    break
             if time.monotonic() > deadline:
                 channel.close()
                 return 124, output.decode(errors="replace")

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.provisioners.base import Instance, Offer, SshTarget, State
-from nascloud.provisioners.common import (CLOUD_PYTHON, cloud_bootstrap, default_owner, host_key_line, job_keys,
+from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, cloud_bootstrap, default_owner, host_key_line, job_keys,
                                           job_prefix, lookup_public_cidr, remove_job_keys, ssh_cidr)
 
 # The Deep Learning Base AMI (NVIDIA driver, Ubuntu 22.04), found through AWS's public SSM parameter.
@@ -188,7 +188,7 @@ class AwsProvisioner:
             instance_id=described["InstanceId"], job_id=tags.get(JOB_TAG, ""), cloud="aws", region=region,
             zone=described.get("Placement", {}).get("AvailabilityZone"), instance_type=described["InstanceType"],
             spot=described.get("InstanceLifecycle") == "spot", launched_at=described["LaunchTime"].timestamp(),
-            extra={"python": CLOUD_PYTHON, "public_ip": described.get("PublicIpAddress")},
+            extra={"python": CLOUD_PYTHON, "bootstrap_dir": CLOUD_ROOT, "public_ip": described.get("PublicIpAddress")},
         )
 
     def _describe(self, region: str, filters: list[dict]) -> list[dict]:

@@ -25,7 +25,10 @@ class Instance:
     instance_type: str
     spot: bool
     launched_at: float  # unix seconds as the provider reports it
-    extra: dict = field(default_factory=dict)  # provider specifics (public ip, project, ...)
+    # Provider specifics. Every provider sets "python" (the interpreter to run nascloud with there) and
+    # "bootstrap_dir" (where the bootstrap writes `ready`, or `failed` with the reason, and bootstrap.log);
+    # local also "workdir" (every command runs there) and "price_per_hour"; clouds "public_ip".
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.provisioners.base import Instance, Offer, SshTarget, State
-from nascloud.provisioners.common import (CLOUD_PYTHON, cloud_bootstrap, default_owner, host_key_line, job_keys,
+from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, cloud_bootstrap, default_owner, host_key_line, job_keys,
                                           job_prefix, lookup_public_cidr, remove_job_keys, ssh_cidr)
 
 ENDPOINT_ENV = "NASCLOUD_GCE_ENDPOINT"
@@ -266,7 +266,8 @@ class GcpProvisioner:
             instance_type=raw.machine_type.rsplit("/", 1)[-1],
             spot=raw.scheduling.provisioning_model == "SPOT" or bool(raw.scheduling.preemptible),
             launched_at=datetime.fromisoformat(created).timestamp() if created else time.time(),
-            extra={"python": CLOUD_PYTHON, "public_ip": nat[0] if nat else None, "project": self.project},
+            extra={"python": CLOUD_PYTHON, "bootstrap_dir": CLOUD_ROOT, "public_ip": nat[0] if nat else None,
+                   "project": self.project},
         )
 
     def _owned(self, job_id: Optional[str]) -> list:
@@ -285,14 +286,18 @@ class GcpProvisioner:
         if not gpu:
             return
         region = zone[:-2]
+        project = self._call("reading the project's quotas", self._client("ProjectsClient").get, project=self.project)
         found = self._call("reading the region's quotas", self._client("RegionsClient").get, project=self.project,
                            region=region)
-        metric = _gpu_quota_metric(gpu, offer.spot)
-        quota = next((q for q in found.quotas if q.metric == metric), None)
-        if quota is not None and quota.limit - quota.usage < 1:
-            raise CloudError(f"your GCP quota {metric} in {region} is {quota.limit:g} with {quota.usage:g} in use "
-                             "(new projects start at 0); request more under IAM & Admin > Quotas, or try another "
-                             "region" + (" or on-demand (compute.spot: false)" if offer.spot else ""))
+        # GPUS_ALL_REGIONS caps the whole project (0 in a new one), the regional metric this region.
+        for quotas, metric, where, other in (
+                (project.quotas, "GPUS_ALL_REGIONS", "the project", ""),
+                (found.quotas, _gpu_quota_metric(gpu, offer.spot), region, ", or try another region")):
+            quota = next((q for q in quotas if q.metric == metric), None)
+            if quota is not None and quota.limit - quota.usage < 1:
+                raise CloudError(f"your GCP quota {metric} in {where} is {quota.limit:g} with {quota.usage:g} in use "
+                                 f"(new projects start at 0); request more under IAM & Admin > Quotas{other}"
+                                 + (" or on-demand (compute.spot: false)" if offer.spot and other else ""))
 
     def launch(self, job_id: str, offer: Offer, spec) -> Instance:
         zone = self._check_offer(offer, spec)

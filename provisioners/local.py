@@ -149,7 +149,8 @@ class LocalProvisioner:
             instance_id=instance_id, job_id=job_id, cloud="local", region="local", zone=None,
             instance_type=getattr(offer, "instance_type", None) or "local",
             spot=getattr(offer, "spot", spec.compute.spot), launched_at=time.time(),
-            extra={"python": sys.executable, "workdir": str(workdir), "price_per_hour": self.price_per_hour},
+            extra={"python": sys.executable, "workdir": str(workdir), "bootstrap_dir": str(folder),
+                   "price_per_hour": self.price_per_hour},
         )
         record = {"instance": instance.__dict__, "state": "running", "sshd_pid": None, "port": None,
                   "host_key": None, "user": getpass.getuser()}
@@ -157,8 +158,11 @@ class LocalProvisioner:
         self._bootstrap(instance, spec)
         if self.use_ssh:
             client, _ = job_keys(self.home, job_id)
-            record.update(self._start_sshd(instance_id, client.public_line))
-            self._write(instance_id, record)
+            sshd = self._start_sshd(instance_id, client.public_line)
+            record = self._read(instance_id)  # it may have been preempted while it booted
+            self._write(instance_id, {**record, **sshd})
+            if record["state"] != "running":
+                self._kill(instance_id, record)
         return instance
 
     def _bootstrap(self, instance: Instance, spec) -> None:

@@ -1,5 +1,5 @@
 """The instance bootstrap script: syntax, and its cloud branch run for real in a scratch directory with the
-cloud's commands (aws, gcloud, nvidia-smi, systemctl, python3, sleep) replaced by PATH shims."""
+cloud's commands (aws, gcloud, nvidia-smi, systemctl, apt-get, python3, sleep) replaced by PATH shims."""
 
 from __future__ import annotations
 
@@ -20,10 +20,13 @@ SHIMS = {
     "gcloud": f'touch "${{@: -1}}{WHEEL}"',
     "nvidia-smi": 'if [ -n "$NO_GPU" ]; then exit 9; fi; echo "GPU 0: Tesla T4 (UUID: GPU-0)"',
     "systemctl": "true",
+    "apt-get": "exit 100",  # never touch this machine's packages
     "sleep": "true",
-    # python3 -m venv DIR: a venv whose pip and python only record how they were called.
-    "python3": 'mkdir -p "$3/bin"; for t in pip python; do printf \'#!/bin/bash\\necho "$(basename $0) $*" >> '
-               '"$SHIM_LOG"\\n\' > "$3/bin/$t"; chmod +x "$3/bin/$t"; done',
+    # python3 -m venv DIR: a venv whose pip and python only record how they were called (any other call,
+    # such as the version check, just succeeds).
+    "python3": 'if [ "$1 $2" = "-m venv" ] && [ -n "$3" ]; then mkdir -p "$3/bin"; for t in pip python; do '
+               'printf \'#!/bin/bash\\necho "$(basename $0) $*" >> "$SHIM_LOG"\\n\' > "$3/bin/$t"; '
+               'chmod +x "$3/bin/$t"; done; fi',
 }
 
 

@@ -143,6 +143,10 @@ def test_no_capacity_and_no_quota_say_what_to_try(gcp, gce):
     with pytest.raises(CloudError, match="GCP quota stops creating the instance: Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS'"):
         gcp.launch(JOB, Offer(zone="us-central1-b"), job())
     gcp.preflight(Offer(region="us-west1", zone="us-west1-b"), job())
+    gce.project_quotas["GPUS_ALL_REGIONS"] = 0.0
+    with pytest.raises(CloudError, match=r"quota GPUS_ALL_REGIONS in the project is 0 with 0 in use \(new projects "
+                                         r"start at 0\); request more under IAM & Admin > Quotas$"):
+        gcp.preflight(Offer(region="us-west1", zone="us-west1-b"), job())
     with pytest.raises(UsageError, match="use a gs://BUCKET/PREFIX bucket"):
         gcp.preflight(Offer(region="us-west1", zone="us-west1-b"),
                       job().with_overrides(checkpoint={"bucket": "s3://b/p"}))

@@ -75,10 +75,27 @@ fetch_wheel() {
   fail "no nascloud wheel under $NASCLOUD_JOB_URL/bundle/ after 5 minutes (launch uploads it; the instance identity must be allowed to read the job prefix)"
 }
 
+find_python() {
+  # nascloud needs Python 3.10+; Debian 11 images have 3.9 as python3 and a newer one under /opt/conda.
+  local candidate
+  for candidate in python3 /opt/conda/bin/python3 python3.12 python3.11 python3.10; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
 make_venv() {
-  local wheel
+  local wheel python
   wheel=$(compgen -G "$NASCLOUD_ROOT/bundle/*.whl" | head -n 1)
-  python3 -m venv "$NASCLOUD_ROOT/venv" || fail "python3 -m venv failed (the image needs python3-venv)"
+  python=$(find_python) || fail "no Python 3.10 or newer on the image; use another image (compute.image)"
+  if ! "$python" -m venv "$NASCLOUD_ROOT/venv"; then
+    # Ubuntu ships venv apart from Python.
+    apt-get install -y -q python3-venv && "$python" -m venv "$NASCLOUD_ROOT/venv" ||
+      fail "$python -m venv failed (the image needs python3-venv)"
+  fi
   "$NASCLOUD_ROOT/venv/bin/pip" install --quiet "${wheel}[search]" || fail "pip install $(basename "$wheel")[search] failed"
   "$NASCLOUD_ROOT/venv/bin/python" -c "import nascloud" || fail "nascloud does not import in $NASCLOUD_ROOT/venv"
   log "installed $(basename "$wheel") with the search extra"
