@@ -214,7 +214,8 @@ class Dashboard:
             self._live.__exit__(*exc)
             self._live = None
 
-    def update(self, summary: Mapping[str, Any], new_events: Sequence[Any] = (), now: Optional[float] = None) -> JobView:
+    def update(self, summary: Mapping[str, Any], new_events: Sequence[Any] = (),
+               now: Optional[float] = None) -> JobView:
         """Add the events new since the last update; alerts among them ring the bell once."""
         self.events.extend(new_events)
         alerts = [e.message for e in new_events if e.kind == "alert"]
