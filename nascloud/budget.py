@@ -10,12 +10,12 @@ API for the watch loop (call once per tick, with the tick's own clock):
         notify.send_webhook(url, alert.message)
     if tick.stop != "none":              # "budget" | "deadline": final snapshot, terminate, exit 3
         orchestrator.stop(tick.stop)     # tick.reason says why, in one line
-    tick.as_dict()                       # spend, burn rate, projection, P(over), time to finish: status --json
+    summary["money"] = tick.as_dict()    # spend, burn, projection, P(over), time left: status --json, dashboard
 
 The ledger is the instance rows (`InstanceRow` or anything with launched_at, ended_at, price_per_hour):
 each span is billed from the provider's launch time to its end (or now) at the price at its launch,
 with the cloud's minimum and per-second after it; history is never re-priced. `fired_alerts` is the
-set of `Alert.key`s already sent (keep them in the events table); keys carry the budget or deadline
+set of `Alert.key`s already sent: `{e.data["key"] for e in state.events(job_id, "alert")}`; keys carry the budget or deadline
 they were computed against, so raising the budget with `resume --budget +USD` re-arms them.
 """
 
@@ -100,7 +100,7 @@ class Progress:
         return cls(max_trials=int(data.get("max_trials") or max_trials),
                    trials_done=int(data.get("trials_done") or 0),
                    trials_failed=int(data.get("trials_failed") or 0),
-                   trial_durations=tuple(float(d) for d in data.get("trial_durations") or ()),
+                   trial_durations=tuple(float(d) for d in data.get("trial_durations") or () if d is not None),
                    running_epoch=int(running.get("epoch") or 0) if running else None,
                    epochs=epochs, finished=bool(data.get("finished")), best_score=data.get("best_score"))
 
@@ -360,7 +360,9 @@ def evaluate(rows: Sequence[Any], progress: Progress, config: BudgetConfig, fire
     p_over = None
     if config.budget_usd is not None and remaining is not None:
         durations = progress.trial_durations
-        cv = statistics.pstdev(durations) / statistics.fmean(durations) if len(durations) > 1 else 0.3
+        # The observed spread of trial times; before two trials, the cost model's middle guess.
+        mean = statistics.fmean(durations) if durations else 0.0
+        cv = statistics.pstdev(durations) / mean if len(durations) > 1 and mean > 0 else 0.3
         p_over = p_over_budget(config.budget_usd - spent, remaining, progress.remaining_trials(), cv, burn,
                                config.interruptions_per_hour, config.interval_hours)
     alerts = (spend_alerts(spent, config, fired) + projection_alert(projected, config, fired)
