@@ -15,8 +15,8 @@ API for the watch loop (call once per tick, with the tick's own clock):
 The ledger is the instance rows (`InstanceRow` or anything with launched_at, ended_at, price_per_hour):
 each span is billed from the provider's launch time to its end (or now) at the price at its launch,
 with the cloud's minimum and per-second after it; history is never re-priced. `fired_alerts` is the
-set of `Alert.key`s already sent: `{e.data["key"] for e in state.events(job_id, "alert")}`; keys carry the budget or deadline
-they were computed against, so raising the budget with `resume --budget +USD` re-arms them.
+set of `Alert.key`s already sent, `{e.data["key"] for e in state.events(job_id, "alert")}`; keys carry
+the budget or deadline they were computed against, so `resume --budget +USD` re-arms them.
 """
 
 from __future__ import annotations
