@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.provisioners.base import Instance, Offer, SshTarget, State
-from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, cloud_bootstrap, default_owner, host_key_line, job_keys,
+from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, LaunchOffer, as_offer, cloud_bootstrap, default_owner, host_key_line, job_keys,
                                           job_prefix, lookup_public_cidr, remove_job_keys, ssh_cidr)
 
 # The Deep Learning Base AMI (NVIDIA driver, Ubuntu 22.04), found through AWS's public SSM parameter.
@@ -39,7 +39,7 @@ def _name(job_id: str) -> str:
     return f"nascloud-{job_id}"
 
 
-def _error(error: Exception, what: str, offer: Optional[Offer] = None) -> NascloudError:
+def _error(error: Exception, what: str, offer: Optional[LaunchOffer] = None) -> NascloudError:
     """A boto3 failure as one line naming the cause and what to try."""
     from botocore.exceptions import ClientError, NoCredentialsError
 
@@ -85,7 +85,7 @@ TRUST_POLICY = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
 
 
-def _requests(job_id: str, offer: Offer, spec, image: str, cidr: str, user_data: str,
+def _requests(job_id: str, offer: LaunchOffer, spec, image: str, cidr: str, user_data: str,
               security_group: str, owner: str) -> dict:
     """Every request launch makes, as the API receives it (shared by launch and the dry run)."""
     name = _name(job_id)
@@ -118,10 +118,11 @@ def _requests(job_id: str, offer: Offer, spec, image: str, cidr: str, user_data:
 
 def launch_request(job_id: str, offer: Offer, spec) -> dict:
     """What launch would send, with no credentials and no network: look-ups show as placeholders."""
+    offer = as_offer(offer, spec)
     bucket = job_prefix(spec, job_id, "s3")
     image = spec.compute.image or f"<resolved at launch from SSM {DLAMI_PARAMETER}>"
     cidr = spec.compute.ssh_cidr or "<your public address>/32"
-    user_data = cloud_bootstrap("aws", bucket.url, spec.compute.gpu, None)
+    user_data = cloud_bootstrap("aws", bucket.url, offer.gpu, None)
     requests = _requests(job_id, offer, spec, image, cidr, user_data, "<id of security group nascloud-"
                          f"{job_id}>", default_owner())
     return {"cloud": "aws", "region": offer.region, **requests}
@@ -154,15 +155,17 @@ class AwsProvisioner:
             self._clients[service, region] = self._session.client(service, region_name=region)
         return self._clients[service, region]
 
-    def _region(self, offer: Offer, spec) -> str:
-        region = offer.region or spec.compute.region or next(iter(self.regions))
+    def _region(self, offer: LaunchOffer, spec) -> str:
+        region = offer.region or next(iter(self.regions))
         if region not in self._session.get_available_regions("ec2"):
             raise UsageError(f"unknown AWS region {region!r}; use one like us-east-1 (compute.region)")
         self.regions.add(region)
         return region
 
-    def _check_offer(self, ec2, offer: Offer) -> int:
+    def _check_offer(self, ec2, offer: LaunchOffer) -> int:
         """Validate the instance type and zone; returns the type's vCPUs."""
+        if not offer.instance_type:
+            raise UsageError("no AWS instance type: set compute.instance_type (e.g. g4dn.xlarge) or compute.gpu")
         try:
             types = ec2.describe_instance_types(InstanceTypes=[offer.instance_type])["InstanceTypes"]
         except Exception as error:
@@ -200,6 +203,7 @@ class AwsProvisioner:
 
     # --- protocol ------------------------------------------------------------------------------
     def preflight(self, offer: Offer, spec) -> None:
+        offer = as_offer(offer, spec)
         region = self._region(offer, spec)
         vcpus = self._check_offer(self._client("ec2", region), offer)
         bucket = job_prefix(spec, "preflight", "s3")
@@ -233,6 +237,7 @@ class AwsProvisioner:
         return None
 
     def launch(self, job_id: str, offer: Offer, spec) -> Instance:
+        offer = as_offer(offer, spec)
         region = self._region(offer, spec)
         for existing in self.list_owned(job_id):
             if existing.region == region:
@@ -242,7 +247,7 @@ class AwsProvisioner:
         image = spec.compute.image or self._image(region)
         cidr = ssh_cidr(spec, self._cidr_lookup)
         client_key, host_key = job_keys(self.home, job_id)
-        user_data = cloud_bootstrap("aws", job_prefix(spec, job_id, "s3").url, spec.compute.gpu, host_key)
+        user_data = cloud_bootstrap("aws", job_prefix(spec, job_id, "s3").url, offer.gpu, host_key)
         requests = _requests(job_id, offer, spec, image, cidr, user_data, "", self.owner)
         try:
             self._ensure_key_pair(ec2, job_id, client_key.public_line)
@@ -253,7 +258,7 @@ class AwsProvisioner:
         requests["RunInstances"]["SecurityGroupIds"] = [group]
         return self._instance(self._run(ec2, requests["RunInstances"], offer), region)
 
-    def _run(self, ec2, params: dict, offer: Offer) -> dict:
+    def _run(self, ec2, params: dict, offer: LaunchOffer) -> dict:
         # A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually consistent).
         attempt = 0
         while True:

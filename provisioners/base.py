@@ -41,7 +41,8 @@ class SshTarget:
 
 
 class Offer(Protocol):
-    """What launch needs of an offer (the pricing catalog's row or bundle/job.json's "offer")."""
+    """What launch needs of an offer. A dict with these keys (bundle/job.json's "offer", the catalog's
+    launch record, with an optional gpu_count) works too; missing values come from the job's compute."""
 
     cloud: str
     region: Optional[str]

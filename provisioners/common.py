@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 from urllib.parse import urlparse
 
 from nascloud.errors import CloudError, UsageError
@@ -22,6 +22,34 @@ from nascloud.paths import nascloud_home
 # Where the bootstrap puts nascloud on a cloud instance; the orchestrator runs the agent with this.
 CLOUD_ROOT = "/opt/nascloud"
 CLOUD_PYTHON = f"{CLOUD_ROOT}/venv/bin/python"
+
+
+@dataclass(frozen=True)
+class LaunchOffer:
+    """What launch reads of an offer, whatever shape it came in."""
+
+    cloud: str
+    region: Optional[str]
+    zone: Optional[str]
+    instance_type: str
+    gpu: Optional[str]
+    spot: bool
+    gpu_count: int = 1
+
+
+def as_offer(offer, spec) -> LaunchOffer:
+    """The offer as a catalog record (a dict, as in bundle/job.json) or an object with the same fields;
+    what it leaves out comes from the job's compute section."""
+    compute = spec.compute
+    if isinstance(offer, Mapping):
+        get = offer.get
+    else:
+        def get(key, default=None):
+            return getattr(offer, key, default)
+    return LaunchOffer(
+        cloud=get("cloud") or compute.cloud, region=get("region") or compute.region,
+        zone=get("zone") or compute.zone, instance_type=get("instance_type") or compute.instance_type or "",
+        gpu=get("gpu", compute.gpu), spot=bool(get("spot", compute.spot)), gpu_count=int(get("gpu_count") or 1))
 
 
 @dataclass(frozen=True)

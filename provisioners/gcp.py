@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.provisioners.base import Instance, Offer, SshTarget, State
-from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, cloud_bootstrap, default_owner, host_key_line, job_keys,
+from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, LaunchOffer, as_offer, cloud_bootstrap, default_owner, host_key_line, job_keys,
                                           job_prefix, lookup_public_cidr, remove_job_keys, ssh_cidr)
 
 ENDPOINT_ENV = "NASCLOUD_GCE_ENDPOINT"
@@ -45,12 +45,12 @@ def _name(job_id: str) -> str:
     return f"nascloud-{job_id}"
 
 
-def _what_to_try(offer: Offer) -> str:
+def _what_to_try(offer: LaunchOffer) -> str:
     spot = " or on-demand (compute.spot: false)" if offer.spot else ""
     return f"try another zone (compute.zone){spot}"
 
 
-def _error(error: Exception, what: str, offer: Optional[Offer] = None) -> NascloudError:
+def _error(error: Exception, what: str, offer: Optional[LaunchOffer] = None) -> NascloudError:
     from google.api_core import exceptions
 
     reason = getattr(error, "reason", None) or ""
@@ -68,9 +68,8 @@ def _gpu_quota_metric(gpu: str, spot: bool) -> str:
     return f"{'PREEMPTIBLE_' if spot else ''}NVIDIA_{gpu.upper().replace('-', '_')}_GPUS"
 
 
-def _zone_of(offer: Offer, spec) -> str:
-    zone = offer.zone or spec.compute.zone
-    region = offer.region or spec.compute.region
+def _zone_of(offer: LaunchOffer, spec) -> str:
+    zone, region = offer.zone, offer.region
     if not zone and region:
         zone = f"{region}-a"
     if not zone:
@@ -80,7 +79,7 @@ def _zone_of(offer: Offer, spec) -> str:
     return zone
 
 
-def _bodies(job_id: str, offer: Offer, spec, zone: str, name: str, image: str, cidr: str, ssh_key: str,
+def _bodies(job_id: str, offer: LaunchOffer, spec, zone: str, name: str, image: str, cidr: str, ssh_key: str,
             script: str, owner: str, service_account: Optional[str]) -> tuple[dict, dict]:
     """The firewall rule and the instance, as instances.insert / firewalls.insert receive them."""
     tag = _name(job_id)
@@ -112,10 +111,10 @@ def _bodies(job_id: str, offer: Offer, spec, zone: str, name: str, image: str, c
             {"key": "startup-script", "value": script},
         ]},
     }
-    gpu = offer.gpu or spec.compute.gpu
+    gpu = offer.gpu
     if gpu and not offer.instance_type.startswith(BUILT_IN_GPU):
         instance["guestAccelerators"] = [{"acceleratorType": f"zones/{zone}/acceleratorTypes/{_accelerator(gpu)}",
-                                          "acceleratorCount": 1}]
+                                          "acceleratorCount": offer.gpu_count}]
     if service_account:
         instance["serviceAccounts"] = [{"email": service_account, "scopes": [STORAGE_SCOPE]}]
     return firewall, instance
@@ -129,9 +128,10 @@ def _accelerator(gpu: str) -> str:
 
 def launch_request(job_id: str, offer: Offer, spec) -> dict:
     """What launch would send, with no credentials and no network: look-ups show as placeholders."""
+    offer = as_offer(offer, spec)
     zone = _zone_of(offer, spec)
     bucket = job_prefix(spec, job_id, "gs")
-    script = cloud_bootstrap("gcp", bucket.url, offer.gpu or spec.compute.gpu, None)
+    script = cloud_bootstrap("gcp", bucket.url, offer.gpu, None)
     firewall, instance = _bodies(
         job_id, offer, spec, zone, f"{_name(job_id)}-<4 hex>", spec.compute.image or DEFAULT_IMAGE,
         spec.compute.ssh_cidr or "<your public address>/32",
@@ -197,7 +197,7 @@ class GcpProvisioner:
             raise UsageError("no GCP project: set NASCLOUD_GCP_PROJECT or `gcloud config set project ...`")
         return credentials
 
-    def _call(self, what: str, call, *args, offer: Optional[Offer] = None, **kwargs):
+    def _call(self, what: str, call, *args, offer: Optional[LaunchOffer] = None, **kwargs):
         try:
             return call(*args, **kwargs)
         except NascloudError:
@@ -205,7 +205,7 @@ class GcpProvisioner:
         except Exception as error:
             raise _error(error, what, offer) from None
 
-    def _wait(self, operation, zone: Optional[str], what: str, offer: Optional[Offer] = None) -> None:
+    def _wait(self, operation, zone: Optional[str], what: str, offer: Optional[LaunchOffer] = None) -> None:
         """Wait on an operation with our own operations client (never .result()), then read its error."""
         from google.cloud import compute_v1
 
@@ -231,16 +231,18 @@ class GcpProvisioner:
                              + (f", or {_what_to_try(offer)}" if offer else ""))
         raise CloudError(f"GCP {what} failed: {code}: {message}")
 
-    def _check_offer(self, offer: Offer, spec) -> str:
+    def _check_offer(self, offer: LaunchOffer, spec) -> str:
         """The zone, machine type and GPU exist (UsageError otherwise); returns the zone."""
         from google.api_core.exceptions import NotFound
 
         zone = _zone_of(offer, spec)
+        if not offer.instance_type:
+            raise UsageError("no GCP machine type: set compute.instance_type (e.g. n1-standard-4) or compute.gpu")
         checks = [("zone", "ZonesClient", {"zone": zone}, f"unknown GCP zone {zone!r}; use one like us-central1-a "
                                                           "(compute.zone)"),
                   ("machine type", "MachineTypesClient", {"zone": zone, "machine_type": offer.instance_type},
                    f"unknown GCP machine type {offer.instance_type!r} in {zone}; use one like n1-standard-4")]
-        gpu = offer.gpu or spec.compute.gpu
+        gpu = offer.gpu
         if gpu and not offer.instance_type.startswith(BUILT_IN_GPU):
             checks.append(("GPU", "AcceleratorTypesClient", {"zone": zone, "accelerator_type": _accelerator(gpu)},
                            f"no {gpu} GPUs in {zone}; try another zone (compute.zone)"))
@@ -280,9 +282,10 @@ class GcpProvisioner:
 
     # --- protocol ------------------------------------------------------------------------------
     def preflight(self, offer: Offer, spec) -> None:
+        offer = as_offer(offer, spec)
         zone = self._check_offer(offer, spec)
         job_prefix(spec, "preflight", "gs")
-        gpu = offer.gpu or spec.compute.gpu
+        gpu = offer.gpu
         if not gpu:
             return
         region = zone[:-2]
@@ -300,6 +303,7 @@ class GcpProvisioner:
                                  + (" or on-demand (compute.spot: false)" if offer.spot and other else ""))
 
     def launch(self, job_id: str, offer: Offer, spec) -> Instance:
+        offer = as_offer(offer, spec)
         zone = self._check_offer(offer, spec)
         for raw in self._owned(job_id):
             if raw.status in LIVE:
@@ -308,7 +312,7 @@ class GcpProvisioner:
 
         cidr = ssh_cidr(spec, self._cidr_lookup)
         client_key, host_key = job_keys(self.home, job_id)
-        script = cloud_bootstrap("gcp", job_prefix(spec, job_id, "gs").url, offer.gpu or spec.compute.gpu, host_key)
+        script = cloud_bootstrap("gcp", job_prefix(spec, job_id, "gs").url, offer.gpu, host_key)
         name = f"{_name(job_id)}-{secrets.token_hex(2)}"
         firewall, body = _bodies(job_id, offer, spec, zone, name, spec.compute.image or DEFAULT_IMAGE, cidr,
                                  f"{self.ssh_user}:{client_key.public_line}", script, self.owner,

@@ -27,7 +27,7 @@ from typing import Optional
 from nascloud.errors import CloudError
 from nascloud.paths import nascloud_home
 from nascloud.provisioners.base import Instance, Offer, SshTarget, State
-from nascloud.provisioners.common import (KeyPair, bootstrap_script, ensure_key, host_key_line, job_keys,
+from nascloud.provisioners.common import (KeyPair, as_offer, bootstrap_script, ensure_key, host_key_line, job_keys,
                                           remove_job_keys)
 from nascloud.remote import INSTANCE_ENV
 
@@ -139,6 +139,7 @@ class LocalProvisioner:
         """Nothing to check: this machine is always there and costs what the user says."""
 
     def launch(self, job_id: str, offer: Optional[Offer], spec) -> Instance:
+        offer = as_offer(offer, spec)
         for existing in self.list_owned(job_id):
             return existing
         instance_id = f"local-{secrets.token_hex(4)}"
@@ -147,8 +148,7 @@ class LocalProvisioner:
         workdir.mkdir(parents=True)
         instance = Instance(
             instance_id=instance_id, job_id=job_id, cloud="local", region="local", zone=None,
-            instance_type=getattr(offer, "instance_type", None) or "local",
-            spot=getattr(offer, "spot", spec.compute.spot), launched_at=time.time(),
+            instance_type=offer.instance_type or "local", spot=offer.spot, launched_at=time.time(),
             extra={"python": sys.executable, "workdir": str(workdir), "bootstrap_dir": str(folder),
                    "price_per_hour": self.price_per_hour},
         )

@@ -135,3 +135,22 @@ def test_dry_run_describes_the_local_instance():
 
     request = launch_request(JOB, None, SPEC.with_overrides(compute={"price_per_hour": 0.5}))
     assert (request["cloud"], request["python"], request["price_per_hour"]) == ("local", sys.executable, 0.5)
+
+
+def test_the_package_dry_run_takes_the_launch_record_dict_for_each_cloud():
+    from nascloud.provisioners import launch_request
+
+    record = {"cloud": "aws", "region": "us-east-1", "zone": None, "instance_type": "g4dn.xlarge", "gpu": "T4",
+              "gpu_count": 1, "spot": True, "price_per_hour": 0.21}
+    spec = parse_job({"name": "digits-t4", "compute": {"cloud": "aws", "ssh_cidr": "203.0.113.7/32"},
+                      "checkpoint": {"bucket": "s3://bkt/jobs"}})
+    run = launch_request(spec, record)["RunInstances"]
+    assert (run["InstanceType"], run["InstanceMarketOptions"]["MarketType"]) == ("g4dn.xlarge", "spot")
+    assert "NASCLOUD_JOB_URL=s3://bkt/jobs/digits-t4-xxxxxx" in run["UserData"]
+    gcp = spec.with_overrides(compute={"cloud": "gcp", "zone": "us-central1-a"},
+                              checkpoint={"bucket": "gs://bkt"})
+    body = launch_request(gcp, {**record, "cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4",
+                                "gpu_count": 2}, job_id="digits-t4-abcdef")["instances.insert"]
+    assert body["guestAccelerators"][0]["acceleratorCount"] == 2
+    assert body["labels"]["nascloud-job"] == "digits-t4-abcdef"
+    assert launch_request(SPEC, {"cloud": "local", "spot": True})["cloud"] == "local"
