@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest

@@ -16,12 +16,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from nascloud.agent import data as data_module
 from nascloud.agent.notices import Notices, StopRequested, fault_armed, fault_point, pollers, start_polling
 from nascloud.errors import NascloudError, StaleWriterError, UsageError
 from nascloud.job import JobSpec
+
+if TYPE_CHECKING:
+    from nascloud.checkpoints import SnapshotStore
 
 log = logging.getLogger("nascloud.agent")
 
@@ -53,7 +56,7 @@ class AgentResult:
 class Job:
     job_id: str
     spec: JobSpec
-    store: object  # a CheckpointStore on the job prefix
+    store: SnapshotStore  # the CheckpointStore on the job prefix
     data_name: Optional[str]  # data/<sha>.npz in the bucket; None: read the source here
     cloud: str
     gpu: Optional[str]  # None: a CPU run
