@@ -155,7 +155,7 @@ class AwsProvisioner:
             self._clients[service, region] = self._session.client(service, region_name=region)
         return self._clients[service, region]
 
-    def _region(self, offer: LaunchOffer, spec) -> str:
+    def _region(self, offer: LaunchOffer) -> str:
         region = offer.region or next(iter(self.regions))
         if region not in self._session.get_available_regions("ec2"):
             raise UsageError(f"unknown AWS region {region!r}; use one like us-east-1 (compute.region)")
@@ -204,7 +204,7 @@ class AwsProvisioner:
     # --- protocol ------------------------------------------------------------------------------
     def preflight(self, offer: Offer, spec) -> None:
         offer = as_offer(offer, spec)
-        region = self._region(offer, spec)
+        region = self._region(offer)
         vcpus = self._check_offer(self._client("ec2", region), offer)
         bucket = job_prefix(spec, "preflight", "s3")
         try:
@@ -238,16 +238,17 @@ class AwsProvisioner:
 
     def launch(self, job_id: str, offer: Offer, spec) -> Instance:
         offer = as_offer(offer, spec)
-        region = self._region(offer, spec)
+        region = self._region(offer)
         for existing in self.list_owned(job_id):
             if existing.region == region:
                 return existing
+        bucket = job_prefix(spec, job_id, "s3")
+        cidr = ssh_cidr(spec, self._cidr_lookup)
         ec2 = self._client("ec2", region)
         self._check_offer(ec2, offer)
         image = spec.compute.image or self._image(region)
-        cidr = ssh_cidr(spec, self._cidr_lookup)
         client_key, host_key = job_keys(self.home, job_id)
-        user_data = cloud_bootstrap("aws", job_prefix(spec, job_id, "s3").url, offer.gpu, host_key)
+        user_data = cloud_bootstrap("aws", bucket.url, offer.gpu, host_key)
         requests = _requests(job_id, offer, spec, image, cidr, user_data, "", self.owner)
         try:
             self._ensure_key_pair(ec2, job_id, client_key.public_line)

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -68,7 +69,7 @@ def _gpu_quota_metric(gpu: str, spot: bool) -> str:
     return f"{'PREEMPTIBLE_' if spot else ''}NVIDIA_{gpu.upper().replace('-', '_')}_GPUS"
 
 
-def _zone_of(offer: LaunchOffer, spec) -> str:
+def _zone_of(offer: LaunchOffer) -> str:
     zone, region = offer.zone, offer.region
     if not zone and region:
         zone = f"{region}-a"
@@ -129,7 +130,7 @@ def _accelerator(gpu: str) -> str:
 def launch_request(job_id: str, offer: Offer, spec) -> dict:
     """What launch would send, with no credentials and no network: look-ups show as placeholders."""
     offer = as_offer(offer, spec)
-    zone = _zone_of(offer, spec)
+    zone = _zone_of(offer)
     bucket = job_prefix(spec, job_id, "gs")
     script = cloud_bootstrap("gcp", bucket.url, offer.gpu, None)
     firewall, instance = _bodies(
@@ -231,21 +232,20 @@ class GcpProvisioner:
                              + (f", or {_what_to_try(offer)}" if offer else ""))
         raise CloudError(f"GCP {what} failed: {code}: {message}")
 
-    def _check_offer(self, offer: LaunchOffer, spec) -> str:
+    def _check_offer(self, offer: LaunchOffer) -> str:
         """The zone, machine type and GPU exist (UsageError otherwise); returns the zone."""
         from google.api_core.exceptions import NotFound
 
-        zone = _zone_of(offer, spec)
+        zone = _zone_of(offer)
         if not offer.instance_type:
             raise UsageError("no GCP machine type: set compute.instance_type (e.g. n1-standard-4) or compute.gpu")
         checks = [("zone", "ZonesClient", {"zone": zone}, f"unknown GCP zone {zone!r}; use one like us-central1-a "
                                                           "(compute.zone)"),
                   ("machine type", "MachineTypesClient", {"zone": zone, "machine_type": offer.instance_type},
                    f"unknown GCP machine type {offer.instance_type!r} in {zone}; use one like n1-standard-4")]
-        gpu = offer.gpu
-        if gpu and not offer.instance_type.startswith(BUILT_IN_GPU):
-            checks.append(("GPU", "AcceleratorTypesClient", {"zone": zone, "accelerator_type": _accelerator(gpu)},
-                           f"no {gpu} GPUs in {zone}; try another zone (compute.zone)"))
+        if offer.gpu and not offer.instance_type.startswith(BUILT_IN_GPU):
+            checks.append(("GPU", "AcceleratorTypesClient", {"zone": zone, "accelerator_type": _accelerator(offer.gpu)},
+                           f"no {offer.gpu} GPUs in {zone}; try another zone (compute.zone)"))
         for what, kind, params, message in checks:
             try:
                 self._client(kind).get(project=self.project, **params)
@@ -260,8 +260,6 @@ class GcpProvisioner:
     def _instance(self, raw) -> Instance:
         zone = raw.zone.rsplit("/", 1)[-1]
         created = raw.creation_timestamp
-        from datetime import datetime
-
         nat = [c.nat_i_p for n in raw.network_interfaces for c in n.access_configs if c.nat_i_p]
         return Instance(
             instance_id=raw.name, job_id=raw.labels.get(JOB_LABEL, ""), cloud="gcp", region=zone[:-2], zone=zone,
@@ -283,10 +281,9 @@ class GcpProvisioner:
     # --- protocol ------------------------------------------------------------------------------
     def preflight(self, offer: Offer, spec) -> None:
         offer = as_offer(offer, spec)
-        zone = self._check_offer(offer, spec)
+        zone = self._check_offer(offer)
         job_prefix(spec, "preflight", "gs")
-        gpu = offer.gpu
-        if not gpu:
+        if not offer.gpu:
             return
         region = zone[:-2]
         project = self._call("reading the project's quotas", self._client("ProjectsClient").get, project=self.project)
@@ -295,7 +292,7 @@ class GcpProvisioner:
         # GPUS_ALL_REGIONS caps the whole project (0 in a new one), the regional metric this region.
         for quotas, metric, where, other in (
                 (project.quotas, "GPUS_ALL_REGIONS", "the project", ""),
-                (found.quotas, _gpu_quota_metric(gpu, offer.spot), region, ", or try another region")):
+                (found.quotas, _gpu_quota_metric(offer.gpu, offer.spot), region, ", or try another region")):
             quota = next((q for q in quotas if q.metric == metric), None)
             if quota is not None and quota.limit - quota.usage < 1:
                 raise CloudError(f"your GCP quota {metric} in {where} is {quota.limit:g} with {quota.usage:g} in use "
@@ -304,7 +301,7 @@ class GcpProvisioner:
 
     def launch(self, job_id: str, offer: Offer, spec) -> Instance:
         offer = as_offer(offer, spec)
-        zone = self._check_offer(offer, spec)
+        zone = self._check_offer(offer)
         for raw in self._owned(job_id):
             if raw.status in LIVE:
                 return self._instance(raw)
