@@ -94,10 +94,12 @@ def test_a_rerun_of_a_finished_search_refits_nothing(digits_chain, tmp_path):
 
     store = open_store(digits_chain["url"])
     before = [s.snapshot_id for s in store.list()]
-    done = subprocess.run(agent_command(digits_chain["url"], tmp_path / "again"), capture_output=True,
-                          text=True, timeout=120, env=agent_env())
+    done = subprocess.run(agent_command(digits_chain["url"], tmp_path / "again", "--instance-id", "i-again"),
+                          capture_output=True, text=True, timeout=120, env=agent_env())
     assert done.returncode == 0, done.stderr
     assert "finished before" in done.stdout
+    exit_status = store.get_json("agent/exit.json")
+    assert (exit_status["status"], exit_status["instance_id"]) == ("finished", "i-again")
     assert [s.snapshot_id for s in store.list()] == before
     assert not (tmp_path / "again").exists()  # nothing restored, nothing trained
 

@@ -251,8 +251,9 @@ class Agent:
 
     def run(self) -> AgentResult:
         if self.finished_before():
-            return AgentResult("finished", "the search finished before; results are in "
-                                           f"{self.store.url}/results (nothing refitted)")
+            # The exit record still names this instance: the orchestrator waits for it.
+            return self.exit_status("finished", "the search finished before; results are in "
+                                                f"{self.store.url}/results (nothing refitted)")
         reason = self.stop_reason()
         if reason:
             return self._stop(StopRequested(*reason))
