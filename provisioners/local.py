@@ -11,6 +11,8 @@ instance, so a separate process (the CLI) sees the same instances.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import json
 import os
@@ -53,8 +55,8 @@ def _alive(pid: Optional[int]) -> bool:
     return True
 
 
-def _marked_pids(instance_id: str) -> list[int]:
-    """Processes carrying the instance's mark (Linux /proc)."""
+def instance_pids(instance_id: str) -> list[int]:
+    """Live processes carrying the instance's mark (Linux /proc; a zombie's environ reads empty)."""
     mark = f"{INSTANCE_ENV}={instance_id}".encode()
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
@@ -88,8 +90,10 @@ def start_sshd(sshd: str, folder: Path, host_key: KeyPair, authorized: str, inst
             f"SetEnv {INSTANCE_ENV}={instance_id} SHLVL=1", "LogLevel ERROR", "",
         ]))
         with open(folder / "sshd.log", "ab") as log:
+            # The sshd carries the mark too: a preempt's sweep takes it even before its pid is recorded.
             process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, start_new_session=True,
+                                       env={**os.environ, INSTANCE_ENV: instance_id})
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and process.poll() is None:
             try:
@@ -129,6 +133,13 @@ class LocalProvisioner:
         tmp.write_text(json.dumps(record))
         os.replace(tmp, path)
 
+    @contextlib.contextmanager
+    def _locked(self, instance_id: str):
+        """One writer at a time for the instance's state (launch, preempt and terminate may race)."""
+        with open(self._dir(instance_id) / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def _records(self) -> list[dict]:
         folder = self.home / "instances"
         found = [self._read(p.name) for p in sorted(folder.iterdir())] if folder.exists() else []
@@ -155,28 +166,41 @@ class LocalProvisioner:
         record = {"instance": instance.__dict__, "state": "running", "sshd_pid": None, "port": None,
                   "host_key": None, "user": getpass.getuser()}
         self._write(instance_id, record)
-        self._bootstrap(instance, spec)
-        if self.use_ssh:
+        # It may be preempted while it boots, like a cloud instance: then launch still returns it, and its
+        # status says what happened.
+        if self._bootstrap(instance, spec) and self.use_ssh:
             client, _ = job_keys(self.home, job_id)
-            sshd = self._start_sshd(instance_id, client.public_line)
-            record = self._read(instance_id)  # it may have been preempted while it booted
-            self._write(instance_id, {**record, **sshd})
-            if record["state"] != "running":
-                self._kill(instance_id, record)
+            try:
+                sshd = self._start_sshd(instance_id, client.public_line)
+            except CloudError:
+                if self._read(instance_id)["state"] == "running":
+                    raise
+                return instance  # preempted while its sshd started
+            with self._locked(instance_id):
+                record = {**self._read(instance_id), **sshd}
+                self._write(instance_id, record)
+                if record["state"] != "running":
+                    self._kill(instance_id, record)
         return instance
 
-    def _bootstrap(self, instance: Instance, spec) -> None:
-        """The same bootstrap script the clouds run, on its local branch (GPU check, Python check)."""
+    def _bootstrap(self, instance: Instance, spec) -> bool:
+        """The same bootstrap script the clouds run, on its local branch (GPU check, Python check).
+        False if the instance was preempted meanwhile."""
         folder = self._dir(instance.instance_id)
         script = bootstrap_script({"NASCLOUD_CLOUD": "local", "NASCLOUD_ROOT": str(folder),
                                    "NASCLOUD_GPU": spec.compute.gpu or "", "NASCLOUD_PYTHON": sys.executable})
         env = {**os.environ, INSTANCE_ENV: instance.instance_id}
         subprocess.run(["bash", "-c", script], env=env, stdin=subprocess.DEVNULL, timeout=120, check=False)
-        if not (folder / "ready").exists():
-            failed = folder / "failed"
-            reason = failed.read_text().strip() if failed.exists() else "see " + str(folder / "bootstrap.log")
-            self._write(instance.instance_id, {**self._read(instance.instance_id), "state": "failed"})
-            raise CloudError(f"local instance {instance.instance_id} did not bootstrap: {reason}")
+        with self._locked(instance.instance_id):
+            record = self._read(instance.instance_id)
+            if record["state"] != "running":
+                return False
+            if (folder / "ready").exists():
+                return True
+            self._write(instance.instance_id, {**record, "state": "failed"})
+        failed = folder / "failed"
+        reason = failed.read_text().strip() if failed.exists() else "see " + str(folder / "bootstrap.log")
+        raise CloudError(f"local instance {instance.instance_id} did not bootstrap: {reason}")
 
     def _start_sshd(self, instance_id: str, authorized: str) -> dict:
         folder = self._dir(instance_id) / "sshd"
@@ -201,7 +225,7 @@ class LocalProvisioner:
         # Until none is left (a zombie's environ reads empty): a process may fork while we sweep, and a
         # SIGKILL takes effect a moment after it is sent.
         deadline = time.monotonic() + 5
-        while (pids := _marked_pids(instance_id)) and time.monotonic() < deadline:
+        while (pids := instance_pids(instance_id)) and time.monotonic() < deadline:
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -212,20 +236,23 @@ class LocalProvisioner:
 
     def preempt(self, instance: Instance) -> None:
         """Kill every process of the instance at once and mark it preempted, as a spot reclaim would."""
-        record = self._read(instance.instance_id)
-        if record:
+        if not self._read(instance.instance_id):
+            return
+        with self._locked(instance.instance_id):
+            record = self._read(instance.instance_id)
             self._kill(instance.instance_id, record)
             self._write(instance.instance_id, {**record, "state": "preempted"})
 
     def terminate(self, instances: list[Instance]) -> None:
         for instance in instances:
-            record = self._read(instance.instance_id)
-            if not record:
+            if not self._read(instance.instance_id):
                 continue
-            self._kill(instance.instance_id, record)
-            if record["state"] == "running":
-                record["state"] = "terminated"
-            self._write(instance.instance_id, record)
+            with self._locked(instance.instance_id):
+                record = self._read(instance.instance_id)
+                self._kill(instance.instance_id, record)
+                if record["state"] == "running":
+                    record["state"] = "terminated"
+                self._write(instance.instance_id, record)
             shutil.rmtree(self._dir(instance.instance_id) / "work", ignore_errors=True)
 
     def list_owned(self, job_id: Optional[str] = None) -> list[Instance]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from nascloud import remote
 from nascloud.job import parse_job
 from nascloud.provisioners import Instance, State, get_provisioner
-from nascloud.provisioners.local import LocalProvisioner
+from nascloud.provisioners.local import LocalProvisioner, instance_pids
 from tests.fixtures.servers import requires_sshd
 
 SPEC = parse_job({"name": "digits-quick"})
@@ -154,3 +156,29 @@ def test_the_package_dry_run_takes_the_launch_record_dict_for_each_cloud():
     assert body["guestAccelerators"][0]["acceleratorCount"] == 2
     assert body["labels"]["nascloud-job"] == "digits-t4-abcdef"
     assert launch_request(SPEC, {"cloud": "local", "spot": True})["cloud"] == "local"
+
+
+@pytest.mark.parametrize("use_ssh", [pytest.param(True, marks=requires_sshd), False])
+def test_a_preemption_while_the_instance_boots_leaves_nothing_running(tmp_path, use_ssh):
+    local = LocalProvisioner(home=tmp_path / "home", use_ssh=use_ssh)
+    instances = local.home / "instances"
+    stop = threading.Event()
+
+    def preempt_as_soon_as_it_exists():
+        while not stop.is_set():
+            for state in instances.glob("*/state.json"):
+                local.preempt(Instance(**json.loads(state.read_text())["instance"]))
+                return
+            time.sleep(0.001)
+
+    reclaimer = threading.Thread(target=preempt_as_soon_as_it_exists)
+    reclaimer.start()
+    try:
+        instance = local.launch(JOB, None, SPEC)  # no error: a reclaim during boot is a normal event
+    finally:
+        stop.set()
+        reclaimer.join()
+    assert local.status([instance]) == {instance.instance_id: State.PREEMPTED}
+    assert local.list_owned(JOB) == []
+    assert instance_pids(instance.instance_id) == []
+
