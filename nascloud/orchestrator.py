@@ -51,13 +51,15 @@ class WatchSettings:
         )
 
 
-def money(state: State, job: JobRow, progress: Optional[dict], now: float, tick_seconds: float,
+def money(state: State, job: JobRow, progress: Optional[dict], now: float, settings: "WatchSettings",
           fired: frozenset = frozenset()):
     """The budget's view of a job now: spend, burn rate, projection, P(over), alerts due, stop or not."""
     from nascloud.budget import BudgetConfig, Progress, evaluate
 
+    # The shutdown the cap must leave room for: the agent's final snapshot, then the terminate.
+    tick_seconds, shutdown_seconds = settings.poll_seconds, settings.stop_timeout_seconds + 10
     spec = job.bundle["spec"]["search"]
-    config = BudgetConfig.for_job(job, tick_seconds=tick_seconds)
+    config = BudgetConfig.for_job(job, tick_seconds=tick_seconds, shutdown_seconds=shutdown_seconds)
     return evaluate(state.instances(job.job_id), Progress.of(progress, spec["epochs"], spec["max_trials"]),
                     config, fired, now)
 
@@ -190,8 +192,7 @@ class Orchestrator:
         """Alerts once each, and the hard stop before the budget or deadline would be passed."""
         now = self.clock()
         fired = {e.data["key"] for e in self.state.events(self.job_id, "alert") if e.data}
-        tick = money(self.state, job, self.store.get_json("agent/progress.json"), now,
-                     self.settings.poll_seconds, fired)
+        tick = money(self.state, job, self.store.get_json("agent/progress.json"), now, self.settings, fired)
         for alert in tick.alerts:
             self.event("alert", alert.message, **alert.data())
             webhook = job.bundle["spec"]["budget"].get("webhook")
@@ -252,13 +253,15 @@ class Orchestrator:
         return Instance(**row.record)
 
     def _start_agent(self, row: InstanceRow, instance) -> None:
+        from nascloud.budget import ledger_total
         from nascloud.remote import connect
 
         remote = connect(self.provisioner.ssh_target(instance), instance)
         try:
             python = instance.extra.get("python", "~/.nascloud/venv/bin/python")
             workdir = instance.extra.get("workdir", "~/nascloud-work")
-            ledger = self.ledger_total()
+            # What the instances before this one cost; the agent adds its own running time.
+            ledger = ledger_total([i for i in self.state.instances(self.job_id) if i.seq != row.seq], self.clock())
             job = self.job
             flags = [f"--instance-id {shlex.quote(instance.instance_id)}", f"--spent-usd {ledger:.6f}",
                      f"--work-dir {workdir}/search"]

@@ -23,7 +23,7 @@ def job_summary(state: State, job: JobRow, progress: Optional[dict] = None, now:
     if progress is None:
         progress = _progress(job)
     instances = state.instances(job.job_id)
-    tick = money(state, job, progress, now, WatchSettings.from_env().poll_seconds)
+    tick = money(state, job, progress, now, WatchSettings.from_env())
     spent = tick.spent_usd
     estimate = job.estimate or {}
     return {

@@ -98,7 +98,8 @@ def progress(cli: Cli, job_id: str) -> dict:
 
 
 def test_search_survives_three_preemptions_and_finishes_every_trial_once(cli):
-    launched = cli.run("launch", str(cli.write_job()), "--detach", timeout=120)
+    # Long enough epochs-wise that the third preemption lands inside the second trial.
+    launched = cli.run("launch", str(cli.write_job(trials=3, epochs=10)), "--detach", timeout=120)
     assert launched.returncode == 0, launched.stderr
     job_id = job_id_of(launched.stdout)
     provisioner = local_provisioner(cli)
@@ -114,16 +115,16 @@ def test_search_survives_three_preemptions_and_finishes_every_trial_once(cli):
     # 2. Mid-trial: the first trial is past its first epoch.
     wait_for(lambda: (progress(cli, job_id).get("running") or {}).get("epoch", 0) >= 1, 300, "a trial mid-way")
     preempt("mid-trial")
-    # 3. At a random moment after a trial completed.
-    wait_for(lambda: progress(cli, job_id).get("trials_done", 0) >= 1, 300, "a completed trial")
-    time.sleep(random.uniform(0, 3))
-    if not progress(cli, job_id).get("finished"):
-        preempt("random")
+    # 3. At a random moment of the second trial.
+    wait_for(lambda: progress(cli, job_id).get("trials_done", 0) >= 1 and progress(cli, job_id).get("running"),
+             300, "the second trial")
+    time.sleep(random.uniform(0, 1))
+    preempt("random")
 
     final = wait_for(lambda: (s := cli.status(job_id))["status"] in ("finished", "failed") and s, 600,
                      "the job to finish", interval=1)
     assert final["status"] == "finished", cli.run("logs", job_id).stdout
-    assert final["preemptions"] >= len(preempted) >= 2
+    assert final["preemptions"] == len(preempted) == 3, final["instances"]
     assert final["progress"]["trials_done"] == 3
     assert not live_instances(cli, job_id), "an instance was left running"
 
@@ -194,3 +195,32 @@ def test_stop_killed_midway_then_resumed_completes(cli):
     final = cli.status(job_id)
     assert final["status"] == "finished" and final["progress"]["trials_done"] == 3 >= done_before
     assert not live_instances(cli, job_id)
+
+
+def test_budget_cap_stops_mid_search_then_resume_with_more_budget_completes(cli):
+    """A rehearsal of a budget on the local provider: $36/h (a cent a second), a budget the search
+    cannot finish in. The job stops at the cap with a final snapshot (exit 3), then resumes and ends."""
+    price, budget = 36.0, 0.90
+    cli.env["NASCLOUD_STOP_TIMEOUT"] = "10"  # the shutdown the cap leaves room for: 10 s + 10 s
+    job = cli.write_job(trials=5, epochs=150, budget=budget)  # about 110 s of search; the cap comes at 70 s
+    stopped = cli.run("launch", str(job), "--price-per-hour", str(price), "--force", timeout=600)
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+    job_id = only_job(cli)
+    at_cap = cli.status(job_id)
+    assert at_cap["status"] == "budget"
+    assert at_cap["spent_usd"] <= budget + price / 3600 * 1, at_cap  # at most one billing increment over
+    assert sum(r["price_per_hour"] * max(60, r["ended_at"] - r["launched_at"]) / 3600
+               for r in at_cap["instances"]) == pytest.approx(at_cap["spent_usd"])
+    kept = progress(cli, job_id)
+    assert not kept.get("finished") and not live_instances(cli, job_id)
+    alerts = [a["message"] for a in at_cap["alerts"]]
+    assert alerts[0].startswith("50% of the $0.90 budget spent"), alerts
+    assert any(a.startswith("at this rate the search will cost") for a in alerts), alerts
+
+    resumed = cli.run("resume", job_id, "--budget", "+5", timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    final = cli.status(job_id)
+    assert final["status"] == "finished" and final["budget_usd"] == pytest.approx(budget + 5)
+    assert final["progress"]["trials_done"] == 5
+    assert final["progress"]["trials_done"] >= kept.get("trials_done", 0)  # nothing completed was lost
+    assert final["estimate"]["cost_usd"]["p50"] is not None and final["actual"]["cost_usd"] > budget
