@@ -176,8 +176,7 @@ class Orchestrator:
         if state == "pending":
             return self._check_reach_timeout(current, instance)
         if current.agent_started_at is None:
-            self._start_agent(current, instance)
-            return None
+            return self._bootstrap_then_start(current, instance)
         if exit_status in ("preempted", "lease_lapsed"):
             # The agent saw a notice (or its lease lapsed); the provider normally confirms the
             # preemption soon. If the instance lives on, the notice was not the cloud's: carry on.
@@ -252,6 +251,37 @@ class Orchestrator:
 
         return Instance(**row.record)
 
+    def _bootstrap_then_start(self, row: InstanceRow, instance) -> Optional[str]:
+        """Wait (tick by tick, up to the reach timeout) for SSH and the bootstrap's `ready` marker,
+        then start the agent. A bootstrap that failed fails the job: a new instance would fail the same."""
+        from nascloud.remote import HostKeyError, UnreachableError, connect
+
+        try:
+            remote = connect(self.provisioner.ssh_target(instance), instance, attempts=1)
+        except UnreachableError:
+            return self._check_reach_timeout(row, instance)
+        except HostKeyError as error:
+            # A booting cloud host shows its image's key until the bootstrap installs ours; past the
+            # reach timeout a key other than the pinned one is refused for good, and nothing is left running.
+            if self.clock() - (row.launched_at or self.clock()) <= self.settings.reach_timeout_seconds:
+                return None
+            self.event("host-key", str(error))
+            self.stop("failed")
+            raise
+        try:
+            folder = shlex.quote(instance.extra.get("bootstrap_dir", "."))
+            code, output = remote.run(f"if [ -f {folder}/ready ]; then echo ready; else cat {folder}/failed 2>/dev/null; fi",
+                                      timeout=30)
+        finally:
+            remote.close()
+        if output.strip() == "ready":
+            self._start_agent(row, instance)
+            return None
+        if output.strip():
+            self.event("bootstrap-failed", f"the bootstrap failed on {row.instance_id}: {output.strip()[:300]}")
+            return self.stop("failed")
+        return self._check_reach_timeout(row, instance)
+
     def _start_agent(self, row: InstanceRow, instance) -> None:
         from nascloud.budget import ledger_total
         from nascloud.remote import connect
@@ -292,10 +322,16 @@ class Orchestrator:
             return None  # left by an earlier agent on this instance, before the current one started
         return record
 
-    def _check_reach_timeout(self, row: InstanceRow, instance) -> None:
+    def _check_reach_timeout(self, row: InstanceRow, instance) -> Optional[str]:
         waited = self.clock() - (row.launched_at or self.clock())
-        if waited > self.settings.reach_timeout_seconds:
-            self._recover(row, instance, reason="unreachable")
+        if waited <= self.settings.reach_timeout_seconds:
+            return None
+        earlier = [i.end_reason for i in self.state.instances(self.job_id) if i.seq != row.seq]
+        self._recover(row, instance, reason="unreachable")
+        if earlier[-1:] == ["unreachable"]:  # twice in a row: the image, network or firewall is wrong
+            self.event("unreachable", f"two instances in a row never became reachable in "
+                                      f"{self.settings.reach_timeout_seconds:.0f} s; stopping the job")
+            return self.stop("failed")
         return None
 
     def _check_heartbeat(self, row: InstanceRow, instance) -> None:

@@ -224,3 +224,23 @@ def test_budget_cap_stops_mid_search_then_resume_with_more_budget_completes(cli)
     assert final["progress"]["trials_done"] == 5
     assert final["progress"]["trials_done"] >= kept.get("trials_done", 0)  # nothing completed was lost
     assert final["estimate"]["cost_usd"]["p50"] is not None and final["actual"]["cost_usd"] > budget
+
+
+def test_a_host_key_other_than_the_pinned_one_is_refused_and_nothing_left_running(cli):
+    crash(cli, "launch-created", "launch", str(cli.write_job()))
+    job_id = only_job(cli)
+    (instance,) = live_instances(cli, job_id)
+    # A decoy: the address now answers with another host key than the one the provider pinned.
+    from nascloud.provisioners.common import ensure_key, host_key_line
+
+    state_file = cli.home / "local" / "instances" / instance.instance_id / "state.json"
+    record = json.loads(state_file.read_text())
+    record["host_key"] = host_key_line(ensure_key(cli.workdir / "decoy", "decoy"))
+    state_file.write_text(json.dumps(record))
+
+    refused = cli.run("watch", job_id, extra_env={"NASCLOUD_REACH_TIMEOUT": "3"}, timeout=120)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith("Error: 127.0.0.1:")
+    assert "host key other than the one pinned" in refused.stderr and "Traceback" not in refused.stderr
+    assert cli.status(job_id)["status"] == "failed"
+    assert not live_instances(cli, job_id)
