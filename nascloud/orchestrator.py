@@ -270,15 +270,16 @@ class Orchestrator:
             raise
         try:
             folder = shlex.quote(instance.extra.get("bootstrap_dir", "."))
-            code, output = remote.run(f"if [ -f {folder}/ready ]; then echo ready; else cat {folder}/failed 2>/dev/null; fi",
-                                      timeout=30)
+            _, output = remote.run(f"if [ -f {folder}/ready ]; then echo ready; "
+                                   f"elif [ -f {folder}/failed ]; then echo failed:; cat {folder}/failed; fi", timeout=30)
         finally:
             remote.close()
-        if output.strip() == "ready":
+        word, _, reason = output.strip().partition("\n")
+        if word == "ready":
             self._start_agent(row, instance)
             return None
-        if output.strip():
-            self.event("bootstrap-failed", f"the bootstrap failed on {row.instance_id}: {output.strip()[:300]}")
+        if word == "failed:":
+            self.event("bootstrap-failed", f"the bootstrap failed on {row.instance_id}: {reason.strip()[:300]}")
             return self.stop("failed")
         return self._check_reach_timeout(row, instance)
 

@@ -68,9 +68,13 @@ def instance_pids(instance_id: str) -> list[int]:
     return found
 
 
-def start_sshd(sshd: str, folder: Path, host_key: KeyPair, authorized: str, instance_id: str) -> tuple[int, int]:
+def start_sshd(sshd: str, folder: Path, host_key: KeyPair, authorized: str, instance_id: str,
+               env: Optional[dict] = None) -> tuple[int, int]:
     """A private sshd on a free 127.0.0.1 port presenting host_key and admitting only the `authorized`
-    public key; its sessions carry the instance's mark. Returns (pid, port) once it accepts connections."""
+    public key; its sessions carry the instance's mark and `env` (what a cloud host's own identity
+    would give it, when a test plays a cloud instance). Returns (pid, port) once it accepts connections."""
+    session_env = " ".join(f"{key}={value}" for key, value in {INSTANCE_ENV: instance_id, "SHLVL": "1",
+                                                                **(env or {})}.items())
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "authorized_keys").write_text(authorized + "\n")
     if os.geteuid() == 0:
@@ -87,7 +91,7 @@ def start_sshd(sshd: str, folder: Path, host_key: KeyPair, authorized: str, inst
             "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
             # SHLVL=1 keeps bash from sourcing the user's ~/.bashrc in these non-interactive sessions:
             # a fresh host has none, and a killed session must not leave its locks behind.
-            f"SetEnv {INSTANCE_ENV}={instance_id} SHLVL=1", "LogLevel ERROR", "",
+            f"SetEnv {session_env}", "LogLevel ERROR", "",
         ]))
         with open(folder / "sshd.log", "ab") as log:
             # The sshd carries the mark too: a preempt's sweep takes it even before its pid is recorded.
