@@ -35,7 +35,7 @@ class WatchSettings:
     reach_timeout_seconds: float = 900.0  # from launch until the agent runs; then the instance is replaced
     stop_timeout_seconds: float = 150.0  # for the agent's final snapshot on `stop`
     notice_grace_seconds: float = 180.0  # AWS gives 120 s between the notice and the reclaim
-    transient_error_limit: int = 20  # API/SSH errors in a row before the loop gives up
+    transient_error_seconds: float = 1800.0  # cloud/SSH errors without a good tick before the loop gives up
 
     @classmethod
     def from_env(cls) -> "WatchSettings":
@@ -116,7 +116,7 @@ class Orchestrator:
         self.settings = settings or WatchSettings.from_env()
         self.clock = clock
         self.store = open_store(self.job.job_url)
-        self._errors_in_row = 0
+        self._failing_since: Optional[float] = None
 
     @property
     def job(self) -> JobRow:
@@ -143,19 +143,23 @@ class Orchestrator:
             return self.stop(job.status.partition(":")[2] or "stopped")
         try:
             outcome = self._step(job)
-        except CloudError as error:  # a passing cloud or SSH failure: count it, retry next tick
-            self._errors_in_row += 1
-            self.event("error", f"{error} (retrying, {self._errors_in_row} in a row)")
-            if self._errors_in_row >= self.settings.transient_error_limit:
+        except CloudError as error:  # a passing cloud or SSH failure: retry next tick, within a limit
+            self._failing_since = self._failing_since or self.clock()
+            failing = self.clock() - self._failing_since
+            self.event("error", f"{error} (retrying; failing for {failing:.0f} s)")
+            if failing >= self.settings.transient_error_seconds:
                 raise
             return None
-        self._errors_in_row = 0
+        self._failing_since = None
         return outcome
 
     def _step(self, job: JobRow) -> Optional[str]:
         self._renew_lease()
         current = self._current()
         if current is None:
+            # Between instances too: never launch a replacement the budget cannot pay for.
+            if self.state.instances(self.job_id) and (outcome := self._guard_money(job)):
+                return outcome
             self._launch()
             return None
         if current.instance_id is None:  # the launch intent of a run that died mid-launch

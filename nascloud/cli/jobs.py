@@ -25,9 +25,12 @@ def _state():
 
 
 def _provisioner(job):
+    return _provisioner_for(job.bundle["offer"])
+
+
+def _provisioner_for(offer: dict):
     from nascloud.provisioners import get_provisioner
 
-    offer = job.bundle["offer"]
     if offer["cloud"] == "local":
         return get_provisioner("local", price_per_hour=offer["price_per_hour"])
     return get_provisioner(offer["cloud"])
@@ -79,6 +82,7 @@ def launch(
             f"the estimate's P50 cost ${estimate['cost_usd']['p50']:.2f} (P90 ${estimate['cost_usd']['p90']:.2f}, "
             f"{estimate['wall_hours']['p50']:.1f} h) already exceeds the budget ${spec.budget.usd:.2f}; "
             "raise --budget, shrink the search, or pass --force")
+    _provisioner_for(offer).preflight(offer, spec)  # quota, names, the bucket: before anything is created
     state = _state()
     job_id = launching.create_job(state, spec, offer, estimate, interval_minutes)
     typer.echo(f"job {job_id}: {offer['cloud']} {offer['instance_type']} at ${offer['price_per_hour']:.4f}/h; "
