@@ -3,7 +3,8 @@
 Each `tick()` reconciles what the state database believes with what the provider and the bucket say,
 and does at most one step with a side effect. Every step records its intent first, so a killed
 orchestrator, started again, picks up where it was: a launch whose result was never recorded is
-repeated (launch is idempotent by tag), an instance the database does not know is adopted or removed.
+repeated (launch is idempotent by tag, so an instance the database does not know is adopted, never
+doubled).
 
 A preemption confirmed by the provider, or a heartbeat silent past its deadline while the instance is
 unreachable, starts a recovery. A passing API or SSH error never does: it is counted and retried.
@@ -245,8 +246,11 @@ class Orchestrator:
             self.state.forget_intent(row.seq)
             raise
         crash_point("launch-created")
+        if any(i.instance_id == instance.instance_id for i in self.state.instances(self.job_id) if i.ended_at):
+            # The provider still lists an instance this job already ended (it is going): never book it twice.
+            raise CloudError(f"{instance.instance_id} is still going away; launching its replacement next")
         self.state.instance_launched(row.seq, instance.instance_id, instance.launched_at, instance.zone,
-                                     _record(instance))
+                                     asdict(instance))
         self.event("launched", f"instance {instance.instance_id} launched"
                                f"{' in ' + instance.zone if instance.zone else ''}")
 
@@ -293,8 +297,7 @@ class Orchestrator:
 
         remote = connect(self.provisioner.ssh_target(instance), instance)
         try:
-            python = instance.extra.get("python", "~/.nascloud/venv/bin/python")
-            workdir = instance.extra.get("workdir", "~/nascloud-work")
+            python, workdir = instance.extra["python"], _workdir(instance)
             # What the instances before this one cost; the agent adds its own running time.
             ledger = ledger_total([i for i in self.state.instances(self.job_id) if i.seq != row.seq], self.clock())
             job = self.job
@@ -396,6 +399,20 @@ class Orchestrator:
 
         return ledger_total(self.state.instances(self.job_id), self.clock())
 
+    def agent_log(self, lines: int) -> str:
+        """The tail of the agent's log on the current instance (for `nascloud logs --agent N`)."""
+        from nascloud.remote import connect
+
+        row = self._current()
+        if row is None or row.agent_started_at is None:
+            return "(no agent is running for this job now)"
+        instance = self._instance(row)
+        remote = connect(self.provisioner.ssh_target(instance), instance, attempts=1)
+        try:
+            return remote.run(f"tail -n {int(lines)} {_workdir(instance)}/agent.log", timeout=30)[1].rstrip()
+        finally:
+            remote.close()
+
     def results_dir(self) -> Path:
         return nascloud_home() / "results" / self.job_id
 
@@ -456,8 +473,9 @@ _CONCLUSIONS = {
 }
 
 
-def _record(instance) -> dict:
-    return asdict(instance)
+def _workdir(instance) -> str:
+    """Where the agent works on the instance: the local provider's fresh folder, else the login's home."""
+    return instance.extra.get("workdir", "~/nascloud-work")
 
 
 def drill(state: State, job_id: str, provisioner, timeout_seconds: float = 1800) -> float:

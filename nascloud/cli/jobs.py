@@ -159,10 +159,13 @@ def status(
 def logs(
     job: str = typer.Argument(..., help="Job id or name."),
     follow_: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+    agent: int = typer.Option(0, help="Also print the last N lines of the agent's log on the current instance."),
 ) -> None:
-    """The job's events (launches, preemptions, recoveries, alerts) and the agent's log."""
+    """The job's events (launches, preemptions, recoveries, alerts), and with --agent N the agent's log."""
     state = _state()
     row = state.job(job)
+    if agent:
+        typer.echo(_orchestrator(state, row.job_id).agent_log(agent))
     seen = 0
     while True:
         for event in state.events(row.job_id, after=seen):
