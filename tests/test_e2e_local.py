@@ -41,10 +41,11 @@ class Cli:
                     "NASCLOUD_HEARTBEAT_SECONDS": "1", "NASCLOUD_HEARTBEAT_DEADLINE": "60",
                     "TF_CPP_MIN_LOG_LEVEL": "3"}
 
-    def run(self, *args: str, timeout: float = 600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(self, *args: str, timeout: float = 600, extra_env: dict | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "nascloud", *args], cwd=self.workdir,
                               env={**self.env, **(extra_env or {})}, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, input=input)
 
     def status(self, job: str) -> dict:
         done = self.run("status", job, "--json", timeout=60)
