@@ -3,7 +3,8 @@
 What a job creates, all named nascloud-<job-id> and tagged nascloud:job / nascloud:owner: an EC2 key pair
 (public half of a key generated here; the private key stays under NASCLOUD_HOME, 0600), a security group
 admitting only 22/tcp from the caller's CIDR, an IAM role + instance profile whose only permission is the
-job's prefix in the bucket, and the instance (IMDSv2 required, user-data = the bootstrap script).
+job's prefix in the bucket, and the instance (IMDSv2 required, user-data = the bootstrap script). A fire
+drill adds a role nascloud-fis-<job-id> that only AWS FIS may assume, to interrupt the job's spot instance.
 """
 
 from __future__ import annotations
@@ -81,8 +82,33 @@ def role_policy(bucket: str, prefix: str) -> dict:
     }
 
 
-TRUST_POLICY = {"Version": "2012-10-17", "Statement": [
-    {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+def _trust(service: str) -> dict:
+    return {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]}
+
+
+TRUST_POLICY = _trust("ec2.amazonaws.com")
+# The fire drill: FIS sends the instance AWS's real two-minute spot interruption notice, then reclaims it.
+FIS_ACTION = "aws:ec2:send-spot-instance-interruptions"
+FIS_NOTICE = "PT2M"  # the shortest notice FIS allows, the same as a real reclaim's
+
+
+def _fis_role(job_id: str) -> str:
+    return f"nascloud-fis-{job_id}"
+
+
+def fis_template(job_id: str, instance_arn: str, role_arn: str) -> dict:
+    """The experiment template that interrupts one spot instance, as CreateExperimentTemplate receives it."""
+    return {
+        "description": f"nascloud drill {job_id}: interrupt {instance_arn.rsplit('/', 1)[-1]}",
+        "roleArn": role_arn,
+        "stopConditions": [{"source": "none"}],
+        "targets": {"instance": {"resourceType": "aws:ec2:spot-instance", "resourceArns": [instance_arn],
+                                 "selectionMode": "ALL"}},
+        "actions": {"interrupt": {"actionId": FIS_ACTION, "parameters": {"durationBeforeInterruption": FIS_NOTICE},
+                                  "targets": {"SpotInstances": "instance"}}},
+        "tags": {JOB_TAG: job_id, "Name": _name(job_id)},
+    }
 
 
 def _requests(job_id: str, offer: LaunchOffer, spec, image: str, cidr: str, user_data: str,
@@ -371,13 +397,67 @@ class AwsProvisioner:
         for call, params in ((iam.remove_role_from_instance_profile, {"InstanceProfileName": name, "RoleName": name}),
                              (iam.delete_instance_profile, {"InstanceProfileName": name}),
                              (iam.delete_role_policy, {"RoleName": name, "PolicyName": "job-prefix"}),
-                             (iam.delete_role, {"RoleName": name})):
+                             (iam.delete_role, {"RoleName": name}),
+                             (iam.delete_role_policy, {"RoleName": _fis_role(job_id), "PolicyName": "interrupt"}),
+                             (iam.delete_role, {"RoleName": _fis_role(job_id)})):
             try:
                 call(**params)
             except Exception as error:
                 if _code(error) != "NoSuchEntity":
                     raise _error(error, f"deleting the role {name}") from None
         remove_job_keys(self.home, job_id)
+
+    def preempt(self, instance: Instance) -> None:
+        """Interrupt a spot instance with AWS FIS (two minutes' notice, then the reclaim), through a per-job
+        role FIS assumes; the experiment template is deleted once the experiment has started."""
+        if not instance.spot:
+            raise UsageError(f"{instance.instance_id} is on-demand: only spot instances can be interrupted; "
+                             "drill a job that runs on spot (compute.spot: true)")
+        iam, fis = self._client("iam", instance.region), self._client("fis", instance.region)
+        name = _fis_role(instance.job_id)  # deleted by release()
+        try:
+            try:
+                role_arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(
+                    _trust("fis.amazonaws.com")), Tags=[{"Key": JOB_TAG, "Value": instance.job_id}])["Role"]["Arn"]
+            except Exception as error:
+                if _code(error) != "EntityAlreadyExists":
+                    raise
+                role_arn = iam.get_role(RoleName=name)["Role"]["Arn"]
+            # arn:PARTITION:iam::ACCOUNT:role/NAME gives the instance's partition and account.
+            partition, account = role_arn.split(":")[1], role_arn.split(":")[4]
+            instance_arn = f"arn:{partition}:ec2:{instance.region}:{account}:instance/{instance.instance_id}"
+            iam.put_role_policy(RoleName=name, PolicyName="interrupt", PolicyDocument=json.dumps({
+                "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:SendSpotInstanceInterruptions",
+                                                        "Resource": instance_arn}]}))
+            self._delete_templates(instance.region, instance.job_id)  # left by a drill that stopped half-way
+            template = self._create_template(fis, fis_template(instance.job_id, instance_arn, role_arn))
+            try:
+                fis.start_experiment(experimentTemplateId=template, tags={JOB_TAG: instance.job_id})
+            finally:
+                fis.delete_experiment_template(id=template)
+        except NascloudError:
+            raise
+        except Exception as error:
+            raise _error(error, f"interrupting {instance.instance_id} with FIS") from None
+
+    def _create_template(self, fis, template: dict) -> str:
+        # A role made a moment ago is not yet assumable by FIS (IAM is eventually consistent).
+        attempt = 0
+        while True:
+            try:
+                return fis.create_experiment_template(**template)["experimentTemplate"]["id"]
+            except Exception as error:
+                attempt += 1
+                if _code(error) != "ValidationException" or "role" not in str(error).lower() or attempt == 12:
+                    raise
+                time.sleep(self._poll)
+
+    def _delete_templates(self, region: str, job_id: str) -> None:
+        fis = self._client("fis", region)
+        for page in fis.get_paginator("list_experiment_templates").paginate():
+            for template in page["experimentTemplates"]:
+                if template.get("tags", {}).get(JOB_TAG) == job_id:
+                    fis.delete_experiment_template(id=template["id"])
 
     def _wait_gone(self, region: str, job_id: str, tries: int = 60) -> None:
         """The security group can only go once the job's instances have finished terminating."""

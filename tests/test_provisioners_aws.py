@@ -191,3 +191,35 @@ def test_dry_run_request_needs_no_credentials_and_shows_placeholders(monkeypatch
         {"CidrIp": "<your public address>/32"}]
     json.dumps(request)  # printable as JSON
 
+
+
+def test_a_drill_interrupts_the_spot_instance_through_fis_and_release_removes_the_fis_role(aws):
+    instance = aws.launch(JOB, Offer(), job())
+    aws.preempt(instance)
+    fis, iam = boto3.client("fis"), boto3.client("iam")
+    (summary,) = fis.list_experiments()["experiments"]
+    experiment = fis.get_experiment(id=summary["id"])["experiment"]
+    assert experiment["actions"]["interrupt"]["actionId"] == "aws:ec2:send-spot-instance-interruptions"
+    assert experiment["actions"]["interrupt"]["parameters"] == {"durationBeforeInterruption": "PT2M"}
+    assert experiment["roleArn"].endswith(f":role/nascloud-fis-{JOB}")
+    assert fis.list_experiment_templates()["experimentTemplates"] == []  # deleted once started
+    trust = iam.get_role(RoleName=f"nascloud-fis-{JOB}")["Role"]["AssumeRolePolicyDocument"]
+    trust = json.loads(unquote(trust)) if isinstance(trust, str) else trust
+    assert trust["Statement"][0]["Principal"] == {"Service": "fis.amazonaws.com"}
+    # Play FIS's part: interrupt what the experiment resolved to (moto records experiments, runs no action).
+    targets = fis.list_experiment_resolved_targets(experimentId=summary["id"])["resolvedTargets"]
+    assert [t["resourceType"] for t in targets] == ["aws:ec2:spot-instance"]
+    for target in targets:
+        preempt_ec2(target["targetInformation"]["arn"].rsplit("/", 1)[-1])
+    assert aws.status([instance]) == {instance.instance_id: State.PREEMPTED}
+    aws.preempt(instance)  # a second drill reuses the role
+    aws.release(JOB)
+    assert not [r for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("nascloud-")]
+
+
+def test_a_drill_refuses_an_on_demand_instance(aws):
+    instance = aws.launch(JOB, Offer(spot=False), job(spot=False))
+    with pytest.raises(UsageError, match=f"{instance.instance_id} is on-demand: only spot instances can be "
+                                         r"interrupted; drill a job that runs on spot \(compute.spot: true\)"):
+        aws.preempt(instance)
+    assert aws.status([instance]) == {instance.instance_id: State.RUNNING}
