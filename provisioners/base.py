@@ -65,6 +65,11 @@ class Provisioner(Protocol):
     def status(self, instances: list[Instance]) -> dict[str, State]:
         """States of many instances in one call per region; an unknown id reads TERMINATED."""
 
+    def preempt(self, instance: Instance) -> None:
+        """Fire drill: take a spot instance away the way the cloud would, with the cloud's own tool (AWS FIS
+        send-spot-instance-interruptions, GCE simulateMaintenanceEvent); status then reads PREEMPTED.
+        An on-demand instance is never preempted: UsageError."""
+
     def terminate(self, instances: list[Instance]) -> None:
         """A missing instance is success."""
 

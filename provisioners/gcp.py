@@ -375,6 +375,17 @@ class GcpProvisioner:
         for operation, zone in started:
             self._wait(operation, zone, "deleting the instance")
 
+    def preempt(self, instance: Instance) -> None:
+        """Simulate a host maintenance event: a Spot or preemptible VM (onHostMaintenance TERMINATE) is
+        preempted by it, as in a real reclaim (TERMINATED plus a compute.instances.preempted operation)."""
+        if not instance.spot:
+            raise UsageError(f"{instance.instance_id} is on-demand: only Spot and preemptible VMs can be preempted; "
+                             "drill a job that runs on spot (compute.spot: true)")
+        operation = self._call("simulating a maintenance event", self._client("InstancesClient")
+                               .simulate_maintenance_event_unary, project=self.project, zone=instance.zone,
+                               instance=instance.instance_id)
+        self._wait(operation, instance.zone, "simulating a maintenance event")
+
     def list_owned(self, job_id: Optional[str] = None) -> list[Instance]:
         return [self._instance(raw) for raw in self._owned(job_id)]
 

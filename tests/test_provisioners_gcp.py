@@ -195,3 +195,21 @@ def test_dry_run_bodies_need_no_credentials(monkeypatch):
     json.dumps(request)
 
 
+
+
+@pytest.mark.parametrize("provisioning", ["spot", "preemptible"])
+def test_a_drill_simulates_a_maintenance_event_which_preempts_the_vm(gcp, gce, provisioning):
+    instance = gcp.launch(JOB, Offer(), job(provisioning=provisioning))
+    gcp.preempt(instance)  # returns once the event's operation is done
+    assert gce.count("instances.simulateMaintenanceEvent") == 1
+    assert gce.instances["us-central1-a", instance.instance_id]["status"] == "TERMINATED"
+    assert gcp.status([instance]) == {instance.instance_id: State.PREEMPTED}
+
+
+def test_a_drill_refuses_an_on_demand_vm(gcp, gce):
+    instance = gcp.launch(JOB, Offer(spot=False), job())
+    with pytest.raises(UsageError, match=f"{instance.instance_id} is on-demand: only Spot and preemptible VMs can be "
+                                         r"preempted; drill a job that runs on spot \(compute.spot: true\)"):
+        gcp.preempt(instance)
+    assert gce.count("instances.simulateMaintenanceEvent") == 0
+    assert gcp.status([instance]) == {instance.instance_id: State.RUNNING}
