@@ -32,6 +32,7 @@ FINAL = ("finished", "stopped", "budget", "deadline", "failed")
 @dataclass(frozen=True)
 class WatchSettings:
     poll_seconds: float = 10.0
+    boot_poll_seconds: float = 2.0  # while no agent runs yet: launching, booting, bootstrapping
     heartbeat_deadline_seconds: float = 600.0  # silent this long (and unreachable): presumed lost
     reach_timeout_seconds: float = 900.0  # from launch until the agent runs; then the instance is replaced
     stop_timeout_seconds: float = 150.0  # for the agent's final snapshot on `stop`
@@ -134,7 +135,15 @@ class Orchestrator:
             on_tick()
             if outcome:
                 return outcome
-            time.sleep(self.settings.poll_seconds)
+            time.sleep(self._pause())
+
+    def _pause(self) -> float:
+        """The poll interval; shorter while an instance is missing or booting, since every second
+        there is paid for and no search runs."""
+        current = self._current()
+        if current is None or current.agent_started_at is None:
+            return min(self.settings.poll_seconds, self.settings.boot_poll_seconds)
+        return self.settings.poll_seconds
 
     def tick(self) -> Optional[str]:
         job = self.job
@@ -500,7 +509,7 @@ def drill(state: State, job_id: str, provisioner, timeout_seconds: float = 1800)
                 seconds = time.time() - started
                 orchestrator.event("drill", f"fire drill: training again after {seconds:.1f} s")
                 return seconds
-            time.sleep(orchestrator.settings.poll_seconds if owns_loop else 1.0)
+            time.sleep(orchestrator._pause() if owns_loop else 1.0)
     finally:
         if owns_loop:
             lock.release()

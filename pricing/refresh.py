@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
 
+from nascloud.aws_session import aws_session
 from nascloud.cost import Offer
 from nascloud.errors import CloudError, UsageError
 from nascloud.pricing.catalog import OFFER_COLUMNS, parse_offer
@@ -75,11 +76,9 @@ def parse_price_list(entries: Iterable[str]) -> dict[str, float]:
 
 def aws_on_demand(instance_types: list[str], region: str, session=None) -> dict[str, float]:
     """On-demand Linux prices from the AWS Pricing API (served from us-east-1)."""
-    import boto3
-
     if region not in AWS_LOCATIONS:
         raise UsageError(f"no Pricing API location name for {region}; known: {', '.join(AWS_LOCATIONS)}")
-    client = (session or boto3).client("pricing", region_name="us-east-1")
+    client = (session or aws_session()).client("pricing", region_name="us-east-1")
     filters = [{"Type": "TERM_MATCH", "Field": field, "Value": value} for field, value in (
         ("location", AWS_LOCATIONS[region]), ("operatingSystem", "Linux"), ("tenancy", "Shared"),
         ("capacitystatus", "Used"), ("preInstalledSw", "NA"))]
@@ -97,9 +96,7 @@ def aws_spot_offers(base: list[Offer], region: str, on_demand: dict[str, float],
                     as_of: Optional[str] = None) -> list[Offer]:
     """One offer per instance type and zone ID with the latest spot price (describe_spot_price_history
     names zones; describe_availability_zones maps them to the account-independent zone IDs)."""
-    import boto3
-
-    ec2 = (session or boto3).client("ec2", region_name=region)
+    ec2 = (session or aws_session()).client("ec2", region_name=region)
     known = {o.instance_type: o for o in base if o.cloud == "aws" and o.region == region}
     if not known:
         raise UsageError(f"the catalog has no AWS offers in {region} to refresh")

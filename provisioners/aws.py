@@ -164,9 +164,9 @@ class AwsProvisioner:
         """ssh_address overrides where SSH connects (tests map an instance to a local sshd: the public
         addresses an emulator invents must never be contacted). cidr_lookup finds the caller's address
         when the job file gives no compute.ssh_cidr. ssh_user is the image's login (ubuntu on the DLAMI)."""
-        import boto3
+        from nascloud.aws_session import aws_session
 
-        self._session = boto3.session.Session()
+        self._session = aws_session()
         self.home = home
         self.owner = owner or default_owner()
         self.regions = {region or self._session.region_name or "us-east-1"}

@@ -218,7 +218,12 @@ class LocalProvisioner:
             record = self._read(instance.instance_id)
             state = record["state"] if record else "terminated"
             if state == "running" and record["port"] and not _alive(record["sshd_pid"]):
-                state = "failed"  # its sshd died without us: the "host" is gone
+                # A preempt or terminate in progress kills the sshd first: read its verdict under the lock.
+                with self._locked(instance.instance_id):
+                    record = self._read(instance.instance_id)
+                state = record["state"] if record else "terminated"
+                if state == "running" and not _alive(record["sshd_pid"]):
+                    state = "failed"  # its sshd died without us: the "host" is gone
             states[instance.instance_id] = State(state)
         return states
 

@@ -72,6 +72,15 @@ def test_aws_without_credentials_fails_before_anything_exists(cli, no_aws):
     assert json.loads(cli.run("status", "--json").stdout) == []
 
 
+@pytest.mark.parametrize("command", [("launch", str(EXAMPLES / "digits-aws-t4-spot.yaml")),
+                                     ("checkpoints", "list", "s3://my-bucket/nascloud")])
+def test_an_aws_profile_that_does_not_exist_is_named(cli, no_aws, command):
+    done = cli.run(*command, extra_env={**no_aws, "AWS_PROFILE": "typo-profile"})
+    assert done.returncode == 2
+    message = error_of(done)
+    assert "typo-profile" in message and "AWS_PROFILE" in message
+
+
 def test_a_budget_below_the_estimate_is_refused_unless_forced(cli, no_aws):
     aws_job = str(EXAMPLES / "digits-aws-t4-spot.yaml")
     refused = cli.run("launch", aws_job, "--bucket", "s3://bucket/nascloud", "--budget", "0.01", extra_env=no_aws)

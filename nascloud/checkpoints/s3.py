@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-import boto3
 import botocore.exceptions as bx
 
+from nascloud.aws_session import aws_session
 from nascloud.checkpoints.base import ObjectInfo
 from nascloud.errors import CloudError, UsageError
 
@@ -33,7 +33,7 @@ class S3Objects:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
-        self.client = boto3.client("s3")
+        self.client = aws_session().client("s3")
 
     def _key(self, key: str) -> str:
         return self.prefix + key

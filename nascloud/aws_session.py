@@ -1,0 +1,18 @@
+"""The one place a boto3 session is made, so a missing profile is a one-line user error everywhere."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from nascloud.errors import UsageError
+
+
+def aws_session(region: Optional[str] = None):
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        return boto3.session.Session(region_name=region)
+    except ProfileNotFound as error:
+        raise UsageError(f"AWS profile {error.kwargs.get('profile')!r} is not in ~/.aws/config or ~/.aws/credentials; "
+                         "fix AWS_PROFILE or add it with `aws configure --profile NAME`") from None
