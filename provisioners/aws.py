@@ -23,6 +23,7 @@ from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, LaunchOffer,
 DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 SSH_USER = "ubuntu"
 JOB_TAG, OWNER_TAG = "nascloud:job", "nascloud:owner"
+JOB_URL_TAG = "nascloud:job-url"  # where the job's lease is: `gc` on any machine can judge the instance
 SPOT_REASONS = {"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"}
 # Service Quotas codes (vCPUs) per instance family: (spot, on-demand).
 QUOTAS = {
@@ -117,6 +118,8 @@ def _requests(job_id: str, offer: LaunchOffer, spec, image: str, cidr: str, user
     name = _name(job_id)
     tags = [{"Key": JOB_TAG, "Value": job_id}, {"Key": OWNER_TAG, "Value": owner}, {"Key": "Name", "Value": name}]
     bucket = job_prefix(spec, job_id, "s3")
+    if len(bucket.url) <= 256:  # EC2's longest tag value
+        tags.append({"Key": JOB_URL_TAG, "Value": bucket.url})
     run = {
         "ImageId": image, "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
         "KeyName": name, "SecurityGroupIds": [security_group], "IamInstanceProfile": {"Name": name},
@@ -217,7 +220,8 @@ class AwsProvisioner:
             instance_id=described["InstanceId"], job_id=tags.get(JOB_TAG, ""), cloud="aws", region=region,
             zone=described.get("Placement", {}).get("AvailabilityZone"), instance_type=described["InstanceType"],
             spot=described.get("InstanceLifecycle") == "spot", launched_at=described["LaunchTime"].timestamp(),
-            extra={"python": CLOUD_PYTHON, "bootstrap_dir": CLOUD_ROOT, "public_ip": described.get("PublicIpAddress")},
+            extra={"python": CLOUD_PYTHON, "bootstrap_dir": CLOUD_ROOT, "public_ip": described.get("PublicIpAddress"),
+                   "job_url": tags.get(JOB_URL_TAG)},
         )
 
     def _describe(self, region: str, filters: list[dict]) -> list[dict]:

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
 
+from nascloud.cost import BOOT_DISK_GB
 from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.provisioners.base import Instance, Offer, SshTarget, State
 from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, LaunchOffer, as_offer, cloud_bootstrap, default_owner, host_key_line, job_keys,
@@ -31,6 +32,7 @@ ENDPOINT_ENV = "NASCLOUD_GCE_ENDPOINT"
 DEFAULT_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
 SSH_USER = "nascloud"
 JOB_LABEL, OWNER_LABEL = "nascloud-job", "nascloud-owner"
+JOB_URL_KEY = "nascloud-job-url"  # metadata (labels cannot hold a URL): where `gc` reads the job's lease
 ACCELERATORS = {"T4": "nvidia-tesla-t4", "V100": "nvidia-tesla-v100", "P100": "nvidia-tesla-p100",
                 "P4": "nvidia-tesla-p4", "L4": "nvidia-l4", "A100": "nvidia-tesla-a100",
                 "A100-80GB": "nvidia-a100-80gb", "H100": "nvidia-h100-80gb"}
@@ -101,7 +103,7 @@ def _bodies(job_id: str, offer: LaunchOffer, spec, zone: str, name: str, image: 
         "labels": {JOB_LABEL: job_id, OWNER_LABEL: owner},
         "tags": {"items": [tag]},
         "disks": [{"boot": True, "autoDelete": True,
-                   "initializeParams": {"sourceImage": image, "diskSizeGb": "100"}}],
+                   "initializeParams": {"sourceImage": image, "diskSizeGb": str(int(BOOT_DISK_GB))}}],
         "networkInterfaces": [{"network": "global/networks/default",
                                "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]}],
         "scheduling": scheduling,
@@ -110,6 +112,7 @@ def _bodies(job_id: str, offer: LaunchOffer, spec, zone: str, name: str, image: 
             {"key": "block-project-ssh-keys", "value": "true"},
             {"key": "install-nvidia-driver", "value": "True"},
             {"key": "startup-script", "value": script},
+            {"key": JOB_URL_KEY, "value": job_prefix(spec, job_id, "gs").url},
         ]},
     }
     gpu = offer.gpu
@@ -267,7 +270,8 @@ class GcpProvisioner:
             spot=raw.scheduling.provisioning_model == "SPOT" or bool(raw.scheduling.preemptible),
             launched_at=datetime.fromisoformat(created).timestamp() if created else time.time(),
             extra={"python": CLOUD_PYTHON, "bootstrap_dir": CLOUD_ROOT, "public_ip": nat[0] if nat else None,
-                   "project": self.project},
+                   "project": self.project,
+                   "job_url": next((i.value for i in raw.metadata.items if i.key == JOB_URL_KEY), None)},
         )
 
     def _owned(self, job_id: Optional[str]) -> list:

@@ -52,6 +52,8 @@ def test_launch_twice_makes_one_locked_down_instance_and_release_removes_the_res
     assert aws.launch(JOB, Offer(zone="us-east-1a"), job()) == first
     assert aws.list_owned(JOB) == [first]
     assert (first.spot, first.zone, first.extra["python"]) == (True, "us-east-1a", "/opt/nascloud/venv/bin/python")
+    # Where its lease is, so `gc` on a machine that does not know the job can still judge it.
+    assert first.extra["job_url"] == f"s3://nascloud-test/jobs/{JOB}"
 
     ec2, iam = boto3.client("ec2"), boto3.client("iam")
     described = ec2.describe_instances(InstanceIds=[first.instance_id])["Reservations"][0]["Instances"][0]

@@ -53,6 +53,8 @@ def test_launch_twice_makes_one_spot_vm_behind_a_narrow_firewall(gcp, gce):
                                                                            "n1-standard-4")
     assert gcp.list_owned(JOB) == [first]
     assert gcp.status([first]) == {first.instance_id: State.RUNNING}
+    # Where its lease is, so `gc` on a machine that does not know the job can still judge it.
+    assert first.extra["job_url"] == f"gs://nascloud-test/jobs/{JOB}"
 
     (body,) = [b for r, b in gce.bodies if r == "instances.insert"]
     assert body["scheduling"] == {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP",
