@@ -14,7 +14,8 @@ API for the watch loop (call once per tick, with the tick's own clock):
 
 The ledger is the instance rows (`InstanceRow` or anything with launched_at, ended_at, price_per_hour):
 each span is billed from the provider's launch time to its end (or now) at the price at its launch,
-with the cloud's minimum and per-second after it; history is never re-priced. `fired_alerts` is the
+with the cloud's minimum and per-second after it; history is never re-priced. The bucket's storage and
+requests (`storage_charge`, `request_charges`) come in as `extra_usd`. `fired_alerts` is the
 set of `Alert.key`s already sent, `{e.data["key"] for e in state.events(job_id, "alert")}`; keys carry
 the budget or deadline they were computed against, so `resume --budget +USD` re-arms them.
 """
@@ -60,10 +61,15 @@ def ledger_total(rows: Iterable[Any], now: float, minimum_seconds: float = MIN_B
     return sum(span_cost(row, now, minimum_seconds) for row in rows)
 
 
-def checkpoint_charges(stored_gb: float, hours: float, puts: int, billing: cost.Billing) -> float:
-    """Bucket charges: snapshots kept (GB) for `hours`, and the write requests that made them."""
-    return (stored_gb * billing.storage_gb_month * hours / cost.HOURS_PER_MONTH
-            + puts / 1000 * billing.put_per_1000)
+def request_charges(requests: Mapping[str, int], rates: Mapping[str, float]) -> float:
+    """Bucket requests at the bucket's rates: class A (writes, lists) and class B (reads)."""
+    return (requests.get("class_a", 0) / 1000 * rates.get("put_per_1000", 0.0)
+            + requests.get("class_b", 0) / 1000 * rates.get("get_per_1000", 0.0))
+
+
+def storage_charge(stored_bytes: int, seconds: float, rates: Mapping[str, float]) -> float:
+    """Keeping `stored_bytes` in the bucket for `seconds`, at its per GB-month rate."""
+    return stored_bytes / 1e9 * rates.get("storage_gb_month", 0.0) * seconds / 3600 / cost.HOURS_PER_MONTH
 
 
 def burn_rate(rows: Sequence[Any]) -> float:

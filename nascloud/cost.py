@@ -19,6 +19,7 @@ from nascloud.errors import UsageError
 
 REFERENCE_GPU = "T4"
 HOURS_PER_MONTH = 730.0  # the clouds' billing month
+BOOT_DISK_GB = 100.0  # a deep-learning image needs about this much; the GCP launch asks for it
 PUTS_PER_SNAPSHOT = 10  # manifest, HEAD and the changed blobs of a typical incremental snapshot
 MAX_INTERRUPTIONS = 5000  # a run needing more is not a plan; `first_order` refuses those earlier
 
@@ -56,6 +57,10 @@ class Billing:
     put_per_1000: float = 0.0
     egress_gb: float = 0.0
 
+    def instance_extras_per_hour(self, boot_disk_gb: float = BOOT_DISK_GB) -> float:
+        """What an instance costs beside its own price while it runs: its boot disk and public IPv4."""
+        return boot_disk_gb * self.boot_disk_gb_month / HOURS_PER_MONTH + self.public_ipv4_hour
+
 
 @dataclass(frozen=True)
 class Option:
@@ -87,6 +92,7 @@ class Option:
             "instance_type": offer.instance_type, "accelerator_type": offer.accelerator_type or None,
             "gpu": offer.gpu, "gpu_count": offer.gpu_count, "spot": self.spot,
             "price_per_hour": self.price_per_hour, "on_demand_price_per_hour": offer.on_demand,
+            "extras_per_hour": self.billing.instance_extras_per_hour(),
             "source": self.price_source or offer.source, "as_of": offer.as_of,
         }
 
@@ -101,7 +107,7 @@ class Workload:
     checkpoint_gb: float = 0.5  # one snapshot in the bucket
     keep: int = 3  # snapshots kept
     model_gb: float = 0.1  # the final model, downloaded once
-    boot_disk_gb: float = 100.0  # a deep-learning image needs about this much
+    boot_disk_gb: float = BOOT_DISK_GB
 
     def __post_init__(self) -> None:
         if not self.t4_hours > 0 or not math.isfinite(self.t4_hours):
@@ -237,7 +243,7 @@ def extras(option: Option, workload: Workload, wall: np.ndarray, interval: float
     """Billing beyond the instance-hour: boot disk and public IPv4 while it runs, checkpoints kept in the
     bucket and the requests that write them, and downloading the final model once."""
     bill = option.billing
-    per_hour = (workload.boot_disk_gb * bill.boot_disk_gb_month / HOURS_PER_MONTH + bill.public_ipv4_hour
+    per_hour = (bill.instance_extras_per_hour(workload.boot_disk_gb)
                 + workload.checkpoint_gb * workload.keep * bill.storage_gb_month / HOURS_PER_MONTH)
     snapshots = workload.trials + (wall / interval if math.isfinite(interval) else 0.0)
     requests = snapshots * PUTS_PER_SNAPSHOT / 1000 * bill.put_per_1000

@@ -38,6 +38,7 @@ class JobView:
     status: str
     now: float
     spent_usd: float
+    bucket_usd: float = 0.0  # the part of spent_usd that is bucket storage and requests
     budget_usd: Optional[float] = None
     burn_usd_per_hour: Optional[float] = None
     projected_usd: Optional[float] = None
@@ -72,6 +73,7 @@ class JobView:
         return cls(
             job_id=summary["job_id"], status=summary["status"], now=now if now is not None else time.time(),
             spent_usd=money.get("spent_usd", summary.get("spent_usd", 0.0)), budget_usd=summary.get("budget_usd"),
+            bucket_usd=summary.get("bucket_usd", 0.0),
             burn_usd_per_hour=money.get("burn_usd_per_hour"), projected_usd=money.get("projected_usd"),
             p_over=money.get("p_over"), remaining_hours=money.get("remaining_hours"),
             elapsed_hours=actual.get("wall_hours"), max_hours=summary.get("max_hours"),
@@ -112,7 +114,8 @@ def money_line(view: JobView) -> str:
     budget = f" of {_money(view.budget_usd)}" if view.budget_usd else ""
     burn = f"{_money(view.burn_usd_per_hour)}/h" if view.burn_usd_per_hour is not None else "-"
     over = f", P(over budget) {view.p_over:.0%}" if view.p_over is not None else ""
-    return (f"spent {_money(view.spent_usd)}{budget}, burn {burn}, projected {_money(view.projected_usd)}{over}, "
+    bucket = f" (bucket {_money(view.bucket_usd)})" if view.bucket_usd >= 0.005 else ""
+    return (f"spent {_money(view.spent_usd)}{budget}{bucket}, burn {burn}, projected {_money(view.projected_usd)}{over}, "
             f"finish in {_duration(view.remaining_hours)}")
 
 

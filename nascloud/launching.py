@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -38,12 +39,15 @@ def choose_offer(spec: JobSpec, price_per_hour: Optional[float]) -> dict:
         price = price_per_hour if price_per_hour is not None else (compute.price_per_hour or 0.0)
         return {"cloud": "local", "region": "local", "zone": None, "instance_type": "local",
                 "gpu": None, "gpu_count": 0, "spot": compute.spot, "price_per_hour": price,
-                "on_demand_price_per_hour": price, "source": "local provider (price given by the user)"}
-    from nascloud.pricing import cheapest_offer
+                "on_demand_price_per_hour": price, "extras_per_hour": 0.0, "on_demand_extras_per_hour": 0.0,
+                "source": "local provider (price given by the user)"}
+    from nascloud.pricing import cheapest_offer, load_catalog
 
     offer = cheapest_offer(cloud=compute.cloud, gpu=compute.gpu, region=compute.region, zone=compute.zone,
                            instance_type=compute.instance_type, spot=compute.spot)
     record = offer.launch_record()
+    # Boot disk and public IPv4 are billed while the instance runs, whatever its price: the ledger adds them.
+    record["on_demand_extras_per_hour"] = load_catalog().billing_for(compute.cloud, False).instance_extras_per_hour()
     override = price_per_hour if price_per_hour is not None else compute.price_per_hour
     if override is not None:
         record["price_per_hour"] = record["on_demand_price_per_hour"] = override
@@ -71,7 +75,9 @@ def build_wheel() -> Path:
 def create_job(state: State, spec: JobSpec, offer: dict, estimate: Optional[dict], interval_minutes: float) -> str:
     """Upload the bundle (job, data set once by content, wheel for clouds) and record the job."""
     from nascloud.agent.data import pack_dataset
-    from nascloud.checkpoints import job_url as job_prefix_url, open_store
+    from nascloud.budget import request_charges
+    from nascloud.checkpoints import job_url as job_prefix_url, open_store, parse_url
+    from nascloud.pricing import load_catalog
 
     job_id = new_job_id(spec)
     job_url = job_prefix_url(spec.checkpoint.bucket, job_id)
@@ -83,6 +89,7 @@ def create_job(state: State, spec: JobSpec, offer: dict, estimate: Optional[dict
             store.put_file(data_name, packed)
     bundle = {"job_id": job_id, "spec": spec.model_dump(mode="json"), "data": data_name, "offer": offer,
               "price_per_hour": offer["price_per_hour"], "interval_minutes": interval_minutes,
+              "bucket_rates": load_catalog().bucket_rates(parse_url(job_url).scheme),
               "created_at": time.time(), "wheel": None}
     if offer["cloud"] != "local":
         wheel = build_wheel()
@@ -92,4 +99,7 @@ def create_job(state: State, spec: JobSpec, offer: dict, estimate: Optional[dict
     state.add_job(job_id, spec.name, job_url, bundle, spec.budget.usd, spec.budget.max_hours, estimate,
                   bundle["created_at"])
     state.add_event(job_id, "created", f"job {job_id} created; state in {job_url}", bundle["created_at"])
+    requests = asdict(store.requests)  # the bundle's uploads open the job's ledger
+    state.set_charge(job_id, "requests:launch", request_charges(requests, bundle["bucket_rates"]), requests,
+                     bundle["created_at"])
     return job_id

@@ -38,6 +38,7 @@ class WatchSettings:
     stop_timeout_seconds: float = 150.0  # for the agent's final snapshot on `stop`
     notice_grace_seconds: float = 180.0  # AWS gives 120 s between the notice and the reclaim
     transient_error_seconds: float = 1800.0  # cloud/SSH errors without a good tick before the loop gives up
+    storage_sample_seconds: float = 600.0  # how often the loop measures what the bucket holds (one LIST)
 
     @classmethod
     def from_env(cls) -> "WatchSettings":
@@ -63,7 +64,12 @@ def money(state: State, job: JobRow, progress: Optional[dict], now: float, setti
     spec = job.bundle["spec"]["search"]
     config = BudgetConfig.for_job(job, tick_seconds=tick_seconds, shutdown_seconds=shutdown_seconds)
     return evaluate(state.instances(job.job_id), Progress.of(progress, spec["epochs"], spec["max_trials"]),
-                    config, fired, now)
+                    config, fired, now, extra_usd=bucket_usd(state, job.job_id))
+
+
+def bucket_usd(state: State, job_id: str) -> float:
+    """The bucket's part of the ledger: storage and requests, booked by the watch loop."""
+    return sum(charge.usd for charge in state.charges(job_id))
 
 
 def crash_point(name: str) -> None:
@@ -119,6 +125,7 @@ class Orchestrator:
         self.clock = clock
         self.store = open_store(self.job.job_url)
         self._failing_since: Optional[float] = None
+        self._run = f"{socket.gethostname()}:{os.getpid()}:{clock():.0f}"  # names this loop's request count
 
     @property
     def job(self) -> JobRow:
@@ -135,9 +142,9 @@ class Orchestrator:
             on_tick()
             if outcome:
                 return outcome
-            time.sleep(self._pause())
+            time.sleep(self.pause_seconds())
 
-    def _pause(self) -> float:
+    def pause_seconds(self) -> float:
         """The poll interval; shorter while an instance is missing or booting, since every second
         there is paid for and no search runs."""
         current = self._current()
@@ -165,6 +172,7 @@ class Orchestrator:
 
     def _step(self, job: JobRow) -> Optional[str]:
         self._renew_lease()
+        self._book_storage()
         current = self._current()
         if current is None:
             # Between instances too: never launch a replacement the budget cannot pay for.
@@ -177,6 +185,8 @@ class Orchestrator:
             return None
         instance = self._instance(current)
         exit_record = self._agent_exit(current) or {}
+        beat = self.store.get_json("agent/heartbeat.json") or {}
+        self._book_requests(beat, exit_record)
         exit_status = exit_record.get("status")
         if exit_status in ("finished", "budget", "deadline"):
             return self._conclude(current, exit_status, instance)
@@ -198,8 +208,36 @@ class Orchestrator:
                 self.event("resume-agent", f"{current.instance_id} outlived its notice; restarting the agent")
                 self._start_agent(current, instance)
             return None
-        self._check_heartbeat(current, instance)
+        self._check_heartbeat(current, instance, beat)
         return self._guard_money(job)
+
+    def _book_requests(self, *agent_reports: dict) -> None:
+        """Requests are booked from running counts: this loop's own, and each agent's (in its heartbeat
+        and exit record), one ledger row per process so a restart never counts twice."""
+        from nascloud.budget import request_charges
+
+        rates, now = self.job.bundle.get("bucket_rates") or {}, self.clock()
+        counts = {f"requests:watch:{self._run}": asdict(self.store.requests)}
+        for report in agent_reports:
+            if report.get("requests") and report.get("pid"):
+                counts[f"requests:agent:{report.get('instance_id')}:{report['pid']}"] = report["requests"]
+        for source, requests in counts.items():
+            self.state.set_charge(self.job_id, source, request_charges(requests, rates), requests, now)
+
+    def _book_storage(self, final: bool = False) -> None:
+        """What the bucket holds, measured every few minutes and billed for the time since the last look."""
+        from nascloud.budget import storage_charge
+
+        rates, now = self.job.bundle.get("bucket_rates") or {}, self.clock()
+        if not rates.get("storage_gb_month"):
+            return
+        booked = next((c for c in self.state.charges(self.job_id) if c.source == "storage"), None)
+        last = booked.detail if booked else {"bytes": 0, "measured_at": now}
+        if booked and not final and now - last["measured_at"] < self.settings.storage_sample_seconds:
+            return
+        usd = (booked.usd if booked else 0.0) + storage_charge(last["bytes"], now - last["measured_at"], rates)
+        self.state.set_charge(self.job_id, "storage", usd, {"bytes": self.store.stored_bytes(), "measured_at": now},
+                              now)
 
     def _guard_money(self, job: JobRow) -> Optional[str]:
         """Alerts once each, and the hard stop before the budget or deadline would be passed."""
@@ -236,7 +274,9 @@ class Orchestrator:
         if spot and fallback is not None and len(previous) >= fallback:
             spot = False
             self.event("fallback", f"{len(previous)} preemptions: falling back to on-demand as the job allows")
-        price = offer["on_demand_price_per_hour"] if not spot else offer["price_per_hour"]
+        # The ledger's price: the instance's, plus its boot disk and public IPv4 (billed while it runs).
+        price = (offer["on_demand_price_per_hour"] + offer.get("on_demand_extras_per_hour", 0.0) if not spot
+                 else offer["price_per_hour"] + offer.get("extras_per_hour", 0.0))
         self.state.intend_instance(self.job_id, offer["cloud"], offer.get("region"), offer.get("zone"),
                                    offer.get("instance_type"), spot, price)
         self.event("launching", f"launching {offer.get('instance_type') or offer['cloud']} "
@@ -307,11 +347,12 @@ class Orchestrator:
         remote = connect(self.provisioner.ssh_target(instance), instance)
         try:
             python, workdir = instance.extra["python"], _workdir(instance)
-            # What the instances before this one cost; the agent adds its own running time.
-            ledger = ledger_total([i for i in self.state.instances(self.job_id) if i.seq != row.seq], self.clock())
+            # What the instances before this one and the bucket cost; the agent adds its own running time.
+            earlier = [i for i in self.state.instances(self.job_id) if i.seq != row.seq]
+            spent = ledger_total(earlier, self.clock()) + bucket_usd(self.state, self.job_id)
             job = self.job
-            flags = [f"--instance-id {shlex.quote(instance.instance_id)}", f"--spent-usd {ledger:.6f}",
-                     f"--work-dir {workdir}/search"]
+            flags = [f"--instance-id {shlex.quote(instance.instance_id)}", f"--spent-usd {spent:.6f}",
+                     f"--price-per-hour {row.price_per_hour:.6f}", f"--work-dir {workdir}/search"]
             if job.budget_usd:
                 flags.append(f"--budget-usd {job.budget_usd}")
             if job.max_hours:
@@ -351,8 +392,7 @@ class Orchestrator:
             return self.stop("failed")
         return None
 
-    def _check_heartbeat(self, row: InstanceRow, instance) -> None:
-        beat = self.store.get_json("agent/heartbeat.json") or {}
+    def _check_heartbeat(self, row: InstanceRow, instance, beat: dict) -> None:
         last = beat.get("time", 0) if beat.get("instance_id") == row.instance_id else 0
         since = self.clock() - max(last, row.agent_started_at or 0)
         if since <= self.settings.heartbeat_deadline_seconds:
@@ -392,7 +432,13 @@ class Orchestrator:
             self.fetch_results()
         self.provisioner.terminate([instance])
         self.state.instance_ended(row.seq, self.clock(), status)
+        return self._end(status)
+
+    def _end(self, status: str) -> str:
+        """Release what the job created and close its ledger: the last requests and storage booked."""
         self.provisioner.release(self.job_id)
+        self._book_storage(final=True)
+        self._book_requests()
         self.state.set_job(self.job_id, status=status, ended_at=self.clock())
         self.event(status, _CONCLUSIONS[status].format(total=self.ledger_total()))
         return status
@@ -406,7 +452,7 @@ class Orchestrator:
     def ledger_total(self) -> float:
         from nascloud.budget import ledger_total
 
-        return ledger_total(self.state.instances(self.job_id), self.clock())
+        return ledger_total(self.state.instances(self.job_id), self.clock()) + bucket_usd(self.state, self.job_id)
 
     def agent_log(self, lines: int) -> str:
         """The tail of the agent's log on the current instance (for `nascloud logs --agent N`)."""
@@ -447,10 +493,8 @@ class Orchestrator:
             self.provisioner.terminate([instance])
             crash_point("stop-terminated")
             self.state.instance_ended(row.seq, self.clock(), status)
-        self.provisioner.release(self.job_id)
-        self.state.set_job(self.job_id, status=status, ended_at=self.clock())
-        self.event(status, _CONCLUSIONS[status].format(total=self.ledger_total()))
-        return status
+            self._book_requests(self._agent_exit(row) or {})
+        return self._end(status)
 
     def _ask_agent_to_stop(self, row: InstanceRow, instance) -> None:
         from nascloud.remote import connect
@@ -509,7 +553,7 @@ def drill(state: State, job_id: str, provisioner, timeout_seconds: float = 1800)
                 seconds = time.time() - started
                 orchestrator.event("drill", f"fire drill: training again after {seconds:.1f} s")
                 return seconds
-            time.sleep(orchestrator._pause() if owns_loop else 1.0)
+            time.sleep(orchestrator.pause_seconds() if owns_loop else 1.0)
     finally:
         if owns_loop:
             lock.release()

@@ -1,7 +1,8 @@
-"""The orchestrator's memory: one SQLite file under NASCLOUD_HOME (jobs, instances, events).
+"""The orchestrator's memory: one SQLite file under NASCLOUD_HOME (jobs, instances, charges, events).
 
-The instances table is also the cost ledger: each row keeps the price at its launch and the times the
-provider reported, so history is never re-priced. Every step writes its intent here before its side
+The instances and charges tables are the cost ledger: each instance keeps the price at its launch and
+the times the provider reported, so history is never re-priced; charges hold the bucket's storage and
+requests. Every step writes its intent here before its side
 effect, so a killed orchestrator, started again, knows what may be in flight and reconciles it
 against the cloud's own tags.
 """
@@ -46,6 +47,14 @@ CREATE TABLE IF NOT EXISTS instances (
     end_reason TEXT,                -- preempted | finished | stopped | budget | lost | failed
     agent_started_at REAL,
     record TEXT                     -- the provider's Instance as JSON, to reach it again
+);
+CREATE TABLE IF NOT EXISTS charges (
+    job_id TEXT NOT NULL,
+    source TEXT NOT NULL,           -- what incurs it: storage, or requests:<the process that made them>
+    usd REAL NOT NULL,              -- its running total, at the rates recorded at launch
+    detail TEXT,                    -- the counts behind it (JSON)
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (job_id, source)
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -92,6 +101,15 @@ class InstanceRow:
     end_reason: Optional[str]
     agent_started_at: Optional[float]
     record: Optional[dict]
+
+
+@dataclass(frozen=True)
+class Charge:
+    job_id: str
+    source: str
+    usd: float
+    detail: Optional[dict]
+    updated_at: float
 
 
 @dataclass(frozen=True)
@@ -198,6 +216,18 @@ class State:
 
     def open_instances(self, job_id: str) -> list[InstanceRow]:
         return [i for i in self.instances(job_id) if i.ended_at is None]
+
+    # charges ----------------------------------------------------------------------------------
+    def set_charge(self, job_id: str, source: str, usd: float, detail: Optional[dict], now: float) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO charges (job_id, source, usd, detail, updated_at) VALUES (?,?,?,?,?) "
+                       "ON CONFLICT (job_id, source) DO UPDATE SET usd = excluded.usd, detail = excluded.detail, "
+                       "updated_at = excluded.updated_at WHERE excluded.usd >= charges.usd",  # totals only grow
+                       (job_id, source, usd, json.dumps(detail), now))
+
+    def charges(self, job_id: str) -> list[Charge]:
+        return [Charge(r["job_id"], r["source"], r["usd"], _loads(r["detail"]), r["updated_at"])
+                for r in self.db.execute("SELECT * FROM charges WHERE job_id = ? ORDER BY source", (job_id,))]
 
     # events -----------------------------------------------------------------------------------
     def add_event(self, job_id: str, kind: str, message: str, now: float, data: Optional[dict] = None) -> None:

@@ -17,7 +17,7 @@ FINAL = ("finished", "stopped", "budget", "deadline", "failed")
 
 
 def job_summary(state: State, job: JobRow, progress: Optional[dict] = None, now: Optional[float] = None) -> dict:
-    from nascloud.orchestrator import WatchSettings, money
+    from nascloud.orchestrator import WatchSettings, bucket_usd, money
 
     now = now or time.time()
     if progress is None:
@@ -36,6 +36,7 @@ def job_summary(state: State, job: JobRow, progress: Optional[dict] = None, now:
         "budget_usd": job.budget_usd,
         "max_hours": job.max_hours,
         "spent_usd": round(spent, 6),
+        "bucket_usd": round(bucket_usd(state, job.job_id), 6),  # storage and requests, inside spent_usd
         "money": {k: v for k, v in tick.as_dict().items() if k not in ("alerts", "stop", "reason")},
         "estimate": {"cost_usd": estimate.get("cost_usd"), "wall_hours": estimate.get("wall_hours")},
         "actual": {"cost_usd": round(spent, 6), "wall_hours": round(((job.ended_at or now) - job.created_at) / 3600, 4)},
@@ -64,7 +65,6 @@ def follow(state: State, job_id: str, orchestrator=None) -> str:
     """Tick the orchestrator (when this process owns the job) and show the job until it is final."""
     from nascloud.dashboard import Dashboard
 
-    poll = orchestrator.settings.poll_seconds if orchestrator else 2.0
     with Dashboard(sys.stdout) as board:
         seen = 0
         while True:
@@ -75,7 +75,7 @@ def follow(state: State, job_id: str, orchestrator=None) -> str:
             board.update(job_summary(state, job), events)
             if outcome or job.status in FINAL:
                 return outcome or job.status
-            time.sleep(poll)
+            time.sleep(orchestrator.pause_seconds() if orchestrator else 2.0)
 
 
 def render_summaries(summaries: list[dict]) -> None:

@@ -122,6 +122,16 @@ class Catalog:
                        storage_gb_month=items.get("storage_gb_month", 0.0), put_per_1000=items.get("put_per_1000", 0.0),
                        egress_gb=items.get("egress_gb", 0.0))
 
+    def bucket_rates(self, scheme: str) -> dict:
+        """A bucket's charges (USD), recorded in the job's bundle at launch so its ledger is never re-priced."""
+        cloud = {"s3": "aws", "gs": "gcp"}.get(scheme)
+        items = ("storage_gb_month", "put_per_1000", "get_per_1000")
+        if cloud is None:
+            return {**dict.fromkeys(items, 0.0), "source": "a local folder: no bucket charges"}
+        rates = {item: self.billing.get(cloud, {}).get(item, 0.0) for item in items}
+        return {**rates, "source": "; ".join(self.billing_sources[(cloud, item)] for item in items
+                                             if (cloud, item) in self.billing_sources)}
+
     def option(self, offer: Offer, spot: bool, price_per_hour: Optional[float] = None,
                interruptions_per_hour: Optional[float] = None, preemptible: bool = False) -> Optional[Option]:
         """The offer priced one way, or None where it is not sold that way (no spot price)."""

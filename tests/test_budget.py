@@ -42,11 +42,11 @@ def test_ledger_keeps_each_span_at_its_launch_price():
     assert budget.burn_rate([]) == 0.0
 
 
-def test_checkpoint_charges_from_counts():
-    billing = cost.Billing(storage_gb_month=0.023, put_per_1000=0.005)
-    # 1.5 GB kept for a whole month, 2000 writes.
-    assert budget.checkpoint_charges(1.5, cost.HOURS_PER_MONTH, 2000, billing) == pytest.approx(
-        1.5 * 0.023 + 2 * 0.005)
+def test_bucket_charges_from_counts():
+    rates = {"storage_gb_month": 0.023, "put_per_1000": 0.005, "get_per_1000": 0.0004}
+    # 1.5 GB kept for a whole month; 2000 writes and lists, 5000 reads.
+    assert budget.storage_charge(1_500_000_000, cost.HOURS_PER_MONTH * 3600, rates) == pytest.approx(1.5 * 0.023)
+    assert budget.request_charges({"class_a": 2000, "class_b": 5000}, rates) == pytest.approx(2 * 0.005 + 5 * 0.0004)
 
 
 # ---- progress and projection -------------------------------------------------------------------

@@ -150,6 +150,27 @@ def test_aws_spot_reclaim_mid_search_resumes_and_leaves_nothing(moto_reset, home
     roles = boto3.client("iam").list_roles()["Roles"]
     assert not [r for r in roles if job_id in r["RoleName"]]
 
+    # The ledger: each instance at its launch price plus boot disk and IPv4; the bucket's storage and the
+    # requests of launch, the watch loop and both agents (the reclaimed one's up to its last heartbeat).
+    from nascloud.orchestrator import Orchestrator
+    from nascloud.state import State
+
+    state = State()
+    offer = state.job(job_id).bundle["offer"]
+    assert offer["extras_per_hour"] == pytest.approx(100 * 0.08 / 730 + 0.005)  # billing.csv: gp3, IPv4
+    assert all(i.price_per_hour == pytest.approx(offer["price_per_hour"] + offer["extras_per_hour"])
+               for i in instances)
+    charges = {c.source: c for c in state.charges(job_id)}
+    agents = {source.split(":")[2] for source in charges if source.startswith("requests:agent:")}
+    assert agents == {i.instance_id for i in instances}
+    assert "requests:launch" in charges and any(s.startswith("requests:watch:") for s in charges)
+    assert charges["storage"].detail["bytes"] > 0 and all(c.usd > 0 for c in charges.values())
+    writes = sum(c.detail["class_a"] for s, c in charges.items() if s.startswith("requests:"))
+    bucket = sum(c.usd for c in charges.values())
+    assert bucket >= writes / 1000 * 0.005
+    instances_usd = sum(i.price_per_hour * max(i.ended_at - i.launched_at, 60) / 3600 for i in instances)
+    assert Orchestrator(state, job_id, aws).ledger_total() == pytest.approx(instances_usd + bucket)
+
 
 def test_gcp_preempted_operation_mid_search_resumes_and_leaves_nothing(gce, gcs_server, home, tmp_path):
     from google.auth.credentials import AnonymousCredentials

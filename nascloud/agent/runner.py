@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -37,6 +37,7 @@ class AgentOptions:
     target: str  # a job prefix URL (with bundle/job.json) or a job YAML (laptop mode)
     instance_id: str = "local"
     spent_usd: float = 0.0  # spend before this instance
+    price_per_hour: Optional[float] = None  # this instance's price at launch; default: the bundle's
     budget_usd: Optional[float] = None
     deadline_at: Optional[float] = None  # unix seconds
     work_dir: Path = Path("nascloud-work")
@@ -148,7 +149,7 @@ class Agent:
     def heartbeat(self) -> None:
         self.store.put_json("agent/heartbeat.json", {
             "time": time.time(), "instance_id": self.options.instance_id, "pid": os.getpid(),
-            "phase": self.phase})
+            "phase": self.phase, "requests": asdict(self.store.requests)})
 
     def progress(self, finished: bool = False) -> None:
         from nascloud.agent.search import trial_rows
@@ -164,7 +165,8 @@ class Agent:
 
     def exit_status(self, status: str, message: str) -> AgentResult:
         self.store.put_json("agent/exit.json", {"status": status, "message": message, "time": time.time(),
-                                                "instance_id": self.options.instance_id})
+                                                "instance_id": self.options.instance_id, "pid": os.getpid(),
+                                                "requests": asdict(self.store.requests)})
         return AgentResult(status, message)
 
     def stop_reason(self) -> Optional[tuple[str, str]]:
@@ -176,7 +178,8 @@ class Agent:
                                     f"{now - float(lease['renewed_at']):.0f} s after its last renewal")
         options = self.options
         if options.budget_usd is not None:
-            spent = options.spent_usd + self.job.price_per_hour * (now - self.started) / 3600
+            price = self.job.price_per_hour if options.price_per_hour is None else options.price_per_hour
+            spent = options.spent_usd + price * (now - self.started) / 3600
             if spent >= options.budget_usd:
                 return "budget", f"spent ${spent:.2f} of the ${options.budget_usd:.2f} budget"
         if options.deadline_at is not None and now >= options.deadline_at:

@@ -87,3 +87,37 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object; quiet if it is already gone."""
+
+
+@dataclass
+class RequestCount:
+    """Requests as buckets bill them: class A (writes and lists) and class B (reads). Deletes are free."""
+
+    class_a: int = 0
+    class_b: int = 0
+
+
+class CountedObjects:
+    """An ObjectStore that counts the requests it makes, for the job's ledger of bucket charges."""
+
+    _CLASS_A = ("put", "put_if_absent", "put_if_match", "upload", "list")
+    _CLASS_B = ("get", "download")
+
+    def __init__(self, objects: ObjectStore):
+        self._objects = objects
+        self.url = objects.url
+        self.requests = RequestCount()
+
+    def __getattr__(self, name: str):
+        method = getattr(self._objects, name)
+        if name not in self._CLASS_A + self._CLASS_B:
+            return method
+
+        def counted(*args, **kwargs):
+            if name in self._CLASS_A:
+                self.requests.class_a += 1
+            else:
+                self.requests.class_b += 1
+            return method(*args, **kwargs)
+
+        return counted

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from nascloud.checkpoints.base import ObjectStore, SnapshotInfo
+from nascloud.checkpoints.base import CountedObjects, ObjectStore, SnapshotInfo
 from nascloud.errors import NascloudError, StaleWriterError, UsageError
 
 HEAD = "HEAD"
@@ -134,7 +134,8 @@ class SnapshotStore:
     def __init__(self, objects: ObjectStore, keep: int = 3, grace_seconds: float = 3600.0):
         if keep < 1:
             raise UsageError(f"keep must be at least 1 snapshot, got {keep}")
-        self.objects = objects
+        self.objects = CountedObjects(objects)
+        self.requests = self.objects.requests  # what this store object has asked of the bucket
         self.url = objects.url
         self.keep = keep
         # Unreferenced blobs younger than this are left alone: a publish in progress may be about to
@@ -410,6 +411,10 @@ class SnapshotStore:
             return True
         finally:
             temp.unlink(missing_ok=True)
+
+    def stored_bytes(self) -> int:
+        """Everything under the job prefix: snapshots, data set, bundle and reports (what storage bills)."""
+        return sum(info.size for info in self.objects.list(""))
 
     def exists(self, name: str) -> bool:
         check_name(name)

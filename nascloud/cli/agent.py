@@ -19,6 +19,8 @@ def agent(
                                         "or a job YAML to run the search on this machine."),
     instance_id: str = typer.Option("local", help="This instance's id, for the heartbeat and exit status."),
     spent_usd: float = typer.Option(0.0, help="Spend before this instance, in USD."),
+    price_per_hour: Optional[float] = typer.Option(None, help="This instance's price (USD/h) for the budget "
+                                                              "check; default: the bundle's."),
     budget_usd: Optional[float] = typer.Option(None, help="The job's hard budget in USD: stop (exit 3) at it."),
     deadline_at: Optional[float] = typer.Option(None, help="Unix time to stop at (exit 3)."),
     work_dir: Path = typer.Option(Path("nascloud-work"), help="Local directory for the restored search."),
@@ -28,7 +30,7 @@ def agent(
     from nascloud.agent.runner import AgentOptions, run_agent
 
     logging.basicConfig(level=logging.INFO, format="nascloud agent: %(message)s")
-    result = run_agent(AgentOptions(job, instance_id, spent_usd, budget_usd, deadline_at, work_dir))
+    result = run_agent(AgentOptions(job, instance_id, spent_usd, price_per_hour, budget_usd, deadline_at, work_dir))
     typer.echo(f"{result.status}: {result.message}")
     return result.exit_code
 
