@@ -17,6 +17,10 @@ class CloudError(NascloudError):
     """The cloud, network, credentials, quota or capacity failed us."""
 
 
+class CapacityError(CloudError):
+    """The cloud has no capacity for the offer in that zone right now: another zone may have some."""
+
+
 class StaleWriterError(NascloudError):
     """This writer lost the race for a job's HEAD pointer: another (newer) writer owns the job now."""
 

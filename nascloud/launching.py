@@ -49,10 +49,25 @@ def choose_offer(spec: JobSpec, price_per_hour: Optional[float]) -> dict:
     # Boot disk and public IPv4 are billed while the instance runs, whatever its price: the ledger adds them.
     record["on_demand_extras_per_hour"] = load_catalog().billing_for(compute.cloud, False).instance_extras_per_hour()
     override = price_per_hour if price_per_hour is not None else compute.price_per_hour
+    if not compute.zone:  # the zones to fail over to when one has no capacity: cheapest first
+        chosen = offer.offer
+        same = [o for o in load_catalog().select(cloud=chosen.cloud, region=chosen.region, gpu=chosen.gpu,
+                                                 instance_type=chosen.instance_type)
+                if o.gpu_count == chosen.gpu_count]
+        record["zones"] = zone_choices(same, offer.spot)
     if override is not None:
         record["price_per_hour"] = record["on_demand_price_per_hour"] = override
         record["source"] = "price given by the user"
+        for zone in record.get("zones", ()):
+            zone["price_per_hour"] = zone["on_demand_price_per_hour"] = override
     return record
+
+
+def zone_choices(offers: list, spot: bool) -> list[dict]:
+    """The same instance type in each zone of its region, with that zone's prices (AWS's by zone ID)."""
+    sold = sorted((o for o in offers if o.price(spot) is not None), key=lambda o: (o.price(spot), o.zone))
+    return [{"zone": None if o.cloud == "aws" else o.zone, "zone_id": o.zone if o.cloud == "aws" else None,
+             "price_per_hour": o.price(spot), "on_demand_price_per_hour": o.on_demand} for o in sold]
 
 
 def new_job_id(spec: JobSpec) -> str:

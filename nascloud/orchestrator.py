@@ -13,6 +13,7 @@ unreachable, starts a recovery. A passing API or SSH error never does: it is cou
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import shlex
 import signal
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from nascloud.errors import CloudError, NascloudError, UsageError
+from nascloud.errors import CapacityError, CloudError, NascloudError, UsageError
 from nascloud.paths import nascloud_home
 from nascloud.state import InstanceRow, JobRow, State
 
@@ -39,6 +40,7 @@ class WatchSettings:
     notice_grace_seconds: float = 180.0  # AWS gives 120 s between the notice and the reclaim
     transient_error_seconds: float = 1800.0  # cloud/SSH errors without a good tick before the loop gives up
     storage_sample_seconds: float = 600.0  # how often the loop measures what the bucket holds (one LIST)
+    capacity_retry_seconds: float = 300.0  # a zone that had no capacity is tried again after this
 
     @classmethod
     def from_env(cls) -> "WatchSettings":
@@ -70,6 +72,10 @@ def money(state: State, job: JobRow, progress: Optional[dict], now: float, setti
 def bucket_usd(state: State, job_id: str) -> float:
     """The bucket's part of the ledger: storage and requests, booked by the watch loop."""
     return sum(charge.usd for charge in state.charges(job_id))
+
+
+def _zone_key(zone: dict) -> Optional[str]:
+    return zone.get("zone") or zone.get("zone_id")
 
 
 def crash_point(name: str) -> None:
@@ -266,20 +272,38 @@ class Orchestrator:
     def _offer(self) -> dict:
         return self.job.bundle["offer"]
 
+    def _zones(self) -> list[dict]:
+        """Where the offer may run, cheapest first: the catalog's zones for it, or the one the job pins."""
+        offer = self._offer()
+        return offer.get("zones") or [{key: offer.get(key) for key in
+                                       ("zone", "zone_id", "price_per_hour", "on_demand_price_per_hour")}]
+
+    def _next_zone(self) -> Optional[dict]:
+        """The cheapest zone that has not lacked capacity in the last few minutes; None while every one
+        has (the loop waits: nothing is billed meanwhile, and the deadline still holds)."""
+        failed = {e.data.get("zone"): e.time for e in self.state.events(self.job_id, "capacity") if e.data}
+        now = self.clock()
+        return next((z for z in self._zones()
+                     if now - failed.get(_zone_key(z), -math.inf) > self.settings.capacity_retry_seconds), None)
+
     def _launch(self) -> None:
         offer = self._offer()
+        zone = self._next_zone()
+        if zone is None:
+            return
         previous = [i for i in self.state.instances(self.job_id) if i.end_reason == "preempted"]
         spot = offer["spot"]
         fallback = self.job.bundle["spec"]["compute"].get("on_demand_after_preemptions")
         if spot and fallback is not None and len(previous) >= fallback:
             spot = False
             self.event("fallback", f"{len(previous)} preemptions: falling back to on-demand as the job allows")
-        # The ledger's price: the instance's, plus its boot disk and public IPv4 (billed while it runs).
-        price = (offer["on_demand_price_per_hour"] + offer.get("on_demand_extras_per_hour", 0.0) if not spot
-                 else offer["price_per_hour"] + offer.get("extras_per_hour", 0.0))
-        self.state.intend_instance(self.job_id, offer["cloud"], offer.get("region"), offer.get("zone"),
+        # The ledger's price: the zone's, plus the boot disk and public IPv4 (billed while it runs).
+        price = (zone["on_demand_price_per_hour"] + offer.get("on_demand_extras_per_hour", 0.0) if not spot
+                 else zone["price_per_hour"] + offer.get("extras_per_hour", 0.0))
+        self.state.intend_instance(self.job_id, offer["cloud"], offer.get("region"), _zone_key(zone),
                                    offer.get("instance_type"), spot, price)
-        self.event("launching", f"launching {offer.get('instance_type') or offer['cloud']} "
+        where = f" in {_zone_key(zone)}" if _zone_key(zone) else ""
+        self.event("launching", f"launching {offer.get('instance_type') or offer['cloud']}{where} "
                                 f"({'spot' if spot else 'on-demand'}, ${price:.4f}/h)")
         crash_point("launch-intent")
         self._complete_launch(self._current())
@@ -287,10 +311,17 @@ class Orchestrator:
     def _complete_launch(self, row: InstanceRow) -> None:
         from nascloud.job import parse_job
 
-        offer = dict(self._offer(), spot=row.spot, price_per_hour=row.price_per_hour)
+        zone = next((z for z in self._zones() if _zone_key(z) == row.zone), {})
+        offer = dict(self._offer(), spot=row.spot, price_per_hour=row.price_per_hour,
+                     zone=zone.get("zone"), zone_id=zone.get("zone_id"))
         spec = parse_job(self.job.bundle["spec"])
         try:
             instance = self.provisioner.launch(self.job_id, offer, spec)
+        except CapacityError as error:
+            self.state.forget_intent(row.seq)
+            # Not a failure of the job: the next tick tries the next zone, and this one again later.
+            self.event("capacity", str(error), zone=row.zone)
+            return
         except NascloudError:
             self.state.forget_intent(row.seq)
             raise

@@ -10,11 +10,13 @@ drill adds a role nascloud-fis-<job-id> that only AWS FIS may assume, to interru
 from __future__ import annotations
 
 import json
+import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from nascloud.errors import CloudError, NascloudError, UsageError
+from nascloud.errors import CapacityError, CloudError, NascloudError, UsageError
 from nascloud.provisioners.base import Instance, Offer, SshTarget, State
 from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, LaunchOffer, as_offer, cloud_bootstrap, default_owner, host_key_line, job_keys,
                                           job_prefix, lookup_public_cidr, remove_job_keys, ssh_cidr)
@@ -23,6 +25,7 @@ from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, LaunchOffer,
 DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 SSH_USER = "ubuntu"
 JOB_TAG, OWNER_TAG = "nascloud:job", "nascloud:owner"
+ZONE_ID = re.compile(r"^[a-z]+[0-9]+-az[0-9]+$")  # use1-az2: the catalog's zones, the same in every account
 JOB_URL_TAG = "nascloud:job-url"  # where the job's lease is: `gc` on any machine can judge the instance
 SPOT_REASONS = {"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"}
 # Service Quotas codes (vCPUs) per instance family: (spot, on-demand).
@@ -54,7 +57,7 @@ def _error(error: Exception, what: str, offer: Optional[LaunchOffer] = None) -> 
     kind = f"{offer.instance_type} {'spot' if offer.spot else 'on-demand'}" if offer else "the instance"
     where = (offer.zone or offer.region) if offer else "this region"
     if code in CAPACITY_CODES:
-        return CloudError(f"AWS has no {kind} capacity in {where} right now ({code}); try another zone "
+        return CapacityError(f"AWS has no {kind} capacity in {where} right now ({code}); try another zone "
                           "(compute.zone), another region, or on-demand (compute.spot: false)")
     if code in QUOTA_CODES:
         return CloudError(f"your AWS quota does not allow another {kind} ({code}: {message}); request an increase "
@@ -145,9 +148,18 @@ def _requests(job_id: str, offer: LaunchOffer, spec, image: str, cidr: str, user
     }
 
 
+def _zone_id(offer: LaunchOffer) -> Optional[str]:
+    """The zone ID to place the instance in, unless the offer names its zone (compute.zone may be either)."""
+    if offer.zone:
+        return offer.zone if ZONE_ID.match(offer.zone) else None
+    return offer.zone_id
+
+
 def launch_request(job_id: str, offer: Offer, spec) -> dict:
     """What launch would send, with no credentials and no network: look-ups show as placeholders."""
     offer = as_offer(offer, spec)
+    if zone_id := _zone_id(offer):
+        offer = replace(offer, zone=f"<your account's name for zone {zone_id}>")
     bucket = job_prefix(spec, job_id, "s3")
     image = spec.compute.image or f"<resolved at launch from SSM {DLAMI_PARAMETER}>"
     cidr = spec.compute.ssh_cidr or "<your public address>/32"
@@ -275,6 +287,7 @@ class AwsProvisioner:
         bucket = job_prefix(spec, job_id, "s3")
         cidr = ssh_cidr(spec, self._cidr_lookup)
         ec2 = self._client("ec2", region)
+        offer = self._placed(ec2, offer, region)
         self._check_offer(ec2, offer)
         image = spec.compute.image or self._image(region)
         client_key, host_key = job_keys(self.home, job_id)
@@ -288,6 +301,23 @@ class AwsProvisioner:
             raise _error(error, "preparing the job's key pair, security group and role", offer) from None
         requests["RunInstances"]["SecurityGroupIds"] = [group]
         return self._instance(self._run(ec2, requests["RunInstances"], offer), region)
+
+    def _placed(self, ec2, offer: LaunchOffer, region: str) -> LaunchOffer:
+        """The offer in the zone its catalog price is for: zone IDs are the same in every account, the
+        names they map to are not."""
+        zone_id = _zone_id(offer)
+        if not zone_id:
+            return offer
+        try:
+            zones = ec2.describe_availability_zones(ZoneIds=[zone_id])["AvailabilityZones"]
+        except Exception as error:
+            if _code(error) != "InvalidParameterValue":
+                raise _error(error, "describing the zone", offer) from None
+            zones = []
+        if not zones:
+            raise CapacityError(f"availability zone {zone_id} is not offered to this account in {region}; "
+                                "another zone is tried next")
+        return replace(offer, zone=zones[0]["ZoneName"])
 
     def _run(self, ec2, params: dict, offer: LaunchOffer) -> dict:
         # A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually consistent).

@@ -35,6 +35,7 @@ class LaunchOffer:
     gpu: Optional[str]
     spot: bool
     gpu_count: int = 1
+    zone_id: Optional[str] = None  # AWS: the account-independent zone ID the catalog prices
 
 
 def as_offer(offer, spec) -> LaunchOffer:
@@ -49,7 +50,8 @@ def as_offer(offer, spec) -> LaunchOffer:
     return LaunchOffer(
         cloud=get("cloud") or compute.cloud, region=get("region") or compute.region,
         zone=get("zone") or compute.zone, instance_type=get("instance_type") or compute.instance_type or "",
-        gpu=get("gpu", compute.gpu), spot=bool(get("spot", compute.spot)), gpu_count=int(get("gpu_count") or 1))
+        gpu=get("gpu", compute.gpu), spot=bool(get("spot", compute.spot)), gpu_count=int(get("gpu_count") or 1),
+        zone_id=get("zone_id"))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from nascloud.cost import BOOT_DISK_GB
-from nascloud.errors import CloudError, NascloudError, UsageError
+from nascloud.errors import CapacityError, CloudError, NascloudError, UsageError
 from nascloud.provisioners.base import Instance, Offer, SshTarget, State
 from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, LaunchOffer, as_offer, cloud_bootstrap, default_owner, host_key_line, job_keys,
                                           job_prefix, lookup_public_cidr, remove_job_keys, ssh_cidr)
@@ -228,7 +228,7 @@ class GcpProvisioner:
             return
         code, message = errors[0].code, errors[0].message
         if code in CAPACITY_CODES and offer:
-            raise CloudError(f"GCP has no {offer.instance_type} {'spot ' if offer.spot else ''}capacity in {zone} "
+            raise CapacityError(f"GCP has no {offer.instance_type} {'spot ' if offer.spot else ''}capacity in {zone} "
                              f"right now ({code}); {_what_to_try(offer)}")
         if code == "QUOTA_EXCEEDED":
             raise CloudError(f"GCP quota stops {what}: {message}; request more under IAM & Admin > Quotas"
