@@ -296,7 +296,8 @@ class Orchestrator:
         fallback = self.job.bundle["spec"]["compute"].get("on_demand_after_preemptions")
         if spot and fallback is not None and len(previous) >= fallback:
             spot = False
-            self.event("fallback", f"{len(previous)} preemptions: falling back to on-demand as the job allows")
+            if not self.state.events(self.job_id, "fallback"):  # said once, not at every launch after it
+                self.event("fallback", f"{len(previous)} preemptions: falling back to on-demand as the job allows")
         # The ledger's price: the zone's, plus the boot disk and public IPv4 (billed while it runs).
         price = (zone["on_demand_price_per_hour"] + offer.get("on_demand_extras_per_hour", 0.0) if not spot
                  else zone["price_per_hour"] + offer.get("extras_per_hour", 0.0))

@@ -1,7 +1,8 @@
-"""A zone with no capacity for the offer: the watch loop launches in the next cheapest zone of the same
-region, priced at that zone's catalog price; when no zone has any, it waits without asking the cloud
-again until a few minutes have passed. Through the real clients against moto (AWS) and the local
-Compute Engine server (GCP); the loop is ticked by hand with a controlled clock and never connects."""
+"""Where and how the watch loop launches. A zone with no capacity for the offer: the loop launches in the
+next cheapest zone of the same region, priced at that zone's catalog price; when no zone has any, it
+waits without asking the cloud again until a few minutes have passed. After the preemptions a job
+allows, it launches on-demand. Through the real clients against moto (AWS) and the local Compute Engine
+server (GCP); the loop is ticked by hand with a controlled clock and never connects to an instance."""
 
 from __future__ import annotations
 
@@ -36,21 +37,26 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def test_gcp_zone_without_capacity_moves_to_the_next_and_waits_when_none_has_any(gce, gcs_server, home):
+def gcp_job(gce, home, **compute):
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     from nascloud.job import parse_job
     from nascloud.provisioners.gcp import GcpProvisioner
 
-    storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket("nascloud-capacity")
+    client = storage.Client(project="test", credentials=AnonymousCredentials())
+    client.lookup_bucket("nascloud-capacity") or client.create_bucket("nascloud-capacity")  # the server is shared
     spec = parse_job({"name": "digits-gcp", "search": SEARCH,
                       "compute": {"cloud": "gcp", "gpu": "T4", "region": "us-central1",
-                                  "instance_type": "n1-standard-4", "ssh_cidr": CIDR},
+                                  "instance_type": "n1-standard-4", "ssh_cidr": CIDR, **compute},
                       "checkpoint": {"bucket": "gs://nascloud-capacity/jobs"}})
     gcp = GcpProvisioner(project=gce.project, home=home, cidr_lookup=lambda: CIDR,
                          service_account="nascloud-job@nascloud-test.iam.gserviceaccount.com")
-    loop = Loop(spec, gcp)
+    return Loop(spec, gcp)
+
+
+def test_gcp_zone_without_capacity_moves_to_the_next_and_waits_when_none_has_any(gce, gcs_server, home):
+    loop = gcp_job(gce, home)
     zones = [z["zone"] for z in loop.zones]
     assert zones == ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"]
 
@@ -105,3 +111,23 @@ def test_aws_pins_the_cheapest_zone_id_and_moves_on_when_it_has_no_capacity(moto
     assert loop.orchestrator.stop() == "stopped"
     states = [i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     assert set(states) <= {"terminated", "shutting-down"}
+
+
+def test_after_the_allowed_preemptions_the_replacement_is_on_demand_at_its_price(gce, gcs_server, home):
+    loop = gcp_job(gce, home, on_demand_after_preemptions=1)
+    loop.orchestrator.tick()
+    (spot,) = loop.state.instances(loop.job_id)
+    gce.preempt(spot.instance_id)
+    loop.now += 30
+    loop.orchestrator.tick()  # the provider says preempted: recovery recorded
+    loop.now += 2
+    loop.orchestrator.tick()  # the replacement
+    first, second = loop.state.instances(loop.job_id)
+    assert (first.spot, first.end_reason, second.spot) == (True, "preempted", False)
+    bodies = [b for r, b in gce.bodies if r == "instances.insert"]
+    assert bodies[-1]["scheduling"]["provisioningModel"] == "STANDARD"
+    offer, zone = loop.state.job(loop.job_id).bundle["offer"], loop.zones[0]
+    assert second.price_per_hour == pytest.approx(zone["on_demand_price_per_hour"] + offer["on_demand_extras_per_hour"])
+    assert offer["on_demand_extras_per_hour"] > offer["extras_per_hour"]  # GCP bills a spot VM's IPv4 at half
+    assert len(loop.state.events(loop.job_id, "fallback")) == 1
+    assert loop.orchestrator.stop() == "stopped"
