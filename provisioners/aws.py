@@ -155,6 +155,16 @@ def _zone_id(offer: LaunchOffer) -> Optional[str]:
     return offer.zone_id
 
 
+def _zones(ec2, offer: LaunchOffer, **selector) -> list[dict]:
+    """The zones describe_availability_zones finds for the selector; none for a name it does not know."""
+    try:
+        return ec2.describe_availability_zones(**selector)["AvailabilityZones"]
+    except Exception as error:
+        if _code(error) != "InvalidParameterValue":
+            raise _error(error, "describing the zone", offer) from None
+        return []
+
+
 def launch_request(job_id: str, offer: Offer, spec) -> dict:
     """What launch would send, with no credentials and no network: look-ups show as placeholders."""
     offer = as_offer(offer, spec)
@@ -215,13 +225,7 @@ class AwsProvisioner:
                                  "(see `nascloud prices --cloud aws`)") from None
             raise _error(error, "describing the instance type", offer) from None
         if offer.zone:
-            try:
-                zones = ec2.describe_availability_zones(ZoneNames=[offer.zone])["AvailabilityZones"]
-            except Exception as error:
-                if _code(error) != "InvalidParameterValue":
-                    raise _error(error, "describing the zone", offer) from None
-                zones = []
-            if not zones:
+            if not _zones(ec2, offer, ZoneNames=[offer.zone]):
                 raise UsageError(f"unknown availability zone {offer.zone!r}; "
                                  "use one like us-east-1a (compute.zone)")
         return types[0].get("VCpuInfo", {}).get("DefaultVCpus", 1)
@@ -308,12 +312,7 @@ class AwsProvisioner:
         zone_id = _zone_id(offer)
         if not zone_id:
             return offer
-        try:
-            zones = ec2.describe_availability_zones(ZoneIds=[zone_id])["AvailabilityZones"]
-        except Exception as error:
-            if _code(error) != "InvalidParameterValue":
-                raise _error(error, "describing the zone", offer) from None
-            zones = []
+        zones = _zones(ec2, offer, ZoneIds=[zone_id])
         if not zones:
             raise CapacityError(f"availability zone {zone_id} is not offered to this account in {region}; "
                                 "another zone is tried next")
