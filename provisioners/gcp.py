@@ -287,6 +287,9 @@ class GcpProvisioner:
         offer = as_offer(offer, spec)
         zone = self._check_offer(offer)
         job_prefix(spec, "preflight", "gs")
+        if not self.service_account:  # the VM would boot, bill, and fail to reach the bucket
+            raise UsageError("a GCP instance reaches the bucket as a service account: set "
+                             "NASCLOUD_GCP_SERVICE_ACCOUNT to one limited to the jobs' prefix (README: GCP)")
         if not offer.gpu:
             return
         region = zone[:-2]

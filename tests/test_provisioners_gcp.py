@@ -132,6 +132,14 @@ def test_bad_input_is_a_usage_error(gcp, gce, offer, message):
     assert gce.count("instances.insert") == 0
 
 
+def test_preflight_refuses_a_vm_without_a_service_account_to_reach_the_bucket(gce, tmp_path, monkeypatch):
+    monkeypatch.delenv("NASCLOUD_GCP_SERVICE_ACCOUNT", raising=False)
+    bare = get_provisioner("gcp", project=gce.project, home=tmp_path / "home", cidr_lookup=no_lookup)
+    with pytest.raises(UsageError, match="set NASCLOUD_GCP_SERVICE_ACCOUNT"):
+        bare.preflight(Offer(), job())
+    assert gce.count("instances.insert") == 0
+
+
 def test_no_capacity_and_no_quota_say_what_to_try(gcp, gce):
     gce.exhausted_zones.add("us-central1-a")
     with pytest.raises(CloudError, match=r"no n1-standard-4 spot capacity in us-central1-a right now "
