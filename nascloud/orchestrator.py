@@ -472,7 +472,8 @@ class Orchestrator:
         self._book_storage(final=True)
         self._book_requests()
         self.state.set_job(self.job_id, status=status, ended_at=self.clock())
-        self.event(status, _CONCLUSIONS[status].format(total=self.ledger_total()))
+        self.event(status, _CONCLUSIONS[status].format(total=self.ledger_total(), results=self.results_dir(),
+                                                       job_id=self.job_id))
         return status
 
     # services for commands --------------------------------------------------------------------
@@ -548,7 +549,8 @@ class Orchestrator:
 
 
 _CONCLUSIONS = {
-    "finished": "search finished; results fetched; everything the job created is removed (spent ${total:.2f})",
+    "finished": "search finished; best model and leaderboard in {results} (`nascloud results {job_id}`); "
+                "everything the job created is removed (spent ${total:.2f})",
     "stopped": "job stopped; state kept in the bucket, resume with `nascloud resume` (spent ${total:.2f})",
     "budget": "stopped at the budget with a final snapshot (spent ${total:.2f}); "
               "continue with `nascloud resume JOB --budget +USD`",

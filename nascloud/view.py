@@ -46,7 +46,8 @@ def job_summary(state: State, job: JobRow, progress: Optional[dict] = None, now:
             for i in instances
         ],
         "preemptions": sum(1 for i in instances if i.end_reason in ("preempted", "lost")),
-        "progress": progress or {},
+        # Until the agent reports, the job file says how many trials there will be.
+        "progress": {"max_trials": job.bundle["spec"]["search"]["max_trials"], **(progress or {})},
         "alerts": [{"time": e.time, "message": e.message, **(e.data or {})} for e in state.events(job.job_id, "alert")],
     }
 
