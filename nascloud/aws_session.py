@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from nascloud.errors import UsageError
 
 
-def aws_session(region: Optional[str] = None):
+def aws_session():
     import boto3
     from botocore.exceptions import ProfileNotFound
 
     try:
-        return boto3.session.Session(region_name=region)
+        return boto3.session.Session()
     except ProfileNotFound as error:
         raise UsageError(f"AWS profile {error.kwargs.get('profile')!r} is not in ~/.aws/config or ~/.aws/credentials; "
                          "fix AWS_PROFILE or add it with `aws configure --profile NAME`") from None

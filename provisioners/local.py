@@ -39,6 +39,11 @@ def find_sshd() -> Optional[str]:
     return found if os.access(found, os.X_OK) else None
 
 
+def _sshd_gone(record: Optional[dict]) -> bool:
+    """A running instance whose sshd died without us: the "host" is gone."""
+    return bool(record and record["state"] == "running" and record["port"] and not _alive(record["sshd_pid"]))
+
+
 def _alive(pid: Optional[int]) -> bool:
     if not pid:
         return False
@@ -216,15 +221,12 @@ class LocalProvisioner:
         states = {}
         for instance in instances:
             record = self._read(instance.instance_id)
-            state = record["state"] if record else "terminated"
-            if state == "running" and record["port"] and not _alive(record["sshd_pid"]):
+            if _sshd_gone(record):
                 # A preempt or terminate in progress kills the sshd first: read its verdict under the lock.
                 with self._locked(instance.instance_id):
                     record = self._read(instance.instance_id)
-                state = record["state"] if record else "terminated"
-                if state == "running" and not _alive(record["sshd_pid"]):
-                    state = "failed"  # its sshd died without us: the "host" is gone
-            states[instance.instance_id] = State(state)
+            state = record["state"] if record else "terminated"
+            states[instance.instance_id] = State("failed" if _sshd_gone(record) else state)
         return states
 
     def _kill(self, instance_id: str, record: dict) -> None:
