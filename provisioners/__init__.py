@@ -3,12 +3,13 @@ package stays cheap: each cloud's SDK is imported only by its own module."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 from nascloud.errors import UsageError
-from nascloud.provisioners.base import Instance, Provisioner, SshTarget, State
+from nascloud.provisioners.base import Group, GroupSpec, Instance, Provisioner, State
 
-__all__ = ["Instance", "Provisioner", "SshTarget", "State", "get_provisioner", "launch_request"]
+__all__ = ["Group", "GroupSpec", "Instance", "Provisioner", "State", "get_provisioner", "instance_provisioner",
+           "launch_request", "provisioner_for"]
 
 
 def get_provisioner(cloud: str, **options) -> Provisioner:
@@ -28,9 +29,24 @@ def get_provisioner(cloud: str, **options) -> Provisioner:
     raise UsageError(f"unknown cloud {cloud!r}; use local, aws or gcp")
 
 
-def launch_request(spec, offer, job_id: Optional[str] = None) -> dict:
-    """For `nascloud launch --dry-run`: the requests spec.compute.cloud would receive for offer (a dict or
-    record), with no credentials and no network. The job id is made at launch, so a placeholder by default."""
+def provisioner_for(bundle) -> Provisioner:
+    """The provisioner that holds a job's groups, from its bundle (any machine)."""
+    if bundle.offer.cloud == "local":
+        return get_provisioner("local", root=bundle.local_root)
+    return get_provisioner(bundle.offer.cloud, region=bundle.offer.region)
+
+
+def instance_provisioner(env: Mapping[str, str]) -> Provisioner:
+    """On an instance: its provider, from the values its bootstrap was given (no bucket needed)."""
+    cloud = env["NASCLOUD_CLOUD"]
+    if cloud == "local":
+        return get_provisioner("local", root=env["NASCLOUD_LOCAL_ROOT"])
+    return get_provisioner(cloud, region=env.get("NASCLOUD_REGION") or None)
+
+
+def launch_request(spec, offer: dict, job_id: Optional[str] = None) -> dict:
+    """For `nascloud launch --dry-run`: the requests spec.compute.cloud would receive for offer, with no
+    credentials and no network. The job id is made at launch, so a placeholder by default."""
     from importlib import import_module
 
     if spec.compute.cloud not in ("local", "aws", "gcp"):

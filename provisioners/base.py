@@ -1,4 +1,16 @@
-"""The provisioner protocol: one small interface, one module per cloud (aws, gcp, local)."""
+"""The provisioner protocol: one small interface, one module per cloud (aws, gcp, local).
+
+A job runs in named groups (one, "search", for now). A group is the cloud's own engine that keeps its
+size in live instances and replaces a lost one: an Auto Scaling group on AWS, a managed instance group
+on GCP, a small detached supervisor on `local`. nascloud never replaces instances itself. Every new
+instance runs the same bootstrap (scripts/bootstrap.sh), which starts the instance's governor
+(`nascloud instance`): the instance records itself in the bucket's ledger and governs its own budget,
+stops and power-off. So the methods split by who calls them:
+
+- the launcher and observers (any machine): preflight, create_groups, groups, resize, delete, preempt,
+  list_owned;
+- the instance itself (its own identity): whoami, resize (to 0 at the end), power_off.
+"""
 
 from __future__ import annotations
 
@@ -11,75 +23,92 @@ class State(str, enum.Enum):
     PENDING = "pending"
     RUNNING = "running"
     PREEMPTED = "preempted"  # taken away by the cloud (spot/preemptible reclaim)
-    TERMINATED = "terminated"  # gone by our hand or a shutdown from inside
+    TERMINATED = "terminated"  # gone by our hand, the group's, or a power-off from inside
     FAILED = "failed"
+
+
+LIVE = (State.PENDING, State.RUNNING)
 
 
 @dataclass(frozen=True)
 class Instance:
+    """One machine of a group, as the provider reports it (its own times, not when someone looked)."""
+
     instance_id: str
     job_id: str
-    cloud: str
-    region: str
-    zone: Optional[str]
-    instance_type: str
-    spot: bool
-    launched_at: float  # unix seconds as the provider reports it
-    # Provider specifics. Every provider sets "python" (the interpreter to run nascloud with there) and
-    # "bootstrap_dir" (where the bootstrap writes `ready`, or `failed` with the reason, and bootstrap.log);
-    # local also "workdir" (every command runs there) and "price_per_hour"; clouds "public_ip".
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SshTarget:
-    host: str
-    port: int
-    user: str
-    key_path: str  # the job's private key (0600)
-    host_key: Optional[str]  # "ssh-ed25519 AAAA..." pinned; None only where no SSH is used (local direct)
-
-
-class Offer(Protocol):
-    """What launch needs of an offer. A dict with these keys (bundle/job.json's "offer", the catalog's
-    launch record, with an optional gpu_count) works too; missing values come from the job's compute."""
-
+    group: str
     cloud: str
     region: Optional[str]
     zone: Optional[str]
     instance_type: str
-    gpu: Optional[str]
     spot: bool
+    state: State
+    launched_at: Optional[float]  # unix seconds as the provider reports it
+    ended_at: Optional[float] = None  # when the provider ended it; None while it lives or is not known
+
+
+@dataclass(frozen=True)
+class Group:
+    job_id: str
+    name: str  # "search"
+    size: int  # the target size the engine keeps
+    instances: tuple[Instance, ...] = ()  # the live ones, and the ended ones the provider still lists
+    reason: Optional[str] = None  # why it was resized to 0 by an instance, if it said (e.g. bucket not writable)
+
+    @property
+    def live(self) -> list[Instance]:
+        return [i for i in self.instances if i.state in LIVE]
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """What create_groups needs to know, taken from the bundle (nascloud.bundle.Bundle.group_specs)."""
+
+    job_id: str
+    name: str
+    size: int
+    bootstrap_env: dict  # the NASCLOUD_* values written at the top of the bootstrap script
+    offer: dict  # the bundle's offer record (cloud, region, zones, instance_type, gpu, spot, prices)
+    spec: object  # the JobSpec (compute section: image, ssh_cidr, provisioning...)
+    tags: dict = field(default_factory=dict)  # nascloud-job, nascloud-owner, nascloud-job-url
 
 
 class Provisioner(Protocol):
     cloud: str
 
-    def preflight(self, offer: Offer, spec) -> None:
-        """Before any launch: the instance type, region and zone exist (UsageError), the account's GPU
-        quota allows one more instance and the bucket is reachable (CloudError naming what to do)."""
+    def preflight(self, groups: list[GroupSpec]) -> None:
+        """Before anything is created: the instance type, region and zone exist (UsageError), the account's
+        GPU quota allows the groups' sizes and the bucket is reachable (CloudError naming what to do)."""
 
-    def launch(self, job_id: str, offer: Offer, spec) -> Instance:
-        """Find the job's instance by tag; create it only if missing (idempotent)."""
+    def create_groups(self, groups: list[GroupSpec]) -> None:
+        """Create each group (and what it needs: template, identity, firewall) at its size. Idempotent by
+        name: a group that exists is left as it is."""
 
-    def status(self, instances: list[Instance]) -> dict[str, State]:
-        """States of many instances in one call per region; an unknown id reads TERMINATED."""
+    def groups(self, job_id: str) -> list[Group]:
+        """The job's groups with their instances, in one call per region; [] when none exists."""
+
+    def resize(self, job_id: str, group: str, size: int, reason: Optional[str] = None) -> None:
+        """Set the group's target size; 0 ends every instance of it. A missing group is success."""
+
+    def delete(self, job_id: str) -> None:
+        """Delete the job's groups and what they needed (templates, roles, keys, firewall rules), once their
+        instances are gone. Quiet about what is already gone."""
 
     def preempt(self, instance: Instance) -> None:
-        """Fire drill: take a spot instance away the way the cloud would, with the cloud's own tool (AWS FIS
-        send-spot-instance-interruptions, GCE simulateMaintenanceEvent); status then reads PREEMPTED.
-        An on-demand instance is never preempted: UsageError."""
+        """Fire drill: take a spot instance away the way the cloud would (AWS FIS, GCE
+        simulateMaintenanceEvent, local: kill its processes); the group then replaces it."""
 
-    def terminate(self, instances: list[Instance]) -> None:
-        """A missing instance is success."""
+    def list_owned(self) -> list[Group]:
+        """Every group nascloud created with this provider's credentials (for gc), with its job's bucket URL
+        in reach: `job_url(group)`."""
 
-    def list_owned(self, job_id: Optional[str] = None) -> list[Instance]:
-        """Instances tagged by nascloud (for one job, or all) that the provider still has, live or
-        stopped (not those deleted or terminated for good), for reconciliation and gc."""
+    def job_url(self, group: Group) -> Optional[str]:
+        """The bucket URL of the job a group belongs to (a tag or label on the group), for gc."""
 
-    def ssh_target(self, instance: Instance) -> Optional[SshTarget]:
-        """How to reach the instance; None when the instance is run directly on this machine."""
+    # the instance side -----------------------------------------------------------------------
+    def whoami(self, job_id: str, group: str) -> Instance:
+        """On the instance: itself, from the provider's metadata (id, type, zone, spot, launch time)."""
 
-    def release(self, job_id: str) -> None:
-        """Delete what the job created besides instances (security group, key pair, role, firewall
-        rule). Quiet about what is already gone."""
+    def power_off(self) -> None:
+        """On the instance: end this machine now, so its billing stops (the group must be at 0 first, or
+        it starts a replacement)."""

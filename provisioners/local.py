@@ -1,51 +1,43 @@
-"""The local provider: an "instance" is a fresh directory under the provisioner's home plus the
-processes started in it, all of which can be killed at once (preempt) to play a spot reclaim.
+"""The local provider: the embedded stand-in for the clouds' engines.
 
-Where OpenSSH's sshd exists each instance gets a private sshd on a random 127.0.0.1 port, with its own
-host key (pinned) and the job's client key, so the orchestrator reaches it exactly like a cloud host.
-Without sshd the processes are started directly (ssh_target is None). Every process of an instance
-carries NASCLOUD_LOCAL_INSTANCE=<id> (sshd sets it with SetEnv), which is how preempt finds them all,
-even the ones that left the process group with setsid. State lives in one small JSON file per
-instance, so a separate process (the CLI) sees the same instances.
+A group is a small detached supervisor process (`python -m nascloud.provisioners.local supervise DIR`)
+that keeps its target size in local hosts and obeys resize, as an Auto Scaling group or a managed
+instance group would. A host is a folder plus the processes started in it: the real bootstrap script,
+which becomes the instance's governor. Every process of a host carries NASCLOUD_LOCAL_INSTANCE=<id>, which
+is how a preemption (or the host's own power-off) finds them all, even those that left the process group.
+
+The supervisor knows only its group file and its hosts: no ledger, heartbeat, exit record, budget,
+checkpoint or agent (tests/test_imports.py proves it). A host that ends (its bootstrap process exits, or
+a preemption kills it) is recorded with the supervisor's own time, like a cloud's console would, and
+replaced while the size says so. State is small JSON files under the provider's root, which the bundle
+records, so any process on this machine (a fresh NASCLOUD_HOME included) finds the same groups.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import getpass
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from nascloud.errors import CloudError
 from nascloud.paths import nascloud_home
-from nascloud.provisioners.base import Instance, Offer, SshTarget, State
-from nascloud.provisioners.common import (KeyPair, as_offer, bootstrap_script, ensure_key, host_key_line, job_keys,
-                                          remove_job_keys)
-from nascloud.remote import INSTANCE_ENV
+from nascloud.provisioners.base import LIVE, Group, GroupSpec, Instance, State
+from nascloud.provisioners.common import bootstrap_script
 
-
-def find_sshd() -> Optional[str]:
-    found = shutil.which("sshd") or "/usr/sbin/sshd"
-    return found if os.access(found, os.X_OK) else None
-
-
-def _sshd_gone(record: Optional[dict]) -> bool:
-    """A running instance whose sshd died without us: the "host" is gone."""
-    return bool(record and record["state"] == "running" and record["port"] and not _alive(record["sshd_pid"]))
+INSTANCE_ENV = "NASCLOUD_LOCAL_INSTANCE"  # marks every process of a local host
+POLL_SECONDS = 0.2
 
 
 def _alive(pid: Optional[int]) -> bool:
-    if not pid:
+    if not pid or pid <= 0:
         return False
     try:
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our own dead child (else it reads alive)
@@ -61,7 +53,7 @@ def _alive(pid: Optional[int]) -> bool:
 
 
 def instance_pids(instance_id: str) -> list[int]:
-    """Live processes carrying the instance's mark (Linux /proc; a zombie's environ reads empty)."""
+    """Live processes carrying the host's mark (Linux /proc; a zombie's environ reads empty)."""
     mark = f"{INSTANCE_ENV}={instance_id}".encode()
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
@@ -73,220 +65,233 @@ def instance_pids(instance_id: str) -> list[int]:
     return found
 
 
-def start_sshd(sshd: str, folder: Path, host_key: KeyPair, authorized: str, instance_id: str,
-               env: Optional[dict] = None) -> tuple[int, int]:
-    """A private sshd on a free 127.0.0.1 port presenting host_key and admitting only the `authorized`
-    public key; its sessions carry the instance's mark and `env` (what a cloud host's own identity
-    would give it, when a test plays a cloud instance). Returns (pid, port) once it accepts connections."""
-    session_env = " ".join(f"{key}={value}" for key, value in {INSTANCE_ENV: instance_id, "SHLVL": "1",
-                                                                **(env or {})}.items())
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "authorized_keys").write_text(authorized + "\n")
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-    for _ in range(3):  # the free port may be taken between probing and binding
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        config = folder / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key.private_path}",
-            f"PidFile {folder / 'sshd.pid'}", f"AuthorizedKeysFile {folder / 'authorized_keys'}",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
-            # SHLVL=1 keeps bash from sourcing the user's ~/.bashrc in these non-interactive sessions:
-            # a fresh host has none, and a killed session must not leave its locks behind.
-            f"SetEnv {session_env}", "LogLevel ERROR", "",
-        ]))
-        with open(folder / "sshd.log", "ab") as log:
-            # The sshd carries the mark too: a preempt's sweep takes it even before its pid is recorded.
-            process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True,
-                                       env={**os.environ, INSTANCE_ENV: instance_id})
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return process.pid, port
-            except OSError:
-                time.sleep(0.05)
-        process.kill()
-        process.wait()
-    raise CloudError(f"the local sshd for {instance_id} did not start; see {folder / 'sshd.log'}")
+def kill_host(instance_id: str, spare: Optional[int] = None) -> None:
+    """SIGKILL every process of the host (but `spare`), until none is left: a process may fork while we
+    sweep, and a SIGKILL takes effect a moment after it is sent."""
+    deadline = time.monotonic() + 5
+    while (pids := [p for p in instance_pids(instance_id) if p != spare]) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _alive(pid)
+        time.sleep(0.01)
+
+
+def _read(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write(path: Path, record: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """One writer at a time for a group's or a host's file (supervisor, preempt and resize may race)."""
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 class LocalProvisioner:
     cloud = "local"
 
-    def __init__(self, home: Optional[Path] = None, use_ssh: Optional[bool] = None, price_per_hour: float = 0.0):
-        self.home = Path(home) if home else nascloud_home() / "local"
-        self.sshd = find_sshd()
-        self.use_ssh = bool(self.sshd) if use_ssh is None else use_ssh
-        if self.use_ssh and not self.sshd:
-            raise CloudError("use_ssh needs OpenSSH's sshd (apt-get install openssh-server), or use it without SSH")
-        self.price_per_hour = price_per_hour
+    def __init__(self, root: Optional[Path] = None, region: Optional[str] = None):
+        self.root = Path(root) if root else nascloud_home() / "local"
 
-    # --- state files -------------------------------------------------------------------------
-    def _dir(self, instance_id: str) -> Path:
-        return self.home / "instances" / instance_id
+    def _group_dir(self, job_id: str, group: str) -> Path:
+        return self.root / "groups" / job_id / group
 
-    def _read(self, instance_id: str) -> Optional[dict]:
-        try:
-            return json.loads((self._dir(instance_id) / "state.json").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def _write(self, instance_id: str, record: dict) -> None:
-        path = self._dir(instance_id) / "state.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
-
-    @contextlib.contextmanager
-    def _locked(self, instance_id: str):
-        """One writer at a time for the instance's state (launch, preempt and terminate may race)."""
-        with open(self._dir(instance_id) / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-
-    def _records(self) -> list[dict]:
-        folder = self.home / "instances"
-        found = [self._read(p.name) for p in sorted(folder.iterdir())] if folder.exists() else []
-        return [r for r in found if r]
-
-    # --- protocol ------------------------------------------------------------------------------
-    def preflight(self, offer: Offer, spec) -> None:
+    # --- the launcher and observers ------------------------------------------------------------
+    def preflight(self, groups: list[GroupSpec]) -> None:
         """Nothing to check: this machine is always there and costs what the user says."""
 
-    def launch(self, job_id: str, offer: Optional[Offer], spec) -> Instance:
-        offer = as_offer(offer, spec)
-        for existing in self.list_owned(job_id):
-            return existing
-        instance_id = f"local-{secrets.token_hex(4)}"
-        folder = self._dir(instance_id)
-        workdir = folder / "work"
-        workdir.mkdir(parents=True)
-        instance = Instance(
-            instance_id=instance_id, job_id=job_id, cloud="local", region="local", zone=None,
-            instance_type=offer.instance_type or "local", spot=offer.spot, launched_at=time.time(),
-            extra={"python": sys.executable, "workdir": str(workdir), "bootstrap_dir": str(folder),
-                   "price_per_hour": self.price_per_hour},
-        )
-        record = {"instance": instance.__dict__, "state": "running", "sshd_pid": None, "port": None,
-                  "host_key": None, "user": getpass.getuser()}
-        self._write(instance_id, record)
-        # It may be preempted while it boots, like a cloud instance: then launch still returns it, and its
-        # status says what happened.
-        if self._bootstrap(instance, spec) and self.use_ssh:
-            client, _ = job_keys(self.home, job_id)
+    def create_groups(self, groups: list[GroupSpec]) -> None:
+        for spec in groups:
+            folder = self._group_dir(spec.job_id, spec.name)
+            (folder / "hosts").mkdir(parents=True, exist_ok=True)
+            with _locked(folder):
+                if not (folder / "group.json").exists():
+                    script = bootstrap_script({**spec.bootstrap_env, "NASCLOUD_PYTHON": sys.executable,
+                                               "NASCLOUD_LOCAL_ROOT": str(self.root)})
+                    _write(folder / "group.json", {
+                        "job_id": spec.job_id, "name": spec.name, "size": spec.size, "reason": None,
+                        "script": script, "tags": spec.tags, "instance_type": spec.offer.get("instance_type"),
+                        "spot": bool(spec.offer.get("spot")), "created_at": time.time()})
+            self._ensure_supervisor(folder)
+
+    def _ensure_supervisor(self, folder: Path) -> None:
+        """Start the group's supervisor unless one runs (it holds supervisor.lock while it lives)."""
+        with open(folder / "supervisor.lock", "a") as lock:
             try:
-                sshd = self._start_sshd(instance_id, client.public_line)
-            except CloudError:
-                if self._read(instance_id)["state"] == "running":
-                    raise
-                return instance  # preempted while its sshd started
-            with self._locked(instance_id):
-                record = {**self._read(instance_id), **sshd}
-                self._write(instance_id, record)
-                if record["state"] != "running":
-                    self._kill(instance_id, record)
-        return instance
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+        with open(folder / "supervisor.log", "ab") as log:
+            subprocess.Popen([sys.executable, "-m", "nascloud.provisioners.local", "supervise", str(folder)],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True, env={k: v for k, v in os.environ.items() if k != INSTANCE_ENV})
 
-    def _bootstrap(self, instance: Instance, spec) -> bool:
-        """The same bootstrap script the clouds run, on its local branch (GPU check, Python check).
-        False if the instance was preempted meanwhile."""
-        folder = self._dir(instance.instance_id)
-        script = bootstrap_script({"NASCLOUD_CLOUD": "local", "NASCLOUD_ROOT": str(folder),
-                                   "NASCLOUD_GPU": spec.compute.gpu or "", "NASCLOUD_PYTHON": sys.executable})
-        env = {**os.environ, INSTANCE_ENV: instance.instance_id}
-        subprocess.run(["bash", "-c", script], env=env, stdin=subprocess.DEVNULL, timeout=120, check=False)
-        with self._locked(instance.instance_id):
-            record = self._read(instance.instance_id)
-            if record["state"] != "running":
-                return False
-            if (folder / "ready").exists():
+    def groups(self, job_id: str) -> list[Group]:
+        folder = self.root / "groups" / job_id
+        found = sorted(p for p in folder.iterdir() if (p / "group.json").exists()) if folder.exists() else []
+        return [self._group(p) for p in found]
+
+    def _group(self, folder: Path) -> Group:
+        record = _read(folder / "group.json") or {}
+        hosts = [self._instance(h) for h in sorted((folder / "hosts").glob("*/host.json"))]
+        hosts = sorted((h for h in hosts if h), key=lambda h: h.launched_at or 0)
+        return Group(record.get("job_id", folder.parent.name), folder.name, int(record.get("size", 0)),
+                     tuple(hosts), record.get("reason"))
+
+    def _instance(self, path: Path) -> Optional[Instance]:
+        record = _read(path)
+        if not record:
+            return None
+        state = State(record["state"])
+        if state in LIVE and not _alive(record.get("pid")) and not self._supervised(path.parent.parent.parent):
+            state = State.TERMINATED  # its supervisor died with it (a reboot): ended, time unknown
+        return Instance(record["instance_id"], record["job_id"], record["group"], "local", "local", None,
+                        record["instance_type"], record["spot"], state, record["launched_at"], record.get("ended_at"))
+
+    @staticmethod
+    def _supervised(folder: Path) -> bool:
+        with open(folder / "supervisor.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
                 return True
-            self._write(instance.instance_id, {**record, "state": "failed"})
-        failed = folder / "failed"
-        reason = failed.read_text().strip() if failed.exists() else "see " + str(folder / "bootstrap.log")
-        raise CloudError(f"local instance {instance.instance_id} did not bootstrap: {reason}")
+            return False
 
-    def _start_sshd(self, instance_id: str, authorized: str) -> dict:
-        folder = self._dir(instance_id) / "sshd"
-        host = ensure_key(folder / "host_ed25519", f"nascloud-host-{instance_id}")
-        pid, port = start_sshd(self.sshd, folder, host, authorized, instance_id)
-        return {"sshd_pid": pid, "port": port, "host_key": host_key_line(host)}
+    def resize(self, job_id: str, group: str, size: int, reason: Optional[str] = None) -> None:
+        folder = self._group_dir(job_id, group)
+        if not (folder / "group.json").exists():
+            return
+        with _locked(folder):
+            record = _read(folder / "group.json")
+            _write(folder / "group.json", {**record, "size": size, "reason": reason if size == 0 else None})
+        if size > 0:
+            self._ensure_supervisor(folder)
 
-    def status(self, instances: list[Instance]) -> dict[str, State]:
-        states = {}
-        for instance in instances:
-            record = self._read(instance.instance_id)
-            if _sshd_gone(record):
-                # A preempt or terminate in progress kills the sshd first: read its verdict under the lock.
-                with self._locked(instance.instance_id):
-                    record = self._read(instance.instance_id)
-            state = record["state"] if record else "terminated"
-            states[instance.instance_id] = State("failed" if _sshd_gone(record) else state)
-        return states
-
-    def _kill(self, instance_id: str, record: dict) -> None:
-        if _alive(record.get("sshd_pid")):
-            os.kill(record["sshd_pid"], signal.SIGKILL)
-            _alive(record["sshd_pid"])  # reap
-        # Until none is left (a zombie's environ reads empty): a process may fork while we sweep, and a
-        # SIGKILL takes effect a moment after it is sent.
-        deadline = time.monotonic() + 5
-        while (pids := instance_pids(instance_id)) and time.monotonic() < deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                _alive(pid)
-            time.sleep(0.01)
+    def delete(self, job_id: str) -> None:
+        """The groups' folders, once no host of theirs lives (a group still running is left alone)."""
+        for group in self.groups(job_id):
+            if group.size == 0 and not group.live and not self._supervised(self._group_dir(job_id, group.name)):
+                shutil.rmtree(self._group_dir(job_id, group.name), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.root / "groups" / job_id).rmdir()
 
     def preempt(self, instance: Instance) -> None:
-        """Kill every process of the instance at once and mark it preempted, as a spot reclaim would."""
-        if not self._read(instance.instance_id):
+        """Kill every process of the host at once and mark it preempted, as a spot reclaim would."""
+        host = self._group_dir(instance.job_id, instance.group) / "hosts" / instance.instance_id
+        if not (host / "host.json").exists():
             return
-        with self._locked(instance.instance_id):
-            record = self._read(instance.instance_id)
-            self._kill(instance.instance_id, record)
-            self._write(instance.instance_id, {**record, "state": "preempted"})
+        with _locked(host):
+            record = _read(host / "host.json")
+            kill_host(instance.instance_id)
+            if State(record["state"]) in LIVE:
+                _write(host / "host.json", {**record, "state": "preempted", "ended_at": time.time()})
 
-    def terminate(self, instances: list[Instance]) -> None:
-        for instance in instances:
-            if not self._read(instance.instance_id):
+    def list_owned(self) -> list[Group]:
+        folder = self.root / "groups"
+        return [g for job in sorted(folder.iterdir()) for g in self.groups(job.name)] if folder.exists() else []
+
+    def job_url(self, group: Group) -> Optional[str]:
+        record = _read(self._group_dir(group.job_id, group.name) / "group.json") or {}
+        return (record.get("tags") or {}).get("nascloud-job-url")
+
+    # --- the instance side -----------------------------------------------------------------------
+    def whoami(self, job_id: str, group: str) -> Instance:
+        instance_id = os.environ[INSTANCE_ENV]
+        found = self._instance(self._group_dir(job_id, group) / "hosts" / instance_id / "host.json")
+        if found is None:
+            raise RuntimeError(f"local host {instance_id} has no record under {self._group_dir(job_id, group)}")
+        return found
+
+    def power_off(self) -> None:
+        """This host's processes end, this one last: its supervisor records the end and, at size 0, stops."""
+        me = os.getpid()
+        kill_host(os.environ[INSTANCE_ENV], spare=me)
+        os.kill(me, signal.SIGKILL)
+
+
+class Supervisor:
+    """The group's engine: keep `size` hosts running the bootstrap; record each host's end."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.children: dict[str, subprocess.Popen] = {}
+
+    def _hosts(self) -> list[tuple[Path, dict]]:
+        found = [(p.parent, _read(p)) for p in sorted((self.folder / "hosts").glob("*/host.json"))]
+        return [(path, record) for path, record in found if record]
+
+    def _start_host(self, group: dict) -> None:
+        instance_id = f"local-{secrets.token_hex(4)}"
+        host = self.folder / "hosts" / instance_id
+        host.mkdir(parents=True)
+        record = {"instance_id": instance_id, "job_id": group["job_id"], "group": group["name"],
+                  "instance_type": group.get("instance_type") or "local", "spot": group.get("spot", False),
+                  "state": "running", "launched_at": time.time(), "ended_at": None, "pid": None}
+        with _locked(host):
+            _write(host / "host.json", record)
+            env = {**os.environ, INSTANCE_ENV: instance_id, "NASCLOUD_ROOT": str(host)}
+            with open(host / "console.log", "ab") as console:
+                child = subprocess.Popen(["bash", "-c", group["script"]], cwd=host, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+            self.children[instance_id] = child
+            _write(host / "host.json", {**record, "pid": child.pid})
+
+    def _end_host(self, host: Path, state: str) -> None:
+        with _locked(host):
+            record = _read(host / "host.json")
+            kill_host(record["instance_id"])
+            if State(record["state"]) in LIVE:
+                _write(host / "host.json", {**record, "state": state, "ended_at": time.time()})
+        self.children.pop(record["instance_id"], None)
+
+    def step(self) -> bool:
+        """One look at the group; False once it is at size 0 with no host left."""
+        group = _read(self.folder / "group.json") or {"size": 0}
+        live = []
+        for host, record in self._hosts():
+            if State(record["state"]) not in LIVE:
                 continue
-            with self._locked(instance.instance_id):
-                record = self._read(instance.instance_id)
-                self._kill(instance.instance_id, record)
-                if record["state"] == "running":
-                    record["state"] = "terminated"
-                self._write(instance.instance_id, record)
-            shutil.rmtree(self._dir(instance.instance_id) / "work", ignore_errors=True)
+            child = self.children.get(record["instance_id"])
+            if child is not None and child.poll() is None or child is None and _alive(record.get("pid")):
+                live.append(host)
+            else:  # the bootstrap (the instance's governor) exited: the machine powered off
+                self._end_host(host, "terminated")
+        size = int(group["size"])
+        for host in live[size:] if size < len(live) else ():
+            self._end_host(host, "terminated")
+        for _ in range(size - len(live)):
+            self._start_host(group)
+        return size > 0 or bool(live)
 
-    def list_owned(self, job_id: Optional[str] = None) -> list[Instance]:
-        return [Instance(**r["instance"]) for r in self._records()
-                if r["state"] == "running" and job_id in (None, r["instance"]["job_id"])]
-
-    def ssh_target(self, instance: Instance) -> Optional[SshTarget]:
-        record = self._read(instance.instance_id)
-        if not record or not record["port"]:
-            return None
-        client, _ = job_keys(self.home, instance.job_id)
-        return SshTarget("127.0.0.1", record["port"], record["user"], str(client.private_path), record["host_key"])
-
-    def release(self, job_id: str) -> None:
-        """Remove the job's key and the directories of its instances that are gone."""
-        for record in self._records():
-            if record["instance"]["job_id"] == job_id and record["state"] != "running":
-                shutil.rmtree(self._dir(record["instance"]["instance_id"]), ignore_errors=True)
-        remove_job_keys(self.home, job_id)
+    def run(self) -> None:
+        with open(self.folder / "supervisor.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            while self.step():
+                time.sleep(POLL_SECONDS)
 
 
-def launch_request(job_id: str, offer: Optional[Offer], spec) -> dict:
-    """What a local launch does, for `launch --dry-run` (nothing to send anywhere)."""
-    return {"cloud": "local", "job_id": job_id, "instance": "a fresh directory under NASCLOUD_HOME/local/instances",
-            "ssh": "a private sshd on 127.0.0.1" if find_sshd() else "none: processes started directly",
-            "python": sys.executable, "gpu": spec.compute.gpu, "price_per_hour": spec.compute.price_per_hour or 0.0}
+def launch_request(job_id: str, offer: dict, spec) -> dict:
+    """What a local launch creates, for `launch --dry-run` (nothing to send anywhere)."""
+    return {"cloud": "local", "job_id": job_id,
+            "group": {"name": "search", "size": 1, "engine": "a detached supervisor process on this machine",
+                      "hosts": "a fresh folder under NASCLOUD_HOME/local/groups running the bootstrap"},
+            "inbound_ports": [], "python": sys.executable, "gpu": spec.compute.gpu,
+            "price_per_hour": offer.get("price_per_hour", 0.0)}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["supervise"] and len(sys.argv) == 3:
+        Supervisor(Path(sys.argv[2])).run()
+    else:
+        sys.exit("usage: python -m nascloud.provisioners.local supervise GROUP_DIR")

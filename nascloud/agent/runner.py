@@ -1,8 +1,10 @@
 """The agent loop on the instance: restore, search, snapshot, report, export.
 
 A trial counts as completed once a snapshot holding it is committed to the bucket. Every stop
-(SIGTERM, a cloud notice, the lease, the budget, the deadline) ends in one final consistent snapshot
-and an exit status; a SIGKILL at any moment loses at most the work since the last snapshot.
+(SIGTERM, a cloud notice, a stop request, the budget, the deadline) ends in one final consistent snapshot
+and an exit status; a SIGKILL at any moment loses at most the work since the last snapshot. On an
+instance the money and the stop requests come from the bucket (nascloud.agent.governance), checked at
+every heartbeat, so the cap holds with nobody watching.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 import warnings
@@ -28,24 +29,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nascloud.agent")
 
-EXIT_CODES = {"finished": 0, "budget": 3, "deadline": 3, "preempted": 75, "lease_lapsed": 4, "failed": 1}
+EXIT_CODES = {"finished": 0, "stopped": 0, "budget": 3, "deadline": 3, "preempted": 75, "failed": 1}
 LAPTOP_INTERVAL_MINUTES = 10.0  # `auto` without an offer (laptop mode): no interruption rate to optimise
+STORAGE_SAMPLE_SECONDS = 600.0  # how often the bytes under the job prefix are measured (one LIST)
 
 
 @dataclass(frozen=True)
 class AgentOptions:
     target: str  # a job prefix URL (with bundle/job.json) or a job YAML (laptop mode)
     instance_id: str = "local"
-    spent_usd: float = 0.0  # spend before this instance
-    price_per_hour: Optional[float] = None  # this instance's price at launch; default: the bundle's
-    budget_usd: Optional[float] = None
-    deadline_at: Optional[float] = None  # unix seconds
     work_dir: Path = Path("nascloud-work")
 
 
 @dataclass(frozen=True)
 class AgentResult:
-    status: str  # finished | preempted | budget | deadline | lease_lapsed
+    status: str  # finished | stopped | preempted | budget | deadline | failed
     message: str
 
     @property
@@ -61,34 +59,29 @@ class Job:
     data_name: Optional[str]  # data/<sha>.npz in the bucket; None: read the source here
     cloud: str
     gpu: Optional[str]  # None: a CPU run
-    price_per_hour: float
     interval_seconds: float
+    in_bucket: bool  # launched (a bundle in the bucket: the money is governed) or a job YAML run here
 
 
 def open_job(target: str) -> Job:
     """The job from its bucket bundle or a job YAML; bad input is refused here, before any compute."""
     from nascloud.checkpoints import job_url, open_store
-    from nascloud.job import load_job, parse_job
+    from nascloud.job import load_job
 
     if "://" in target:
-        store = open_store(target)
-        bundle = store.get_json("bundle/job.json")
-        if bundle is None:
-            raise UsageError(f"{target} has no bundle/job.json; give the job prefix `nascloud launch` made, "
-                             "or a job YAML")
-        spec = parse_job(bundle["spec"], source=f"{target}/bundle/job.json")
-        offer = bundle.get("offer") or {}
-        job = Job(bundle["job_id"], spec, open_store(target, keep=spec.checkpoint.keep), bundle.get("data"),
-                  offer.get("cloud", spec.compute.cloud), offer.get("gpu"),
-                  float(bundle.get("price_per_hour") or 0.0), float(bundle["interval_minutes"]) * 60)
+        from nascloud.bundle import parse_bundle
+
+        bundle = parse_bundle(open_store(target).get_json("bundle/job.json"), target)
+        spec = bundle.spec
+        job = Job(bundle.job_id, spec, open_store(target, keep=spec.checkpoint.keep), bundle.data,
+                  bundle.offer.cloud, bundle.offer.gpu, bundle.interval_minutes * 60, in_bucket=True)
     else:
         spec = load_job(target)
         interval = spec.checkpoint.interval_minutes
         minutes = LAPTOP_INTERVAL_MINUTES if interval == "auto" else float(interval)
         cloud = spec.compute.cloud
         job = Job(spec.name, spec, open_store(job_url(spec.checkpoint.bucket, spec.name), keep=spec.checkpoint.keep),
-                  None, cloud, None if cloud == "local" else spec.compute.gpu,
-                  spec.compute.price_per_hour or 0.0, minutes * 60)
+                  None, cloud, None if cloud == "local" else spec.compute.gpu, minutes * 60, in_bucket=False)
     if job.data_name is None:
         data_module.check_data_source(spec.search)
     else:
@@ -144,12 +137,24 @@ class Agent:
         self.last_snapshot = time.monotonic()
         self.searching = False
         self._stopped = threading.Event()
+        self.governance = None
+        if job.in_bucket:
+            from nascloud.agent.governance import Governance
+            from nascloud.jobbucket import JobBucket
+
+            self.governance = Governance(JobBucket(self.store), options.instance_id)
+        self._storage_sampled = 0.0
 
     # -- bucket reports ------------------------------------------------------------------
     def heartbeat(self) -> None:
         self.store.put_json("agent/heartbeat.json", {
             "time": time.time(), "instance_id": self.options.instance_id, "pid": os.getpid(),
             "phase": self.phase, "requests": asdict(self.store.requests)})
+        if self.governance is not None:
+            self.governance.seen(asdict(self.store.requests))
+            if time.time() - self._storage_sampled >= STORAGE_SAMPLE_SECONDS:
+                self.governance.sample_storage()
+                self._storage_sampled = time.time()
 
     def progress(self, finished: bool = False) -> None:
         from nascloud.agent.search import trial_rows
@@ -170,21 +175,8 @@ class Agent:
         return AgentResult(status, message)
 
     def stop_reason(self) -> Optional[tuple[str, str]]:
-        """The lease, budget and deadline checks (the heartbeat thread runs them too)."""
-        now = time.time()
-        lease = self.store.get_json("lease.json")
-        if lease and now > float(lease["renewed_at"]) + float(lease["ttl_seconds"]):
-            return "lease_lapsed", (f"the lease from {lease.get('owner', 'the orchestrator')} lapsed "
-                                    f"{now - float(lease['renewed_at']):.0f} s after its last renewal")
-        options = self.options
-        if options.budget_usd is not None:
-            price = self.job.price_per_hour if options.price_per_hour is None else options.price_per_hour
-            spent = options.spent_usd + price * (now - self.started) / 3600
-            if spent >= options.budget_usd:
-                return "budget", f"spent ${spent:.2f} of the ${options.budget_usd:.2f} budget"
-        if options.deadline_at is not None and now >= options.deadline_at:
-            return "deadline", "the job's deadline passed"
-        return None
+        """A stop request, the budget or the deadline, from the bucket (the heartbeat thread asks too)."""
+        return self.governance.stop_reason() if self.governance is not None else None
 
     def _heartbeat_loop(self, seconds: float) -> None:
         while not self._stopped.wait(seconds):
@@ -331,6 +323,8 @@ class Agent:
         self.progress(finished=True)  # last: the marker that stops a rerun from refitting
         self.heartbeat()
         done = sum(r["status"] == "COMPLETED" for r in rows)
+        if self.governance is not None:
+            self.governance.sample_storage()
         return self.exit_status("finished", f"{done} trials completed; best {self.search.objective} "
                                             f"{rows[0]['score'] if rows else None}, test accuracy {accuracy:.4f}")
 
@@ -341,11 +335,9 @@ class Agent:
                      else "a trial's end")
             self.snapshot(f"{where} ({stop.reason}: {stop.message})")
             self.progress()
-        result = self.exit_status(stop.reason, stop.message)
-        if stop.reason == "lease_lapsed" and os.environ.get("NASCLOUD_SHUTDOWN_COMMAND"):
-            # Nobody renews the lease any more: stop paying for this machine.
-            subprocess.run(os.environ["NASCLOUD_SHUTDOWN_COMMAND"], shell=True, check=False)
-        return result
+        if self.governance is not None:
+            self.governance.sample_storage()
+        return self.exit_status(stop.reason, stop.message)
 
 
 def run_agent(options: AgentOptions) -> AgentResult:

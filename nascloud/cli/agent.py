@@ -17,22 +17,32 @@ from nascloud.cli.app import app
 def agent(
     job: str = typer.Argument(..., help="The job prefix URL (file://, s3://, gs://) holding bundle/job.json, "
                                         "or a job YAML to run the search on this machine."),
-    instance_id: str = typer.Option("local", help="This instance's id, for the heartbeat and exit status."),
-    spent_usd: float = typer.Option(0.0, help="Spend before this instance, in USD."),
-    price_per_hour: Optional[float] = typer.Option(None, help="This instance's price (USD/h) for the budget "
-                                                              "check; default: the bundle's."),
-    budget_usd: Optional[float] = typer.Option(None, help="The job's hard budget in USD: stop (exit 3) at it."),
-    deadline_at: Optional[float] = typer.Option(None, help="Unix time to stop at (exit 3)."),
+    instance_id: str = typer.Option("local", help="This instance's id, for the heartbeat, ledger and exit record."),
     work_dir: Path = typer.Option(Path("nascloud-work"), help="Local directory for the restored search."),
 ) -> int:
-    """Run (or resume) the job's search: restore, search, snapshot, export. Exit 0 finished, 3 budget or
-    deadline, 75 preempted (resumable), 4 lease lapsed, 2 bad input, 1 failure."""
+    """Run (or resume) the job's search: restore, search, snapshot, export. Exit 0 finished or stopped, 3
+    budget or deadline, 75 preempted (resumable), 2 bad input, 1 failure."""
     from nascloud.agent.runner import AgentOptions, run_agent
 
     logging.basicConfig(level=logging.INFO, format="nascloud agent: %(message)s")
-    result = run_agent(AgentOptions(job, instance_id, spent_usd, price_per_hour, budget_usd, deadline_at, work_dir))
+    result = run_agent(AgentOptions(job, instance_id, work_dir))
     typer.echo(f"{result.status}: {result.message}")
     return result.exit_code
+
+
+@app.command(hidden=True)
+def instance(
+    halt: Optional[str] = typer.Option(None, help="End the job's groups and this machine now, saying why."),
+) -> None:
+    """What the bootstrap becomes on an instance (its values come from the NASCLOUD_* environment): record
+    the instance in the ledger, govern the budget, run the agent, and at the end set the groups to 0 and
+    power off."""
+    from nascloud.agent.governor import govern, halt_now
+
+    if halt:
+        halt_now(halt)
+    else:
+        govern()
 
 
 @app.command()

@@ -1,43 +1,42 @@
 #!/bin/bash
-# nascloud instance bootstrap: cloud-init user-data on AWS, the startup-script on GCP, and run directly by
-# the local provider. Launch writes the NASCLOUD_* values on the lines right after the shebang:
-#   NASCLOUD_CLOUD (aws|gcp|local), NASCLOUD_ROOT, NASCLOUD_JOB_URL, NASCLOUD_GPU (empty: CPU only),
-#   NASCLOUD_HOST_KEY_B64 (the SSH host key the orchestrator pins), NASCLOUD_PYTHON (local only).
-# Outcome: $NASCLOUD_ROOT/ready, which the orchestrator waits for over SSH, or $NASCLOUD_ROOT/failed
-# holding the reason. The agent itself is started later by the orchestrator, over SSH.
+# nascloud instance bootstrap: cloud-init user-data on AWS, the startup-script on GCP, and what the local
+# provider's group runs for every host. The group's template writes the NASCLOUD_* values on the lines
+# right after the shebang:
+#   NASCLOUD_CLOUD (aws|gcp|local), NASCLOUD_JOB_ID, NASCLOUD_GROUP, NASCLOUD_JOB_URL, NASCLOUD_REGION,
+#   NASCLOUD_ROOT (the instance's own folder), NASCLOUD_GPU (empty: CPU only), NASCLOUD_SSH (1: opt-in SSH),
+#   NASCLOUD_PYTHON (a Python with nascloud installed: local, or an image prepared for it).
+# It prepares nascloud (clouds: the exact wheel from the bundle) and then becomes the instance's governor,
+# `nascloud instance`, which records the instance in the bucket's ledger, checks the budget before
+# anything slow, runs the agent under supervision and, at the end, sets the group to 0 and powers off.
+# Nothing is started over SSH. Its log is the provider's console (bootstrap.log, and stdout).
 set -uo pipefail
 
-: "${NASCLOUD_CLOUD:?}" "${NASCLOUD_ROOT:?}"
-NASCLOUD_SSH_DIR="${NASCLOUD_SSH_DIR:-/etc/ssh}"
+: "${NASCLOUD_CLOUD:?}" "${NASCLOUD_ROOT:?}" "${NASCLOUD_JOB_URL:?}" "${NASCLOUD_JOB_ID:?}" "${NASCLOUD_GROUP:?}"
+export NASCLOUD_CLOUD NASCLOUD_ROOT NASCLOUD_JOB_URL NASCLOUD_JOB_ID NASCLOUD_GROUP
+export NASCLOUD_REGION="${NASCLOUD_REGION:-}" NASCLOUD_GPU="${NASCLOUD_GPU:-}" NASCLOUD_SSH="${NASCLOUD_SSH:-}"
+export NASCLOUD_LOCAL_ROOT="${NASCLOUD_LOCAL_ROOT:-}"
 mkdir -p "$NASCLOUD_ROOT"
-exec >>"$NASCLOUD_ROOT/bootstrap.log" 2>&1
+exec > >(tee -a "$NASCLOUD_ROOT/bootstrap.log") 2>&1
 
-log() { echo "$(date -u +%FT%TZ) $*"; }
-fail() {
-  log "FAILED: $*"
-  echo "$*" >"$NASCLOUD_ROOT/failed"
+log() { echo "$(date -u +%FT%TZ) nascloud bootstrap: $*"; }
+power_off() {
+  if [ -n "${NASCLOUD_POWEROFF_COMMAND:-}" ]; then
+    eval "$NASCLOUD_POWEROFF_COMMAND"
+  elif [ "$NASCLOUD_CLOUD" != local ]; then
+    shutdown -h now
+  fi
   exit 1
 }
-
-# GCP runs the startup script at every boot: a machine already prepared stays as it is.
-if [ -f "$NASCLOUD_ROOT/ready" ]; then
-  log "already bootstrapped"
-  exit 0
-fi
-
-install_host_key() {
-  # The orchestrator generated this key and pins it, so the first SSH connection is already verified.
-  [ -n "${NASCLOUD_HOST_KEY_B64:-}" ] || return 0
-  local key="$NASCLOUD_SSH_DIR/ssh_host_ed25519_key"
-  (umask 077 && echo "$NASCLOUD_HOST_KEY_B64" | base64 -d >"$key.new") || fail "the host key given at launch is not base64"
-  mv "$key.new" "$key"
-  ssh-keygen -y -f "$key" >"$key.pub" || fail "the host key given at launch is not an SSH key"
-  systemctl restart ssh 2>/dev/null || systemctl restart sshd || fail "could not restart sshd with the pinned host key"
-  log "host key installed"
+fail() {
+  # Before the governor runs there is no nascloud to resize the group with: say why on the console (what
+  # an observer reads) and power off. The governor's own failures end the group from Python.
+  log "FAILED: $*"
+  echo "$*" >"$NASCLOUD_ROOT/failed"
+  power_off
 }
 
 check_gpu() {
-  if [ -z "${NASCLOUD_GPU:-}" ]; then
+  if [ -z "$NASCLOUD_GPU" ]; then
     log "no GPU requested"
     return 0
   fi
@@ -97,24 +96,17 @@ make_venv() {
       fail "$python -m venv failed (the image needs python3-venv)"
   fi
   "$NASCLOUD_ROOT/venv/bin/pip" install --quiet "${wheel}[search]" || fail "pip install $(basename "$wheel")[search] failed"
-  "$NASCLOUD_ROOT/venv/bin/python" -c "import nascloud" || fail "nascloud does not import in $NASCLOUD_ROOT/venv"
+  NASCLOUD_PYTHON="$NASCLOUD_ROOT/venv/bin/python"
   log "installed $(basename "$wheel") with the search extra"
 }
 
-log "bootstrap on $NASCLOUD_CLOUD"
-case "$NASCLOUD_CLOUD" in
-  aws | gcp)
-    install_host_key
-    check_gpu
-    fetch_wheel
-    make_venv
-    ;;
-  local)
-    # A local instance reuses the Python environment nascloud runs in: nothing to install.
-    check_gpu
-    "${NASCLOUD_PYTHON:?}" -c "import nascloud" || fail "nascloud does not import with $NASCLOUD_PYTHON"
-    ;;
-  *) fail "unknown cloud $NASCLOUD_CLOUD" ;;
-esac
-date -u +%s >"$NASCLOUD_ROOT/ready"
-log "ready"
+log "boot on $NASCLOUD_CLOUD for job $NASCLOUD_JOB_ID, group $NASCLOUD_GROUP"
+check_gpu
+if [ -z "${NASCLOUD_PYTHON:-}" ]; then
+  fetch_wheel
+  make_venv
+fi
+"$NASCLOUD_PYTHON" -c "import nascloud" || fail "nascloud does not import with $NASCLOUD_PYTHON"
+export NASCLOUD_PYTHON
+log "starting the instance's governor"
+exec "$NASCLOUD_PYTHON" -m nascloud instance

@@ -1,0 +1,206 @@
+"""`nascloud instance`: what the bootstrap becomes on every instance of a job's group.
+
+At boot, before anything slow, the instance records itself in the bucket's ledger and reads the job: a job
+already at its budget, deadline, stop request or end resizes its groups to 0 and powers off at once. It
+arms an OS-level timer from the budget left (a separate process that ends the group and the machine, so
+a hung Python cannot overspend), then runs the agent under supervision: a crash is restarted; K crashes in
+a row with no new snapshot or epoch fail the job with the reason. At every end (finished, budget,
+deadline, stop request, failure) it writes the final notice, sets the job's groups to 0 and powers the
+machine off, so the bill ends with the search. A bucket it cannot use is its own case: the groups go to 0
+with the reason on the group (what `status` shows) and nothing is counted as a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from nascloud.errors import NascloudError
+from nascloud.jobbucket import FINAL, JobBucket, heartbeat_seconds
+
+log = logging.getLogger("nascloud.instance")
+
+CRASH_LIMIT = 3  # agent starts in a row that die without a new snapshot or epoch
+NOTICE_GRACE_SECONDS = 180.0  # a preemption notice the cloud does not follow up: resume the agent after this
+
+
+class Governor:
+    def __init__(self, env: Optional[dict] = None):
+        from nascloud.provisioners import instance_provisioner
+
+        env = dict(os.environ if env is None else env)
+        self.job_id, self.group, self.job_url = env["NASCLOUD_JOB_ID"], env["NASCLOUD_GROUP"], env["NASCLOUD_JOB_URL"]
+        self.root = Path(env.get("NASCLOUD_ROOT") or ".")
+        self.provisioner = instance_provisioner(env)
+        self.me = self.provisioner.whoami(self.job_id, self.group)
+        self.groups = [self.group]
+        self.bucket: Optional[JobBucket] = None
+        self.governance = None
+
+    # -- ends -----------------------------------------------------------------------------------
+    def halt(self, reason: str) -> None:
+        """Every group of the job to 0, then this machine off. The group records why (the observer's view
+        when the bucket itself is what failed)."""
+        log.info("ending the job's groups and this machine: %s", reason)
+        for group in self.groups:
+            try:
+                self.provisioner.resize(self.job_id, group, 0, reason=reason)
+            except Exception as error:  # noqa: BLE001  the power-off must happen whatever the API says
+                log.warning("could not resize group %s to 0: %s", group, error)
+        self.provisioner.power_off()
+
+    def end(self, status: str, message: str) -> None:
+        log.info("the job ends here: %s: %s", status, message)
+        try:
+            self.governance.conclude(status, message)
+            self.governance.end(status)
+            self._book_requests()
+            self.bucket.put_log(self.me.instance_id, self._agent_log)
+        except NascloudError as error:
+            log.warning("could not write the job's end to the bucket: %s", error)
+        self.halt(f"{status}: {message}")
+
+    # -- boot -------------------------------------------------------------------------------------
+    def boot(self) -> None:
+        from nascloud.agent.governance import Governance
+
+        try:
+            self.bucket = JobBucket.open(self.job_url)
+            self.groups = [g.name for g in self.bucket.bundle().groups]
+            self.governance = Governance(self.bucket, self.me.instance_id)
+            self.governance.record_boot(self.me)
+        except NascloudError as error:
+            self.halt(f"the instance cannot use the job's bucket {self.job_url}: {error}; fix its permissions or "
+                      "the bucket, then `nascloud resume`")
+        try:
+            listed = [i for g in self.provisioner.groups(self.job_id) for i in g.instances]
+            self.bucket.close_entries([i for i in listed if i.instance_id != self.me.instance_id], time.time())
+        except Exception as error:  # noqa: BLE001  the provider's listing is a courtesy to the ledger here
+            log.warning("could not list the job's instances to close the ledger: %s", error)
+        record = self.bucket.exit_record() or {}
+        if record.get("status") in FINAL:
+            self.end(record["status"], f"the job had already ended ({record.get('message', '')})")
+        verdict = self.governance.stop_reason()
+        if verdict:
+            self.bucket.write_exit(*verdict, self.me.instance_id)
+            self.end(*verdict)
+        self.arm_timer()
+
+    def arm_timer(self) -> None:
+        """A plain `sleep` in its own session that halts the job when the budget or deadline runs out at this
+        instance's price, whatever the agent and this process are doing by then."""
+        budget, now = self.bucket.budget(), time.time()
+        entry = self.bucket.entry(self.me.instance_id)
+        limits = []
+        if budget.get("usd") and entry.price_per_hour > 0:
+            limits.append((budget["usd"] - self.governance.spent(now)) / entry.price_per_hour * 3600)
+        if budget.get("max_hours"):
+            limits.append(self.bucket.bundle().created_at + budget["max_hours"] * 3600 - now)
+        if not limits:
+            return
+        seconds = max(0.0, min(limits))
+        command = (f"sleep {seconds:.0f}; exec {shlex.quote(sys.executable)} -m nascloud instance "
+                   f"--halt {shlex.quote('the budget timer fired: the budget or deadline ran out')}")
+        subprocess.Popen(["bash", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+        log.info("budget timer armed: halts the job in %.0f s", seconds)
+
+    # -- the agent --------------------------------------------------------------------------------
+    @property
+    def _agent_log(self) -> Path:
+        return self.root / "work" / "agent.log"
+
+    def _marker(self) -> tuple:
+        """What counts as progress: a new snapshot or a new epoch."""
+        progress = self.bucket.progress()
+        return progress.get("snapshot_id"), progress.get("trials_done"), str(progress.get("running"))
+
+    def _book_requests(self) -> None:
+        from dataclasses import asdict
+
+        from nascloud.budget import request_charges
+
+        counts = asdict(self.bucket.store.requests)
+        self.bucket.put_charge(f"requests-{self.me.instance_id}-governor",
+                               request_charges(counts, self.bucket.bundle().bucket_rates), counts)
+
+    def run_agent_once(self) -> Optional[dict]:
+        """Start the agent, wait for it (its log to the bucket meanwhile), return its exit record."""
+        self._agent_log.parent.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        command = [sys.executable, "-m", "nascloud", "agent", self.job_url, "--instance-id", self.me.instance_id,
+                   "--work-dir", str(self.root / "work" / "search")]
+        with open(self._agent_log, "ab") as out:
+            agent = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     cwd=self.root)
+        while True:
+            try:
+                agent.wait(timeout=max(1.0, heartbeat_seconds()))
+                break
+            except subprocess.TimeoutExpired:
+                self._upload_log()
+        self._upload_log()
+        record = self.bucket.exit_record() or {}
+        mine = record.get("instance_id") == self.me.instance_id and record.get("time", 0) >= started - 1
+        log.info("the agent exited with code %s (%s)", agent.returncode, record.get("status") if mine else "no record")
+        return record if mine else None
+
+    def _upload_log(self) -> None:
+        try:
+            self.bucket.put_log(self.me.instance_id, self._agent_log)
+        except NascloudError as error:
+            log.warning("could not upload the agent's log: %s", error)
+
+    def supervise(self) -> None:
+        crashes, marker = 0, self._marker()
+        while True:
+            record = self.run_agent_once()
+            status = (record or {}).get("status")
+            if status in FINAL:
+                self.end(status, record.get("message", ""))
+            if status == "preempted":
+                # The cloud takes the machine within its notice; if it does not, the notice was not for us.
+                time.sleep(float(os.environ.get("NASCLOUD_NOTICE_GRACE_SECONDS", NOTICE_GRACE_SECONDS)))
+                continue
+            now_marker = self._marker()
+            crashes = crashes + 1 if now_marker == marker else 1
+            marker = now_marker
+            if crashes >= CRASH_LIMIT:
+                tail = self.bucket.log_tail(3).replace("\n", " | ")
+                message = (f"the agent died {crashes} times in a row on {self.me.instance_id} without a new snapshot "
+                           f"or epoch; last log lines: {tail[-400:]}")
+                self.bucket.write_exit("failed", message, self.me.instance_id)
+                self.end("failed", message)
+            self.bucket.add_event("agent-restarted", f"the agent on {self.me.instance_id} died; restarting it "
+                                                     f"({crashes} of {CRASH_LIMIT} without progress)")
+            time.sleep(min(2 ** crashes, 30))
+
+
+def govern() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s nascloud instance: %(message)s")
+    governor = Governor()
+    governor.boot()
+    governor.supervise()
+
+
+def halt_now(reason: str) -> None:
+    """The budget timer's end: the groups to 0 and the machine off, with as little as possible in the way."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s nascloud instance: %(message)s")
+    governor = Governor()
+    try:
+        bucket = JobBucket.open(governor.job_url)
+        governor.groups = [g.name for g in bucket.bundle().groups]
+        from nascloud.agent.governance import Governance
+
+        if (bucket.exit_record() or {}).get("status") not in FINAL:
+            bucket.write_exit("budget", reason, governor.me.instance_id)
+        Governance(bucket, governor.me.instance_id).end("budget")
+    except NascloudError as error:
+        log.warning("could not close the ledger entry: %s", error)
+    governor.halt(reason)

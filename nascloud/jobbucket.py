@@ -1,0 +1,241 @@
+"""The job's records in its bucket prefix: where the roles meet (README, "The bucket").
+
+    bundle/job.json        the job (nascloud.bundle.Bundle), written once by launch
+    budget.json            the budget and deadline in force; `resume` updates it
+    stop.json              a stop request (`nascloud stop`, from any machine)
+    ledger/<instance>.json each instance: its price at launch, launch time, last seen, end
+    charges/<source>.json  the bucket's own charges: launch's requests, storage measured by the instances
+    events/<ms>-<kind>-<id>.json   one object per event, created once, ordered by name
+    claims/<key>           create-only markers: an alert or notice fired once, whoever fires it
+    agent/heartbeat.json, agent/progress.json, agent/exit.json    the agent's reports
+    logs/<instance>.log    the agent's log on that instance
+    results/               leaderboard.json, best_model.keras, labels.json
+
+The laptop's SQLite only caches which jobs it launched; everything here is the truth, so an observer on
+any machine (`status <bucket URL>`) sees what the instance sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+from nascloud.bundle import Bundle, parse_bundle
+from nascloud.errors import NascloudError
+
+FINAL = ("finished", "stopped", "budget", "deadline", "failed")
+
+
+def heartbeat_seconds() -> float:
+    return float(os.environ.get("NASCLOUD_HEARTBEAT_SECONDS", "30"))
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One instance in the job's ledger. Written by the instance at boot, its last_seen at every heartbeat,
+    and its end by itself or, for an instance killed without warning, by whoever learns of it first from
+    the provider's own times."""
+
+    instance_id: str
+    group: str
+    cloud: str
+    instance_type: str
+    zone: Optional[str]
+    spot: bool
+    price_per_hour: float  # at its launch, from the bundle's price table; never re-priced
+    launched_at: float  # as the provider reports it
+    last_seen: float
+    ended_at: Optional[float] = None
+    end_reason: Optional[str] = None  # finished | stopped | budget | deadline | failed | preempted | lost
+    booted_at: Optional[float] = None
+    requests: dict = field(default_factory=dict)  # "<pid>": {"class_a": n, "class_b": n}, per process
+
+    def billed(self, now: float) -> "LedgerEntry":
+        """The entry as the budget bills it: an open entry not seen for a heartbeat is presumed gone at its
+        last sign of life plus one heartbeat, until the provider's end time closes it."""
+        if self.ended_at is not None:
+            return self
+        presumed = self.last_seen + heartbeat_seconds()
+        return self if now <= presumed else replace(self, ended_at=presumed)
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str  # its object name: ordering by name is ordering by time
+    time: float
+    kind: str
+    message: str
+    data: Optional[dict] = None
+
+
+class JobBucket:
+    """Typed access to one job's prefix, over its CheckpointStore (the store counts every request)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.url = store.url
+        self._bundle: Optional[Bundle] = None
+
+    @classmethod
+    def open(cls, job_url: str, keep: int = 3) -> "JobBucket":
+        from nascloud.checkpoints import open_store
+
+        return cls(open_store(job_url, keep=keep))
+
+    # -- the job ---------------------------------------------------------------------------
+    def bundle(self) -> Bundle:
+        if self._bundle is None:
+            self._bundle = parse_bundle(self.store.get_json("bundle/job.json"), self.url)
+        return self._bundle
+
+    def budget(self) -> dict:
+        """{"usd", "max_hours", "updated_at"}: the budget in force (launch writes it, resume changes it)."""
+        record = self.store.get_json("budget.json")
+        if record is None:
+            spec = self.bundle().spec.budget
+            record = {"usd": spec.usd, "max_hours": spec.max_hours, "updated_at": self.bundle().created_at}
+        return record
+
+    def set_budget(self, usd: Optional[float], max_hours: Optional[float]) -> None:
+        self.store.put_json("budget.json", {"usd": usd, "max_hours": max_hours, "updated_at": time.time()})
+
+    def stop_request(self) -> Optional[dict]:
+        return self.store.get_json("stop.json")
+
+    def request_stop(self, by: str) -> None:
+        self.store.put_json("stop.json", {"time": time.time(), "by": by})
+
+    def reopen(self) -> None:
+        """For `resume`: the stop request and the last exit record no longer hold."""
+        self.store.objects.delete("stop.json")
+        self.store.objects.delete("agent/exit.json")
+
+    def exit_record(self) -> Optional[dict]:
+        return self.store.get_json("agent/exit.json")
+
+    def write_exit(self, status: str, message: str, instance_id: str) -> None:
+        self.store.put_json("agent/exit.json", {"status": status, "message": message, "time": time.time(),
+                                                "instance_id": instance_id, "pid": os.getpid()})
+
+    def progress(self) -> dict:
+        return self.store.get_json("agent/progress.json") or {}
+
+    def heartbeat(self) -> dict:
+        return self.store.get_json("agent/heartbeat.json") or {}
+
+    # -- the ledger --------------------------------------------------------------------------
+    def ledger(self) -> list[LedgerEntry]:
+        entries = []
+        for info in self.store.objects.list("ledger/"):
+            record = self.store.get_json(info.key)
+            if record:
+                entries.append(LedgerEntry(**record))
+        return sorted(entries, key=lambda e: e.launched_at)
+
+    def entry(self, instance_id: str) -> Optional[LedgerEntry]:
+        record = self.store.get_json(f"ledger/{instance_id}.json")
+        return LedgerEntry(**record) if record else None
+
+    def put_entry(self, entry: LedgerEntry) -> None:
+        self.store.put_json(f"ledger/{entry.instance_id}.json", asdict(entry))
+
+    def close_entries(self, instances, now: float) -> None:
+        """Close the open entries of instances the provider lists as ended (its own end time; else the
+        last sign of life plus a heartbeat), and of those it no longer lists at all."""
+        listed = {i.instance_id: i for i in instances}
+        for entry in self.ledger():
+            if entry.ended_at is not None:
+                continue
+            instance = listed.get(entry.instance_id)
+            if instance is not None and instance.state.value in ("pending", "running"):
+                continue
+            if instance is None and now - entry.last_seen <= 2 * heartbeat_seconds():
+                continue  # not listed yet or any more: give the provider's listing a moment
+            ended = (instance.ended_at if instance is not None and instance.ended_at
+                     else entry.last_seen + heartbeat_seconds())
+            reason = instance.state.value if instance is not None else "lost"
+            self.put_entry(replace(entry, ended_at=max(ended, entry.launched_at), end_reason=reason))
+
+    def charges_usd(self) -> float:
+        """The bucket's part of the spend: requests (every process's, at the bundle's rates) and storage."""
+        from nascloud.budget import request_charges
+
+        rates = self.bundle().bucket_rates
+        total = 0.0
+        for info in self.store.objects.list("charges/"):
+            total += float((self.store.get_json(info.key) or {}).get("usd", 0.0))
+        for entry in self.ledger():
+            total += sum(request_charges(counts, rates) for counts in entry.requests.values())
+        return total
+
+    def put_charge(self, source: str, usd: float, detail: dict) -> None:
+        self.store.put_json(f"charges/{source}.json", {"usd": usd, **detail, "updated_at": time.time()})
+
+    def charge(self, source: str) -> Optional[dict]:
+        return self.store.get_json(f"charges/{source}.json")
+
+    # -- events ------------------------------------------------------------------------------
+    def add_event(self, kind: str, message: str, data: Optional[dict] = None, once: Optional[str] = None) -> bool:
+        """Record an event; with `once`, only if no process (this instance, its replacement, an observer)
+        recorded that key before. False when it had been."""
+        if once is not None and not self.store.objects.put_if_absent(f"claims/{_key(once)}", b"1"):
+            return False
+        now = time.time()
+        name = f"events/{int(now * 1000):013d}-{kind}-{secrets.token_hex(3)}.json"
+        self.store.objects.put_if_absent(name, json.dumps(
+            {"time": now, "kind": kind, "message": message, "data": data}).encode())
+        return True
+
+    def events(self, after: str = "") -> list[Event]:
+        names = sorted(info.key for info in self.store.objects.list("events/") if info.key > after)
+        found = []
+        for name in names:
+            record = self.store.get_json(name)
+            if record:
+                found.append(Event(name, record["time"], record["kind"], record["message"], record.get("data")))
+        return found
+
+    def fired(self) -> set[str]:
+        """The alert keys already fired for this job (by any instance)."""
+        return {e.data["key"] for e in self.events() if e.kind == "alert" and e.data and "key" in e.data}
+
+    # -- logs --------------------------------------------------------------------------------
+    def put_log(self, instance_id: str, path: Path) -> None:
+        if Path(path).exists():
+            self.store.put_file(f"logs/{instance_id}.log", path)
+
+    def log_tail(self, lines: int) -> str:
+        """The last lines of the agent's log on the newest instance that wrote one."""
+        logs = sorted(self.store.objects.list("logs/"), key=lambda info: info.modified)
+        if not logs:
+            return "(no agent log in the bucket yet)"
+        got = self.store.objects.get(logs[-1].key)
+        text = got[0].decode(errors="replace") if got else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _key(text: str) -> str:
+    """A claim key as an object name: no slashes, nothing a bucket might refuse."""
+    return "".join(c if c.isalnum() or c in "-_.@:" else "_" for c in text)
+
+
+def spend(bucket: JobBucket, now: float) -> float:
+    """What the job has cost so far: every instance at its launch price from its launch to its end (or its
+    presumed end), with the billing minimum, plus the bucket's charges. The one function the agent, status
+    and the estimate-vs-actual report use."""
+    from nascloud.budget import ledger_total
+
+    return ledger_total([e.billed(now) for e in bucket.ledger()], now) + bucket.charges_usd()
+
+
+def safe(call, default=None):
+    """An observer's read that must not take the whole view down with it (a bucket that answers badly)."""
+    try:
+        return call()
+    except NascloudError:
+        return default
