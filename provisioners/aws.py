@@ -1,41 +1,50 @@
-"""AWS: one spot (or on-demand) GPU instance per job, through boto3.
+"""AWS: a job group is an EC2 Auto Scaling group over a launch template, through boto3.
 
-What a job creates, all named nascloud-<job-id> and tagged nascloud:job / nascloud:owner: an EC2 key pair
-(public half of a key generated here; the private key stays under NASCLOUD_HOME, 0600), a security group
-admitting only 22/tcp from the caller's CIDR, an IAM role + instance profile whose only permission is the
-job's prefix in the bucket, and the instance (IMDSv2 required, user-data = the bootstrap script). A fire
-drill adds a role nascloud-fis-<job-id> that only AWS FIS may assume, to interrupt the job's spot instance.
+What a job creates, all tagged nascloud-job / nascloud-owner / nascloud-job-url:
+- per job: an IAM role + instance profile nascloud-<job-id> (read/write the job's prefix, resize only the
+  job's own groups); with compute.ssh_cidr set, also a security group admitting 22/tcp from that CIDR and
+  the key pair of the job's SSH key (public half). Without ssh_cidr an instance has no inbound port at all.
+- per group: a launch template and an Auto Scaling group, both nascloud-<job-id>-<group>. The template
+  holds the bootstrap (user data), IMDSv2 required, the instance profile and terminate-on-shutdown; the
+  group spreads over the offer's instance types and its zones' default subnets, all spot with
+  price-capacity-optimized allocation and capacity rebalancing. Spot is asked for by the group's
+  instances distribution: AWS refuses a launch template with spot market options in a mixed group.
+A fire drill adds a role nascloud-fis-<job-id> that only AWS FIS may assume, to interrupt a spot instance.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import time
-from dataclasses import replace
+import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from nascloud.errors import CapacityError, CloudError, NascloudError, UsageError
-from nascloud.provisioners.base import Instance, Offer, SshTarget, State
-from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, LaunchOffer, as_offer, cloud_bootstrap, default_owner, host_key_line, job_keys,
-                                          job_prefix, lookup_public_cidr, remove_job_keys, ssh_cidr)
+from nascloud.cloud_errors import one_line
+from nascloud.errors import CloudError, NascloudError, UsageError
+from nascloud.provisioners.base import Group, GroupSpec, Instance, State
+from nascloud.provisioners.common import (bootstrap_script, default_owner, dry_run_group, ensure_key, job_prefix, keys_dir,
+                                          power_off, remove_job_keys, ssh_cidr)
 
 # The Deep Learning Base AMI (NVIDIA driver, Ubuntu 22.04), found through AWS's public SSM parameter.
 DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
-SSH_USER = "ubuntu"
-JOB_TAG, OWNER_TAG = "nascloud:job", "nascloud:owner"
-ZONE_ID = re.compile(r"^[a-z]+[0-9]+-az[0-9]+$")  # use1-az2: the catalog's zones, the same in every account
-JOB_URL_TAG = "nascloud:job-url"  # where the job's lease is: `gc` on any machine can judge the instance
+JOB_TAG, OWNER_TAG, JOB_URL_TAG, GROUP_TAG = "nascloud-job", "nascloud-owner", "nascloud-job-url", "nascloud-group"
+REASON_TAG = "nascloud-reason"  # why an instance resized its group to 0, for the observer
+ASG_TAG = "aws:autoscaling:groupName"
+METADATA_ENV = "NASCLOUD_AWS_METADATA_URL"
 SPOT_REASONS = {"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"}
+ENDED_AT = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")  # StateTransitionReason's time
 # Service Quotas codes (vCPUs) per instance family: (spot, on-demand).
 QUOTAS = {
     "g": ("L-3819A6DF", "L-DB2E81BA"),  # All G and VT Spot Instance Requests / Running On-Demand G and VT
     "vt": ("L-3819A6DF", "L-DB2E81BA"),
     "p": ("L-7212CCBC", "L-417A185B"),  # All P Spot Instance Requests / Running On-Demand P
 }
-CAPACITY_CODES = {"InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow"}
-QUOTA_CODES = {"MaxSpotInstanceCountExceeded", "VcpuLimitExceeded", "InstanceLimitExceeded"}
+QUOTA_CODES = {"MaxSpotInstanceCountExceeded", "VcpuLimitExceeded", "InstanceLimitExceeded", "LimitExceeded"}
 AUTH_CODES = {"AuthFailure", "UnauthorizedOperation", "AccessDenied", "AccessDeniedException",
               "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "UnrecognizedClientException"}
 
@@ -44,28 +53,13 @@ def _name(job_id: str) -> str:
     return f"nascloud-{job_id}"
 
 
-def _error(error: Exception, what: str, offer: Optional[LaunchOffer] = None) -> NascloudError:
-    """A boto3 failure as one line naming the cause and what to try."""
-    from botocore.exceptions import ClientError, NoCredentialsError
+def group_name(job_id: str, group: str) -> str:
+    """The Auto Scaling group's and the launch template's name."""
+    return f"nascloud-{job_id}-{group}"
 
-    if isinstance(error, NoCredentialsError):
-        return CloudError("no AWS credentials found; run `aws configure` or set AWS_PROFILE / AWS_ACCESS_KEY_ID")
-    if not isinstance(error, ClientError):
-        return CloudError(f"AWS {what} failed: {error}")
-    code = error.response["Error"].get("Code", "")
-    message = error.response["Error"].get("Message", "")
-    kind = f"{offer.instance_type} {'spot' if offer.spot else 'on-demand'}" if offer else "the instance"
-    where = (offer.zone or offer.region) if offer else "this region"
-    if code in CAPACITY_CODES:
-        return CapacityError(f"AWS has no {kind} capacity in {where} right now ({code}); try another zone "
-                          "(compute.zone), another region, or on-demand (compute.spot: false)")
-    if code in QUOTA_CODES:
-        return CloudError(f"your AWS quota does not allow another {kind} ({code}: {message}); request an increase "
-                          "in the Service Quotas console, or try on-demand (compute.spot: false)")
-    if code in AUTH_CODES:
-        return CloudError(f"AWS refused {what} ({code}); check your credentials and the permissions listed in "
-                          "the README, 'Providers and permissions'")
-    return CloudError(f"AWS {what} failed: {code}: {message}")
+
+def _fis_role(job_id: str) -> str:
+    return f"nascloud-fis-{job_id}"
 
 
 def _code(error: Exception) -> str:
@@ -73,17 +67,24 @@ def _code(error: Exception) -> str:
     return response.get("Error", {}).get("Code", "")
 
 
-def role_policy(bucket: str, prefix: str) -> dict:
-    """The instance role's only permission: objects under the job's prefix, and listing that prefix."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "JobObjects", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-             "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"},
-            {"Sid": "JobListing", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
-             "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}},
-        ],
-    }
+def _error(error: Exception, what: str) -> NascloudError:
+    """A boto3 failure as one line naming the cause and what to try."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(error, NascloudError):
+        return error
+    if isinstance(error, NoCredentialsError):
+        return CloudError("no AWS credentials found; run `aws configure` or set AWS_PROFILE / AWS_ACCESS_KEY_ID")
+    if not isinstance(error, ClientError):
+        return CloudError(f"AWS {what} failed: {one_line(error)}")
+    code, message = _code(error), one_line(error.response["Error"].get("Message", ""))
+    if code in QUOTA_CODES:
+        return CloudError(f"your AWS quota stops {what} ({code}: {message}); request an increase in the Service "
+                          "Quotas console, or try on-demand (compute.spot: false)")
+    if code in AUTH_CODES:
+        return CloudError(f"AWS refused {what} ({code}); check your credentials and the permissions listed in "
+                          "the README, 'Providers and permissions'")
+    return CloudError(f"AWS {what} failed: {code}: {message}")
 
 
 def _trust(service: str) -> dict:
@@ -92,13 +93,35 @@ def _trust(service: str) -> dict:
 
 
 TRUST_POLICY = _trust("ec2.amazonaws.com")
+
+
+def role_policy(bucket: str, prefix: str, job_id: str, groups: list[str]) -> dict:
+    """The instance identity: objects under the job's prefix, and resizing (and tagging the reason on) only
+    the job's own groups, by name and by tag; describing is not scoped by AWS, so it is allowed as is."""
+    group_arns = [f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{group_name(job_id, g)}"
+                  for g in groups]
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "JobObjects", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+             "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"},
+            {"Sid": "JobListing", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
+             "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}},
+            {"Sid": "OwnGroups", "Effect": "Allow",
+             "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup",
+                        "autoscaling:CreateOrUpdateTags"],
+             "Resource": group_arns,
+             "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{JOB_TAG}": job_id}}},
+            {"Sid": "Describe", "Effect": "Allow",
+             "Action": ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances",
+                        "ec2:DescribeAvailabilityZones"], "Resource": "*"},
+        ],
+    }
+
+
 # The fire drill: FIS sends the instance AWS's real two-minute spot interruption notice, then reclaims it.
 FIS_ACTION = "aws:ec2:send-spot-instance-interruptions"
 FIS_NOTICE = "PT2M"  # the shortest notice FIS allows, the same as a real reclaim's
-
-
-def _fis_role(job_id: str) -> str:
-    return f"nascloud-fis-{job_id}"
 
 
 def fis_template(job_id: str, instance_arn: str, role_arn: str) -> dict:
@@ -115,162 +138,211 @@ def fis_template(job_id: str, instance_arn: str, role_arn: str) -> dict:
     }
 
 
-def _requests(job_id: str, offer: LaunchOffer, spec, image: str, cidr: str, user_data: str,
-              security_group: str, owner: str) -> dict:
-    """Every request launch makes, as the API receives it (shared by launch and the dry run)."""
-    name = _name(job_id)
-    tags = [{"Key": JOB_TAG, "Value": job_id}, {"Key": OWNER_TAG, "Value": owner}, {"Key": "Name", "Value": name}]
-    bucket = job_prefix(spec, job_id, "s3")
-    if len(bucket.url) <= 256:  # EC2's longest tag value
-        tags.append({"Key": JOB_URL_TAG, "Value": bucket.url})
-    run = {
-        "ImageId": image, "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
-        "KeyName": name, "SecurityGroupIds": [security_group], "IamInstanceProfile": {"Name": name},
-        "UserData": user_data,
+def _instance_types(offer: dict) -> list[str]:
+    """The offer's instance type first, then the equivalent ones it lists (same GPU, similar price)."""
+    types = [offer["instance_type"], *offer.get("instance_types", ())]
+    return list(dict.fromkeys(t for t in types if t))
+
+
+def _zone_ids(offer: dict) -> list[str]:
+    """The zones the group may use, by ID (the catalog's keys, the same in every account)."""
+    ids = [z.get("zone_id") for z in offer.get("zones", ()) if z.get("zone_id")]
+    return ids or ([offer["zone_id"]] if offer.get("zone_id") else [])
+
+
+def _tags(group: GroupSpec) -> list[dict]:
+    tags = {**group.tags, JOB_TAG: group.job_id, GROUP_TAG: group.name, "Name": group_name(group.job_id, group.name)}
+    return [{"Key": k, "Value": str(v)[:256]} for k, v in tags.items()]  # 256: EC2's longest tag value
+
+
+def requests(group: GroupSpec, image: str, subnets: list[str], security_group: Optional[str],
+             key_name: Optional[str]) -> dict:
+    """Every request create_groups makes for one group, as the APIs receive them (the dry run prints them)."""
+    name = group_name(group.job_id, group.name)
+    offer, tags = group.offer, _tags(group)
+    template = {
+        "ImageId": image, "InstanceType": offer["instance_type"],
+        "UserData": base64.b64encode(bootstrap_script(group.bootstrap_env).encode()).decode(),
+        "IamInstanceProfile": {"Name": _name(group.job_id)},
+        "InstanceInitiatedShutdownBehavior": "terminate",  # the governor's power-off ends the billing
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
         "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
     }
-    if offer.spot:
-        run["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
-            "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
-    if offer.zone:
-        run["Placement"] = {"AvailabilityZone": offer.zone}
-    return {
-        "CreateSecurityGroup": {"GroupName": name, "Description": f"nascloud {job_id}: SSH from {cidr} only",
-                                "TagSpecifications": [{"ResourceType": "security-group", "Tags": tags}]},
-        "AuthorizeSecurityGroupIngress": {"IpPermissions": [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                                                             "IpRanges": [{"CidrIp": cidr}]}]},
-        "CreateRole": {"RoleName": name, "AssumeRolePolicyDocument": json.dumps(TRUST_POLICY),
-                       "Tags": [{"Key": JOB_TAG, "Value": job_id}]},
-        "PutRolePolicy": {"RoleName": name, "PolicyName": "job-prefix",
-                          "PolicyDocument": json.dumps(role_policy(bucket.bucket, bucket.prefix))},
-        "RunInstances": run,
+    if security_group:
+        template["SecurityGroupIds"] = [security_group]
+    if key_name:
+        template["KeyName"] = key_name
+    spot = bool(offer.get("spot"))
+    distribution = {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 0 if spot else 100}
+    if spot:
+        distribution["SpotAllocationStrategy"] = "price-capacity-optimized"
+    auto_scaling = {
+        "AutoScalingGroupName": name, "MinSize": 0, "MaxSize": max(group.size, 1), "DesiredCapacity": group.size,
+        "VPCZoneIdentifier": ",".join(subnets), "CapacityRebalance": spot,
+        "MixedInstancesPolicy": {
+            "LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateName": name, "Version": "$Latest"},
+                               "Overrides": [{"InstanceType": t} for t in _instance_types(offer)]},
+            "InstancesDistribution": distribution},
+        "Tags": [{**t, "PropagateAtLaunch": True, "ResourceId": name, "ResourceType": "auto-scaling-group"}
+                 for t in tags if t["Key"] != "Name"],
     }
+    return {"CreateLaunchTemplate": {"LaunchTemplateName": name, "LaunchTemplateData": template,
+                                     "TagSpecifications": [{"ResourceType": "launch-template", "Tags": tags}]},
+            "CreateAutoScalingGroup": auto_scaling}
 
 
-def _zone_id(offer: LaunchOffer) -> Optional[str]:
-    """The zone ID to place the instance in, unless the offer names its zone (compute.zone may be either)."""
-    if offer.zone:
-        return offer.zone if ZONE_ID.match(offer.zone) else None
-    return offer.zone_id
+def job_requests(groups: list[GroupSpec], bucket: str, prefix: str, cidr: Optional[str]) -> dict:
+    """The per-job requests (identity, firewall) as the APIs receive them."""
+    job_id = groups[0].job_id
+    name, tags = _name(job_id), [t for t in _tags(groups[0]) if t["Key"] != GROUP_TAG]
+    made = {
+        "CreateRole": {"RoleName": name, "AssumeRolePolicyDocument": json.dumps(TRUST_POLICY), "Tags": tags},
+        "PutRolePolicy": {"RoleName": name, "PolicyName": "job",
+                          "PolicyDocument": json.dumps(role_policy(bucket, prefix, job_id, [g.name for g in groups]))},
+    }
+    if cidr:
+        made["CreateSecurityGroup"] = {"GroupName": name, "Description": f"nascloud {job_id}: SSH from {cidr} only",
+                                       "TagSpecifications": [{"ResourceType": "security-group", "Tags": tags}]}
+        made["AuthorizeSecurityGroupIngress"] = {"IpPermissions": [
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": cidr}]}]}
+    return made
 
 
-def _zones(ec2, offer: LaunchOffer, **selector) -> list[dict]:
-    """The zones describe_availability_zones finds for the selector; none for a name it does not know."""
-    try:
-        return ec2.describe_availability_zones(**selector)["AvailabilityZones"]
-    except Exception as error:
-        if _code(error) != "InvalidParameterValue":
-            raise _error(error, "describing the zone", offer) from None
-        return []
-
-
-def launch_request(job_id: str, offer: Offer, spec) -> dict:
-    """What launch would send, with no credentials and no network: look-ups show as placeholders."""
-    offer = as_offer(offer, spec)
-    if zone_id := _zone_id(offer):
-        offer = replace(offer, zone=f"<your account's name for zone {zone_id}>")
+def launch_request(job_id: str, offer, spec) -> dict:
+    """What create_groups would send for the job's search group, with no credentials and no network:
+    look-ups (image, subnets, security group) show as placeholders."""
+    group = dry_run_group("aws", job_id, offer, spec)
     bucket = job_prefix(spec, job_id, "s3")
-    image = spec.compute.image or f"<resolved at launch from SSM {DLAMI_PARAMETER}>"
-    cidr = spec.compute.ssh_cidr or "<your public address>/32"
-    user_data = cloud_bootstrap("aws", bucket.url, offer.gpu, None)
-    requests = _requests(job_id, offer, spec, image, cidr, user_data, "<id of security group nascloud-"
-                         f"{job_id}>", default_owner())
-    return {"cloud": "aws", "region": offer.region, **requests}
+    zones = _zone_ids(group.offer) or ["<every zone of the region>"]
+    security = f"<id of security group {_name(job_id)}>" if spec.compute.ssh_cidr else None
+    made = requests(group, spec.compute.image or f"<resolved at launch from SSM {DLAMI_PARAMETER}>",
+                    [f"<default subnet of zone {z}>" for z in zones], security,
+                    _name(job_id) if spec.compute.ssh_cidr else None)
+    return {"cloud": "aws", "region": group.offer.get("region"),
+            **job_requests([group], bucket.bucket, bucket.prefix, spec.compute.ssh_cidr), **made}
+
+
+def _parse_time(value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def _state(described: dict) -> State:
+    """An EC2 instance's state; a spot reclaim reads PREEMPTED whatever the instance's state name."""
+    name = described["State"]["Name"]
+    reason = (described.get("StateReason") or {}).get("Code", "")
+    if reason in SPOT_REASONS:
+        return State.PREEMPTED
+    if name == "pending":
+        return State.PENDING
+    if name == "running":
+        return State.RUNNING
+    if reason.startswith("Server."):  # e.g. Server.InternalError, Server.InsufficientInstanceCapacity
+        return State.FAILED
+    return State.TERMINATED
+
+
+def _ended_at(described: dict) -> Optional[float]:
+    found = ENDED_AT.search(described.get("StateTransitionReason") or "")
+    if not found or described["State"]["Name"] in ("pending", "running"):
+        return None
+    return datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
 
 
 class AwsProvisioner:
     cloud = "aws"
 
-    def __init__(self, home: Optional[Path] = None, region: Optional[str] = None, owner: Optional[str] = None,
-                 ssh_address: Optional[Callable[[Instance], tuple[str, int]]] = None,
-                 cidr_lookup: Callable[[], str] = lookup_public_cidr, poll_seconds: float = 5.0,
-                 ssh_user: str = SSH_USER):
-        """ssh_address overrides where SSH connects (tests map an instance to a local sshd: the public
-        addresses an emulator invents must never be contacted). cidr_lookup finds the caller's address
-        when the job file gives no compute.ssh_cidr. ssh_user is the image's login (ubuntu on the DLAMI)."""
+    def __init__(self, region: Optional[str] = None, home: Optional[Path] = None, owner: Optional[str] = None,
+                 poll_seconds: float = 5.0):
+        """region: where the job's groups live (an observer passes the bundle's). home: where the job's SSH
+        key is kept when compute.ssh_cidr asks for SSH."""
         from nascloud.aws_session import aws_session
 
         self._session = aws_session()
+        self.region = region or self._session.region_name or "us-east-1"
+        self.regions = {self.region}
         self.home = home
         self.owner = owner or default_owner()
-        self.regions = {region or self._session.region_name or "us-east-1"}
-        self._ssh_address = ssh_address
-        self._cidr_lookup = cidr_lookup
         self._poll = poll_seconds
-        self.ssh_user = ssh_user
         self._clients: dict[tuple[str, str], object] = {}
+        self._zone_names: dict[str, dict[str, str]] = {}  # region -> zone name -> zone ID
+        self._job_urls: dict[tuple[str, str], str] = {}
 
-    def _client(self, service: str, region: str):
+    def _client(self, service: str, region: Optional[str] = None):
+        region = region or self.region
         if (service, region) not in self._clients:
             self._clients[service, region] = self._session.client(service, region_name=region)
         return self._clients[service, region]
 
-    def _region(self, offer: LaunchOffer) -> str:
-        region = offer.region or next(iter(self.regions))
+    def _call(self, what: str, call, **params):
+        try:
+            return call(**params)
+        except Exception as error:
+            raise _error(error, what) from None
+
+    def _region_of(self, offer: dict) -> str:
+        region = offer.get("region") or self.region
         if region not in self._session.get_available_regions("ec2"):
             raise UsageError(f"unknown AWS region {region!r}; use one like us-east-1 (compute.region)")
         self.regions.add(region)
         return region
 
-    def _check_offer(self, ec2, offer: LaunchOffer) -> int:
-        """Validate the instance type and zone; returns the type's vCPUs."""
-        if not offer.instance_type:
+    # --- launch ----------------------------------------------------------------------------------
+    def _check_offer(self, ec2, offer: dict) -> int:
+        """The instance types and zones exist (UsageError otherwise); returns the first type's vCPUs."""
+        types = _instance_types(offer)
+        if not types:
             raise UsageError("no AWS instance type: set compute.instance_type (e.g. g4dn.xlarge) or compute.gpu")
         try:
-            types = ec2.describe_instance_types(InstanceTypes=[offer.instance_type])["InstanceTypes"]
+            found = ec2.describe_instance_types(InstanceTypes=types)["InstanceTypes"]
         except Exception as error:
             if _code(error).startswith("InvalidInstanceType"):
-                raise UsageError(f"unknown AWS instance type {offer.instance_type!r}; use one like g4dn.xlarge "
+                raise UsageError(f"unknown AWS instance type {types[0]!r}; use one like g4dn.xlarge "
                                  "(see `nascloud prices --cloud aws`)") from None
-            raise _error(error, "describing the instance type", offer) from None
-        if offer.zone:
-            if not _zones(ec2, offer, ZoneNames=[offer.zone]):
-                raise UsageError(f"unknown availability zone {offer.zone!r}; "
-                                 "use one like us-east-1a (compute.zone)")
-        return types[0].get("VCpuInfo", {}).get("DefaultVCpus", 1)
+            raise _error(error, "describing the instance type") from None
+        if offer.get("zone") and not self._zones(ec2, offer["zone"]):
+            raise UsageError(f"unknown availability zone {offer['zone']!r}; use one like us-east-1a (compute.zone)")
+        return found[0].get("VCpuInfo", {}).get("DefaultVCpus", 1)
 
-    def _instance(self, described: dict, region: str) -> Instance:
-        tags = {t["Key"]: t["Value"] for t in described.get("Tags", [])}
-        return Instance(
-            instance_id=described["InstanceId"], job_id=tags.get(JOB_TAG, ""), cloud="aws", region=region,
-            zone=described.get("Placement", {}).get("AvailabilityZone"), instance_type=described["InstanceType"],
-            spot=described.get("InstanceLifecycle") == "spot", launched_at=described["LaunchTime"].timestamp(),
-            extra={"python": CLOUD_PYTHON, "bootstrap_dir": CLOUD_ROOT, "public_ip": described.get("PublicIpAddress"),
-                   "job_url": tags.get(JOB_URL_TAG)},
-        )
-
-    def _describe(self, region: str, filters: list[dict]) -> list[dict]:
-        pages = self._client("ec2", region).get_paginator("describe_instances").paginate(Filters=filters)
+    @staticmethod
+    def _zones(ec2, zone: str) -> list[dict]:
+        selector = {"ZoneIds": [zone]} if re.match(r"^[a-z]+[0-9]+-az[0-9]+$", zone) else {"ZoneNames": [zone]}
         try:
-            return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+            return ec2.describe_availability_zones(**selector)["AvailabilityZones"]
         except Exception as error:
-            raise _error(error, "describe_instances") from None
+            if _code(error) != "InvalidParameterValue":
+                raise _error(error, "describing the zone") from None
+            return []
 
-    # --- protocol ------------------------------------------------------------------------------
-    def preflight(self, offer: Offer, spec) -> None:
-        offer = as_offer(offer, spec)
-        region = self._region(offer)
-        vcpus = self._check_offer(self._client("ec2", region), offer)
-        bucket = job_prefix(spec, "preflight", "s3")
-        try:
-            self._client("s3", region).head_bucket(Bucket=bucket.bucket)
-        except Exception as error:
-            if _code(error) in ("404", "NoSuchBucket"):
-                raise UsageError(f"bucket s3://{bucket.bucket} does not exist; create it "
-                                 f"(`aws s3 mb s3://{bucket.bucket}`) or fix checkpoint.bucket") from None
-            raise _error(error, f"reaching bucket s3://{bucket.bucket}") from None
-        family = "vt" if offer.instance_type.startswith("vt") else offer.instance_type[:1]
-        if family not in QUOTAS:
-            return  # not a GPU family nascloud knows the quota code of
-        code = QUOTAS[family][0 if offer.spot else 1]
-        quota = self._quota(region, code)
-        if quota is not None and quota < vcpus:
-            market = "spot" if offer.spot else "on-demand"
-            raise CloudError(f"your AWS {market} quota for {offer.instance_type} in {region} is {quota:g} vCPUs and "
-                             f"it needs {vcpus} (new accounts start at 0); request an increase of quota {code} in the "
-                             "Service Quotas console"
-                             + (", or try on-demand (compute.spot: false)" if offer.spot else ""))
+    def preflight(self, groups: list[GroupSpec]) -> None:
+        for group in groups:
+            offer, spec = group.offer, group.spec
+            region = self._region_of(offer)
+            vcpus = self._check_offer(self._client("ec2", region), offer)
+            _cidr(spec)
+            bucket = job_prefix(spec, group.job_id, "s3")
+            try:
+                self._client("s3", region).head_bucket(Bucket=bucket.bucket)
+            except Exception as error:
+                if _code(error) in ("404", "NoSuchBucket"):
+                    raise UsageError(f"bucket s3://{bucket.bucket} does not exist; create it "
+                                     f"(`aws s3 mb s3://{bucket.bucket}`) or fix checkpoint.bucket") from None
+                raise _error(error, f"reaching bucket s3://{bucket.bucket}") from None
+            kind = offer["instance_type"]
+            family = "vt" if kind.startswith("vt") else kind[:1]
+            if family not in QUOTAS:
+                continue  # not a GPU family nascloud knows the quota code of
+            spot = bool(offer.get("spot"))
+            code = QUOTAS[family][0 if spot else 1]
+            quota, needed = self._quota(region, code), vcpus * max(group.size, 1)
+            if quota is not None and quota < needed:
+                market = "spot" if spot else "on-demand"
+                raise CloudError(f"your AWS {market} quota for {kind} in {region} is {quota:g} vCPUs and it needs "
+                                 f"{needed} (new accounts start at 0); request an increase of quota {code} in the "
+                                 "Service Quotas console" + (", or try on-demand (compute.spot: false)" if spot else ""))
 
     def _quota(self, region: str, code: str) -> Optional[float]:
         quotas = self._client("service-quotas", region)
@@ -282,53 +354,57 @@ class AwsProvisioner:
                     raise _error(error, "reading the GPU quota") from None
         return None
 
-    def launch(self, job_id: str, offer: Offer, spec) -> Instance:
-        offer = as_offer(offer, spec)
-        region = self._region(offer)
-        for existing in self.list_owned(job_id):
-            if existing.region == region:
-                return existing
-        bucket = job_prefix(spec, job_id, "s3")
-        cidr = ssh_cidr(spec, self._cidr_lookup)
-        ec2 = self._client("ec2", region)
-        offer = self._placed(ec2, offer, region)
-        self._check_offer(ec2, offer)
-        image = spec.compute.image or self._image(region)
-        client_key, host_key = job_keys(self.home, job_id)
-        user_data = cloud_bootstrap("aws", bucket.url, offer.gpu, host_key)
-        requests = _requests(job_id, offer, spec, image, cidr, user_data, "", self.owner)
+    def create_groups(self, groups: list[GroupSpec]) -> None:
+        if not groups:
+            return
+        job_id, spec = groups[0].job_id, groups[0].spec
         try:
-            self._ensure_key_pair(ec2, job_id, client_key.public_line)
-            group = self._ensure_security_group(ec2, requests)
-            self._ensure_role(region, requests)
+            self._create(groups, job_id, spec)
+        except NascloudError:
+            self.delete(job_id)  # a group that cannot be made leaves nothing behind
+            raise
+
+    def _create(self, groups: list[GroupSpec], job_id: str, spec) -> None:
+        bucket = job_prefix(spec, job_id, "s3")
+        cidr = _cidr(spec)
+        made = job_requests(groups, bucket.bucket, bucket.prefix, cidr)
+        self._ensure_role(made)
+        for group in groups:
+            region = self._region_of(group.offer)
+            name = group_name(job_id, group.name)
+            if self._auto_scaling_groups(region, [{"Name": f"tag:{JOB_TAG}", "Values": [job_id]},
+                                                  {"Name": f"tag:{GROUP_TAG}", "Values": [group.name]}]):
+                continue  # made by an earlier launch of the same job: left as it is
+            ec2 = self._client("ec2", region)
+            self._check_offer(ec2, group.offer)
+            image = spec.compute.image or self._image(region)
+            security_group = self._ensure_security_group(ec2, made) if cidr else None
+            key_name = self._ensure_key_pair(ec2, job_id) if cidr else None
+            found = requests(group, image, self._subnets(ec2, group.offer), security_group, key_name)
+            self._ensure(ec2.create_launch_template, found["CreateLaunchTemplate"],
+                         "InvalidLaunchTemplateName.AlreadyExistsException", "creating the launch template")
+            self._call(f"creating the Auto Scaling group {name}",
+                       self._client("autoscaling", region).create_auto_scaling_group, **found["CreateAutoScalingGroup"])
+
+    def _ensure(self, call, params: dict, exists: str, what: str) -> None:
+        try:
+            call(**params)
         except Exception as error:
-            raise _error(error, "preparing the job's key pair, security group and role", offer) from None
-        requests["RunInstances"]["SecurityGroupIds"] = [group]
-        return self._instance(self._run(ec2, requests["RunInstances"], offer), region)
+            if _code(error) != exists:  # made by an earlier launch of the same job: left as it is
+                raise _error(error, what) from None
 
-    def _placed(self, ec2, offer: LaunchOffer, region: str) -> LaunchOffer:
-        """The offer in the zone its catalog price is for: zone IDs are the same in every account, the
-        names they map to are not."""
-        zone_id = _zone_id(offer)
-        if not zone_id:
-            return offer
-        zones = _zones(ec2, offer, ZoneIds=[zone_id])
-        if not zones:
-            raise CapacityError(f"availability zone {zone_id} is not offered to this account in {region}; "
-                                "another zone is tried next")
-        return replace(offer, zone=zones[0]["ZoneName"])
-
-    def _run(self, ec2, params: dict, offer: LaunchOffer) -> dict:
-        # A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually consistent).
-        attempt = 0
-        while True:
-            try:
-                return ec2.run_instances(**params)["Instances"][0]
-            except Exception as error:
-                attempt += 1
-                if _code(error) != "InvalidParameterValue" or "iam" not in str(error).lower() or attempt == 12:
-                    raise _error(error, "run_instances", offer) from None
-                time.sleep(self._poll)
+    def _subnets(self, ec2, offer: dict) -> list[str]:
+        """The default subnet of each zone the offer may use (every zone of the region if it lists none)."""
+        filters = [{"Name": "default-for-az", "Values": ["true"]}]
+        if zone_ids := _zone_ids(offer):
+            filters.append({"Name": "availability-zone-id", "Values": zone_ids})
+        elif offer.get("zone"):
+            filters.append({"Name": "availability-zone", "Values": [offer["zone"]]})
+        subnets = self._call("describing the default subnets", ec2.describe_subnets, Filters=filters)["Subnets"]
+        if not subnets:
+            raise CloudError(f"no default subnet in zones {', '.join(zone_ids) or offer.get('zone') or 'of the region'}; "
+                             "create the default VPC (`aws ec2 create-default-vpc`) or choose another region")
+        return [s["SubnetId"] for s in sorted(subnets, key=lambda s: s.get("AvailabilityZoneId", ""))]
 
     def _image(self, region: str) -> str:
         try:
@@ -339,107 +415,181 @@ class AwsProvisioner:
                                  "give an AMI id as compute.image") from None
             raise _error(error, "looking up the Deep Learning AMI") from None
 
-    def _ensure_key_pair(self, ec2, job_id: str, public_line: str) -> None:
-        try:
-            ec2.import_key_pair(KeyName=_name(job_id), PublicKeyMaterial=public_line.encode(), TagSpecifications=[
-                {"ResourceType": "key-pair", "Tags": [{"Key": JOB_TAG, "Value": job_id}]}])
-        except Exception as error:
-            if _code(error) != "InvalidKeyPair.Duplicate":
-                raise
+    def _ensure_key_pair(self, ec2, job_id: str) -> str:
+        key = ensure_key(keys_dir(self.home, job_id) / "id_ed25519", _name(job_id))
+        self._ensure(lambda **p: ec2.import_key_pair(**p), {
+            "KeyName": _name(job_id), "PublicKeyMaterial": key.public_line.encode(),
+            "TagSpecifications": [{"ResourceType": "key-pair", "Tags": [{"Key": JOB_TAG, "Value": job_id}]}]},
+            "InvalidKeyPair.Duplicate", "importing the job's SSH key")
+        return _name(job_id)
 
-    def _ensure_security_group(self, ec2, requests: dict) -> str:
-        name = requests["CreateSecurityGroup"]["GroupName"]
-        found = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
+    def _ensure_security_group(self, ec2, made: dict) -> str:
+        name = made["CreateSecurityGroup"]["GroupName"]
+        found = self._call("describing security groups", ec2.describe_security_groups,
+                           Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
         if found:
             return found[0]["GroupId"]
-        group = ec2.create_security_group(**requests["CreateSecurityGroup"])["GroupId"]
-        ec2.authorize_security_group_ingress(GroupId=group, **requests["AuthorizeSecurityGroupIngress"])
+        group = self._call("creating the security group", ec2.create_security_group,
+                           **made["CreateSecurityGroup"])["GroupId"]
+        self._call("opening SSH", ec2.authorize_security_group_ingress, GroupId=group,
+                   **made["AuthorizeSecurityGroupIngress"])
         return group
 
-    def _ensure_role(self, region: str, requests: dict) -> None:
-        iam = self._client("iam", region)
-        name = requests["CreateRole"]["RoleName"]
-        for call, params in ((iam.create_role, requests["CreateRole"]),
-                             (iam.create_instance_profile, {"InstanceProfileName": name}),
-                             (iam.add_role_to_instance_profile, {"InstanceProfileName": name, "RoleName": name})):
+    def _ensure_role(self, made: dict) -> None:
+        iam = self._client("iam")
+        name = made["CreateRole"]["RoleName"]
+        for call, params, exists in (
+                (iam.create_role, made["CreateRole"], "EntityAlreadyExists"),
+                (iam.create_instance_profile, {"InstanceProfileName": name, "Tags": made["CreateRole"]["Tags"]},
+                 "EntityAlreadyExists"),
+                (iam.add_role_to_instance_profile, {"InstanceProfileName": name, "RoleName": name}, "LimitExceeded")):
+            self._ensure(call, params, exists, "creating the instance identity")
+        self._call("setting the instance identity's policy", iam.put_role_policy, **made["PutRolePolicy"])
+
+    # --- observe and resize -------------------------------------------------------------------------
+    def _auto_scaling_groups(self, region: str, filters: list[dict]) -> list[dict]:
+        pages = self._client("autoscaling", region).get_paginator("describe_auto_scaling_groups").paginate(
+            Filters=filters)
+        try:
+            return [g for page in pages for g in page["AutoScalingGroups"]]
+        except Exception as error:
+            raise _error(error, "describe_auto_scaling_groups") from None
+
+    def _describe(self, region: str, filters: list[dict]) -> list[dict]:
+        pages = self._client("ec2", region).get_paginator("describe_instances").paginate(Filters=filters)
+        try:
+            return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        except Exception as error:
+            raise _error(error, "describe_instances") from None
+
+    def _zone_id(self, region: str, zone: Optional[str]) -> Optional[str]:
+        """The zone's ID, what the bundle's price table is keyed by (one describe per region, cached)."""
+        if region not in self._zone_names:
+            zones = self._call("describing zones", self._client("ec2", region).describe_availability_zones)
+            self._zone_names[region] = {z["ZoneName"]: z["ZoneId"] for z in zones["AvailabilityZones"]}
+        return self._zone_names[region].get(zone, zone)
+
+    def _instance(self, described: dict, region: str, all_spot: bool) -> Instance:
+        tags = {t["Key"]: t["Value"] for t in described.get("Tags", [])}
+        return Instance(
+            instance_id=described["InstanceId"], job_id=tags.get(JOB_TAG, ""), group=tags.get(GROUP_TAG, ""),
+            cloud="aws", region=region,
+            zone=self._zone_id(region, described.get("Placement", {}).get("AvailabilityZone")),
+            instance_type=described["InstanceType"],
+            spot=described.get("InstanceLifecycle") == "spot" or all_spot, state=_state(described),
+            launched_at=_parse_time(described.get("LaunchTime")), ended_at=_ended_at(described))
+
+    @staticmethod
+    def _all_spot(described_group: dict) -> bool:
+        distribution = described_group.get("MixedInstancesPolicy", {}).get("InstancesDistribution", {})
+        return (int(distribution.get("OnDemandBaseCapacity", 0)) == 0
+                and int(distribution.get("OnDemandPercentageAboveBaseCapacity", 100)) == 0)
+
+    def _groups(self, region: str, job_id: Optional[str]) -> list[Group]:
+        selector = ({"Name": f"tag:{JOB_TAG}", "Values": [job_id]} if job_id else {"Name": "tag-key", "Values": [JOB_TAG]})
+        found = self._auto_scaling_groups(region, [selector])
+        if not found:
+            return []
+        by_name = {g["AutoScalingGroupName"]: g for g in found}
+        instances: dict[str, list[Instance]] = {}
+        # Terminated instances stay listed for about an hour: that is how ended ones are seen with their end.
+        for described in self._describe(region, [selector if job_id else {"Name": "tag-key", "Values": [JOB_TAG]}]):
+            tags = {t["Key"]: t["Value"] for t in described.get("Tags", [])}
+            if tags.get(ASG_TAG) in by_name:
+                instances.setdefault(tags[ASG_TAG], []).append(
+                    self._instance(described, region, self._all_spot(by_name[tags[ASG_TAG]])))
+        result = []
+        for name, described_group in by_name.items():
+            tags = {t["Key"]: t["Value"] for t in described_group.get("Tags", [])}
+            group = Group(job_id=tags.get(JOB_TAG, ""), name=tags.get(GROUP_TAG, name),
+                          size=described_group["DesiredCapacity"],
+                          instances=tuple(sorted(instances.get(name, []), key=lambda i: i.launched_at or 0)),
+                          reason=tags.get(REASON_TAG) or None)
+            if tags.get(JOB_URL_TAG):
+                self._job_urls[group.job_id, group.name] = tags[JOB_URL_TAG]
+            result.append(group)
+        return sorted(result, key=lambda g: g.name)
+
+    def groups(self, job_id: str) -> list[Group]:
+        """One describe_auto_scaling_groups and one describe_instances per region (plus, once per
+        region and provisioner, the zone names' IDs)."""
+        return [g for region in sorted(self.regions) for g in self._groups(region, job_id)]
+
+    def resize(self, job_id: str, group: str, size: int, reason: Optional[str] = None) -> None:
+        name = group_name(job_id, group)
+        for region in sorted(self.regions):
+            client = self._client("autoscaling", region)
             try:
-                call(**params)
+                if reason:
+                    client.create_or_update_tags(Tags=[{"ResourceId": name, "ResourceType": "auto-scaling-group",
+                                                        "Key": REASON_TAG, "Value": reason[:256],
+                                                        "PropagateAtLaunch": False}])
+                client.set_desired_capacity(AutoScalingGroupName=name, DesiredCapacity=size, HonorCooldown=False)
             except Exception as error:
-                if _code(error) not in ("EntityAlreadyExists", "LimitExceeded"):
-                    raise
-        iam.put_role_policy(**requests["PutRolePolicy"])
+                if _code(error) == "ValidationError" and "not found" in str(error).lower():
+                    continue  # a missing group is success
+                raise _error(error, f"resizing {name}") from None
 
-    def status(self, instances: list[Instance]) -> dict[str, State]:
-        states = {i.instance_id: State.TERMINATED for i in instances}  # gone from AWS: terminated long ago
-        by_region: dict[str, list[str]] = {}
-        for instance in instances:
-            by_region.setdefault(instance.region, []).append(instance.instance_id)
-        for region, ids in by_region.items():
-            for start in range(0, len(ids), 200):  # the API takes at most 200 values per filter
-                for described in self._describe(region, [{"Name": "instance-id", "Values": ids[start:start + 200]}]):
-                    states[described["InstanceId"]] = _state(described)
-        return states
-
-    def terminate(self, instances: list[Instance]) -> None:
-        by_region: dict[str, list[str]] = {}
-        for instance in instances:
-            by_region.setdefault(instance.region, []).append(instance.instance_id)
-        for region, ids in by_region.items():
-            # Only those that exist and are not already going: a missing instance is success.
-            live = [d["InstanceId"] for d in self._describe(region, [
-                {"Name": "instance-id", "Values": ids},
-                {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])]
-            if live:
-                try:
-                    self._client("ec2", region).terminate_instances(InstanceIds=live)
-                except Exception as error:
-                    raise _error(error, "terminate_instances") from None
-
-    def list_owned(self, job_id: Optional[str] = None) -> list[Instance]:
-        tag = ({"Name": f"tag:{JOB_TAG}", "Values": [job_id]} if job_id else {"Name": "tag-key", "Values": [JOB_TAG]})
-        live = {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}
-        return [self._instance(d, region) for region in sorted(self.regions)
-                for d in self._describe(region, [tag, live])]
-
-    def ssh_target(self, instance: Instance) -> SshTarget:
-        client_key, host_key = job_keys(self.home, instance.job_id)
-        if self._ssh_address:
-            host, port = self._ssh_address(instance)
-        else:
-            found = self._describe(instance.region, [{"Name": "instance-id", "Values": [instance.instance_id]}])
-            host, port = (found[0].get("PublicIpAddress") if found else None), 22
-            if not host:
-                raise CloudError(f"{instance.instance_id} has no public address (yet); wait until it is running")
-        return SshTarget(host, port, self.ssh_user, str(client_key.private_path), host_key_line(host_key))
-
-    def release(self, job_id: str) -> None:
+    def delete(self, job_id: str, tries: int = 60) -> None:
         name = _name(job_id)
         for region in sorted(self.regions):
-            ec2 = self._client("ec2", region)
-            self._wait_gone(region, job_id)
-            for call, params, missing in (
-                (self._delete_group, {"ec2": ec2, "name": name}, ""),
-                (ec2.delete_key_pair, {"KeyName": name}, "InvalidKeyPair.NotFound"),
-            ):
-                try:
-                    call(**params)
-                except Exception as error:
-                    if _code(error) != missing:
-                        raise _error(error, f"deleting {name}") from None
-        iam = self._client("iam", next(iter(sorted(self.regions))))
+            ec2, auto_scaling = self._client("ec2", region), self._client("autoscaling", region)
+            found = self._auto_scaling_groups(region, [{"Name": f"tag:{JOB_TAG}", "Values": [job_id]}])
+            for described in found:
+                self.resize(job_id, {t["Key"]: t["Value"] for t in described["Tags"]}.get(GROUP_TAG, ""), 0)
+            self._wait_gone(region, job_id, tries)
+            for described in found:
+                # At 0 with no instance left, ForceDelete only skips waiting on scaling activities.
+                self._quiet(auto_scaling.delete_auto_scaling_group, {
+                    "AutoScalingGroupName": described["AutoScalingGroupName"], "ForceDelete": True}, "ValidationError")
+            templates = self._call("describing launch templates", ec2.describe_launch_templates,
+                                   Filters=[{"Name": f"tag:{JOB_TAG}", "Values": [job_id]}])["LaunchTemplates"]
+            for template in templates:
+                self._quiet(ec2.delete_launch_template, {"LaunchTemplateId": template["LaunchTemplateId"]},
+                            "InvalidLaunchTemplateId.NotFound")
+            for group in self._call("describing security groups", ec2.describe_security_groups, Filters=[
+                    {"Name": "group-name", "Values": [name]}])["SecurityGroups"]:
+                self._quiet(ec2.delete_security_group, {"GroupId": group["GroupId"]}, "InvalidGroup.NotFound")
+            self._quiet(ec2.delete_key_pair, {"KeyName": name}, "InvalidKeyPair.NotFound")
+        iam = self._client("iam")
         for call, params in ((iam.remove_role_from_instance_profile, {"InstanceProfileName": name, "RoleName": name}),
                              (iam.delete_instance_profile, {"InstanceProfileName": name}),
-                             (iam.delete_role_policy, {"RoleName": name, "PolicyName": "job-prefix"}),
+                             (iam.delete_role_policy, {"RoleName": name, "PolicyName": "job"}),
                              (iam.delete_role, {"RoleName": name}),
                              (iam.delete_role_policy, {"RoleName": _fis_role(job_id), "PolicyName": "interrupt"}),
                              (iam.delete_role, {"RoleName": _fis_role(job_id)})):
-            try:
-                call(**params)
-            except Exception as error:
-                if _code(error) != "NoSuchEntity":
-                    raise _error(error, f"deleting the role {name}") from None
+            self._quiet(call, params, "NoSuchEntity")
         remove_job_keys(self.home, job_id)
 
+    def _quiet(self, call, params: dict, missing: str) -> None:
+        try:
+            call(**params)
+        except Exception as error:
+            if _code(error) != missing:
+                raise _error(error, f"deleting {next(iter(params.values()))}") from None
+
+    def _wait_gone(self, region: str, job_id: str, tries: int) -> None:
+        """A security group can only go once the job's instances have finished terminating."""
+        filters = [{"Name": f"tag:{JOB_TAG}", "Values": [job_id]},
+                   {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped",
+                                                             "shutting-down"]}]
+        for _ in range(tries):
+            left = self._describe(region, filters)
+            if not left:
+                return
+            time.sleep(self._poll)
+        raise CloudError(f"{', '.join(d['InstanceId'] for d in left)} of job {job_id} are still terminating; "
+                         "run the command again in a minute")
+
+    def list_owned(self) -> list[Group]:
+        return [g for region in sorted(self.regions) for g in self._groups(region, None)]
+
+    def job_url(self, group: Group) -> Optional[str]:
+        if (group.job_id, group.name) not in self._job_urls:
+            self.groups(group.job_id)
+        return self._job_urls.get((group.job_id, group.name))
+
+    # --- fire drill ------------------------------------------------------------------------------------
     def preempt(self, instance: Instance) -> None:
         """Interrupt a spot instance with AWS FIS (two minutes' notice, then the reclaim), through a per-job
         role FIS assumes; the experiment template is deleted once the experiment has started."""
@@ -447,7 +597,7 @@ class AwsProvisioner:
             raise UsageError(f"{instance.instance_id} is on-demand: only spot instances can be interrupted; "
                              "drill a job that runs on spot (compute.spot: true)")
         iam, fis = self._client("iam", instance.region), self._client("fis", instance.region)
-        name = _fis_role(instance.job_id)  # deleted by release()
+        name = _fis_role(instance.job_id)  # deleted by delete()
         try:
             try:
                 role_arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(
@@ -492,35 +642,38 @@ class AwsProvisioner:
                 if template.get("tags", {}).get(JOB_TAG) == job_id:
                     fis.delete_experiment_template(id=template["id"])
 
-    def _wait_gone(self, region: str, job_id: str, tries: int = 60) -> None:
-        """The security group can only go once the job's instances have finished terminating."""
-        filters = [{"Name": f"tag:{JOB_TAG}", "Values": [job_id]},
-                   {"Name": "instance-state-name",
-                    "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}]
-        for _ in range(tries):
-            left = self._describe(region, filters)
-            if not left:
-                return
-            time.sleep(self._poll)
-        raise CloudError(f"{', '.join(d['InstanceId'] for d in left)} of job {job_id} still exist; terminate them "
-                         "first, then release again")
+    # --- the instance side --------------------------------------------------------------------------------
+    def whoami(self, job_id: str, group: str) -> Instance:
+        """This instance from IMDSv2 (a session token first: the launch template requires it), and its
+        launch time from DescribeInstances."""
+        base = os.environ.get(METADATA_ENV, "http://169.254.169.254").rstrip("/")
+        try:
+            token_request = urllib.request.Request(f"{base}/latest/api/token", method="PUT",
+                                                   headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"})
+            with urllib.request.urlopen(token_request, timeout=5) as reply:
+                token = reply.read().decode()
 
-    @staticmethod
-    def _delete_group(ec2, name: str) -> None:
-        for group in ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]:
-            ec2.delete_security_group(GroupId=group["GroupId"])
+            def read(path: str) -> str:
+                request = urllib.request.Request(f"{base}/latest/meta-data/{path}",
+                                                 headers={"X-aws-ec2-metadata-token": token})
+                with urllib.request.urlopen(request, timeout=5) as reply:
+                    return reply.read().decode().strip()
+
+            instance_id, kind = read("instance-id"), read("instance-type")
+            zone_id, life_cycle = read("placement/availability-zone-id"), read("instance-life-cycle")
+        except OSError as error:
+            raise CloudError(f"cannot read this instance's metadata at {base} ({error}); is this an EC2 instance?") \
+                from None
+        found = self._describe(self.region, [{"Name": "instance-id", "Values": [instance_id]}])
+        return Instance(instance_id=instance_id, job_id=job_id, group=group, cloud="aws", region=self.region,
+                        zone=zone_id, instance_type=kind, spot=life_cycle == "spot",
+                        state=_state(found[0]) if found else State.RUNNING,
+                        launched_at=_parse_time(found[0]["LaunchTime"]) if found else None)
+
+    def power_off(self) -> None:
+        power_off()
 
 
-def _state(described: dict) -> State:
-    """An EC2 instance's state; a spot reclaim reads PREEMPTED whatever the instance's state name."""
-    name = described["State"]["Name"]
-    reason = described.get("StateReason", {}).get("Code", "")
-    if reason in SPOT_REASONS:
-        return State.PREEMPTED
-    if name == "pending":
-        return State.PENDING
-    if name == "running":
-        return State.RUNNING
-    if reason.startswith("Server."):  # e.g. Server.InternalError, Server.InsufficientInstanceCapacity
-        return State.FAILED
-    return State.TERMINATED
+def _cidr(spec) -> Optional[str]:
+    """compute.ssh_cidr checked, or None: no SSH, no inbound port (nothing is looked up for the caller)."""
+    return ssh_cidr(spec, lambda: "") if spec.compute.ssh_cidr else None

@@ -180,3 +180,37 @@ def cloud_bootstrap(cloud: str, job_url: str, gpu: Optional[str], host_key: Opti
         "NASCLOUD_GPU": gpu or "",
         "NASCLOUD_HOST_KEY_B64": private,
     })
+
+
+def offer_record(offer) -> dict:
+    """An offer as the bundle's dict (a pydantic record, a dataclass or a dict)."""
+    if isinstance(offer, Mapping):
+        return dict(offer)
+    if hasattr(offer, "model_dump"):
+        return offer.model_dump(mode="json")
+    return dict(vars(offer))
+
+
+def dry_run_group(cloud: str, job_id: str, offer, spec, name: str = "search"):
+    """The search group a launch of spec on offer would create, for the dry run (no bundle, no network):
+    the offer completed from the job's compute section, the bootstrap values and tags launch would give."""
+    from nascloud.provisioners.base import GroupSpec
+
+    record, flat = offer_record(offer), as_offer(offer_record(offer), spec)
+    record.update(cloud=cloud, region=flat.region, zone=flat.zone, instance_type=flat.instance_type, gpu=flat.gpu,
+                  spot=flat.spot, gpu_count=flat.gpu_count)
+    url = job_prefix(spec, job_id, {"aws": "s3", "gcp": "gs"}[cloud]).url
+    env = {"NASCLOUD_CLOUD": cloud, "NASCLOUD_JOB_ID": job_id, "NASCLOUD_GROUP": name, "NASCLOUD_JOB_URL": url,
+           "NASCLOUD_REGION": flat.region or "", "NASCLOUD_ROOT": CLOUD_ROOT, "NASCLOUD_GPU": flat.gpu or "",
+           "NASCLOUD_SSH": "1" if spec.compute.ssh_cidr else ""}
+    tags = {"nascloud-job": job_id, "nascloud-owner": default_owner(), "nascloud-job-url": url}
+    return GroupSpec(job_id=job_id, name=name, size=1, bootstrap_env=env, offer=record, spec=spec, tags=tags)
+
+
+def power_off() -> None:
+    """On a cloud instance: end this machine (its shutdown behaviour terminates it, so billing stops).
+    NASCLOUD_POWEROFF_COMMAND replaces `shutdown -h now` where a test plays the machine."""
+    import subprocess
+
+    command = os.environ.get("NASCLOUD_POWEROFF_COMMAND") or "shutdown -h now"
+    subprocess.run(command, shell=True, check=False)
