@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Optional
 
 from nascloud.bundle import Bundle, parse_bundle
-from nascloud.errors import NascloudError
 
 FINAL = ("finished", "stopped", "budget", "deadline", "failed")
 
@@ -233,9 +232,16 @@ def spend(bucket: JobBucket, now: float) -> float:
     return ledger_total([e.billed(now) for e in bucket.ledger()], now) + bucket.charges_usd()
 
 
-def safe(call, default=None):
-    """An observer's read that must not take the whole view down with it (a bucket that answers badly)."""
-    try:
-        return call()
-    except NascloudError:
-        return default
+def money(bucket: JobBucket, now: float):
+    """The budget's view of the job now (nascloud.budget.evaluate over the bucket's ledger): spend, burn,
+    projection, P(over), the alerts due and the stop decision. Deciding is the instance's; observers only show.
+    The cap leaves room for what a stop still bills: the final snapshot, the group to 0, the power-off."""
+    from nascloud.budget import SHUTDOWN_SECONDS, BudgetConfig, Progress, evaluate
+
+    bundle = bucket.bundle()
+    shutdown = float(os.environ.get("NASCLOUD_SHUTDOWN_SECONDS", SHUTDOWN_SECONDS))
+    config = BudgetConfig.for_bundle(bundle, bucket.budget(), tick_seconds=heartbeat_seconds(),
+                                     shutdown_seconds=shutdown)
+    progress = Progress.of(bucket.progress(), bundle.spec.search.epochs, bundle.spec.search.max_trials)
+    ledger = [e.billed(now) for e in bucket.ledger()]
+    return evaluate(ledger, progress, config, bucket.fired(), now, extra_usd=bucket.charges_usd())

@@ -1,13 +1,16 @@
-"""Turning a job file into a launched job: checks that cost nothing first, then the bundle in the bucket.
+"""The use cases (one per command that changes a job): launch, stop, resume, results, drill, gc.
 
-Order matters for money: everything that can be refused (a bad job file, a bucket that does not suit
-the provider, a missing data set, a budget the estimate already exceeds) is refused before any
-instance exists.
+Launch checks everything that costs nothing first (a bad job file, a bucket that does not suit the
+provider, a missing data set, a budget the estimate already exceeds), then writes the bundle to the bucket
+and creates the job's groups; after that the instances govern the job themselves. The others work from any
+machine on the job's bucket.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,9 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from nascloud.errors import UsageError
+from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.job import JobSpec
-from nascloud.state import State
 
 BUCKET_SCHEMES = {"local": ("file://", "s3://", "gs://"), "aws": ("s3://",), "gcp": ("gs://",)}
 
@@ -87,34 +89,205 @@ def build_wheel() -> Path:
     return wheels[0]
 
 
-def create_job(state: State, spec: JobSpec, offer: dict, estimate: Optional[dict], interval_minutes: float) -> str:
-    """Upload the bundle (job, data set once by content, wheel for clouds) and record the job."""
-    from nascloud.agent.data import pack_dataset
-    from nascloud.budget import request_charges
-    from nascloud.checkpoints import job_url as job_prefix_url, open_store, parse_url
-    from nascloud.pricing import load_catalog
+def group_specs(bundle) -> list:
+    """What the provider needs to create the job's groups: each group's size, its bootstrap's values and tags."""
+    from nascloud.provisioners import GroupSpec
+    from nascloud.provisioners.common import CLOUD_ROOT, default_owner
 
+    cloud = bundle.offer.cloud
+    env = {"NASCLOUD_CLOUD": cloud, "NASCLOUD_JOB_ID": bundle.job_id, "NASCLOUD_JOB_URL": bundle.job_url,
+           "NASCLOUD_REGION": bundle.offer.region or "", "NASCLOUD_GPU": bundle.offer.gpu or "",
+           "NASCLOUD_SSH": "1" if bundle.spec.compute.ssh_cidr else ""}
+    if cloud != "local":
+        env["NASCLOUD_ROOT"] = CLOUD_ROOT  # a local host gets its own folder from its group
+    tags = {"nascloud-job": bundle.job_id, "nascloud-owner": default_owner(), "nascloud-job-url": bundle.job_url}
+    return [GroupSpec(bundle.job_id, g.name, g.size, {**env, "NASCLOUD_GROUP": g.name}, bundle.offer.model_dump(),
+                      bundle.spec, tags) for g in bundle.groups]
+
+
+def dry_run(spec: JobSpec, price_per_hour: Optional[float]) -> dict:
+    """The exact requests the cloud would receive for the job's groups; no credentials, no network."""
+    from nascloud.provisioners import launch_request
+
+    check_bucket_suits(spec)
+    return launch_request(spec, choose_offer(spec, price_per_hour))
+
+
+def launch(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool = False):
+    """Launch a job: every check that costs nothing, then the bundle (job, data set once by content, wheel for
+    clouds, budget record) in the bucket and the job's groups. Returns the job's bucket; from here on the
+    instances govern the job, and this machine is only an observer."""
+    from nascloud.agent.data import check_data_source, pack_dataset
+    from nascloud.budget import request_charges
+    from nascloud.bundle import Bundle, OfferRecord
+    from nascloud.checkpoints import job_url as job_prefix_url, open_store, parse_url
+    from nascloud.estimating import estimate_for_offer
+    from nascloud.jobbucket import JobBucket
+    from nascloud.paths import nascloud_home
+    from nascloud.pricing import load_catalog
+    from nascloud.provisioners import provisioner_for
+    from nascloud.state import JobCache
+
+    check_bucket_suits(spec)
+    offer = choose_offer(spec, price_per_hour)
+    check_data_source(spec.search)
+    estimate, interval_minutes = estimate_for_offer(spec, offer)
+    if spec.checkpoint.interval_minutes != "auto":
+        interval_minutes = spec.checkpoint.interval_minutes
+    if spec.budget.usd and estimate["cost_usd"]["p50"] > spec.budget.usd and not force:
+        raise UsageError(
+            f"the estimate's P50 cost ${estimate['cost_usd']['p50']:.2f} (P90 ${estimate['cost_usd']['p90']:.2f}, "
+            f"{estimate['wall_hours']['p50']:.1f} h) already exceeds the budget ${spec.budget.usd:.2f}; "
+            "raise --budget, shrink the search, or pass --force")
     job_id = new_job_id(spec)
     job_url = job_prefix_url(spec.checkpoint.bucket, job_id)
-    store = open_store(job_url)
+    record = OfferRecord.model_validate({k: v for k, v in offer.items() if k in OfferRecord.model_fields})
     with tempfile.TemporaryDirectory(prefix="nascloud-data-") as scratch:
         packed = pack_dataset(spec.search, Path(scratch))
-        data_name = f"data/{packed.name}"
-        if not store.exists(data_name):
-            store.put_file(data_name, packed)
-    bundle = {"job_id": job_id, "spec": spec.model_dump(mode="json"), "data": data_name, "offer": offer,
-              "price_per_hour": offer["price_per_hour"], "interval_minutes": interval_minutes,
-              "bucket_rates": load_catalog().bucket_rates(parse_url(job_url).scheme),
-              "created_at": time.time(), "wheel": None}
-    if offer["cloud"] != "local":
-        wheel = build_wheel()
-        bundle["wheel"] = f"bundle/{wheel.name}"
-        store.put_file(bundle["wheel"], wheel)
-    store.put_json("bundle/job.json", bundle)
-    state.add_job(job_id, spec.name, job_url, bundle, spec.budget.usd, spec.budget.max_hours, estimate,
-                  bundle["created_at"])
-    state.add_event(job_id, "created", f"job {job_id} created; state in {job_url}", bundle["created_at"])
-    requests = asdict(store.requests)  # the bundle's uploads open the job's ledger
-    state.set_charge(job_id, "requests:launch", request_charges(requests, bundle["bucket_rates"]), requests,
-                     bundle["created_at"])
-    return job_id
+        bundle = Bundle(job_id=job_id, job_url=job_url, created_at=time.time(), spec=spec, offer=record,
+                        data=f"data/{packed.name}", interval_minutes=interval_minutes,
+                        bucket_rates=load_catalog().bucket_rates(parse_url(job_url).scheme), estimate=estimate,
+                        local_root=str((nascloud_home() / "local").resolve()) if record.cloud == "local" else None)
+        provisioner = provisioner_for(bundle)
+        provisioner.preflight(group_specs(bundle))  # quota, names, the bucket: before anything is created
+        store = open_store(job_url)
+        if not store.exists(bundle.data):
+            store.put_file(bundle.data, packed)
+    if record.cloud != "local":
+        built = build_wheel()
+        bundle = bundle.model_copy(update={"wheel": f"bundle/{built.name}"})
+        store.put_file(bundle.wheel, built)
+    store.put_json("bundle/job.json", bundle.to_json())
+    bucket = JobBucket(store)
+    bucket.set_budget(spec.budget.usd, spec.budget.max_hours)
+    JobCache().remember(job_id, spec.name, job_url, bundle.created_at)
+    bucket.add_event("created", f"job {job_id} created on {record.cloud} {record.instance_type} at "
+                                f"${record.price_per_hour:.4f}/h; state in {job_url}")
+    requests = asdict(store.requests)  # the bundle's uploads open the job's bucket charges
+    bucket.put_charge("launch", request_charges(requests, bundle.bucket_rates), requests)
+    provisioner.create_groups(group_specs(bundle))
+    bucket.add_event("groups", f"group {', '.join(g.name for g in bundle.groups)} created; "
+                               "the instances govern the job from here")
+    return bucket
+
+
+def stop(bucket, timeout_seconds: float) -> str:
+    """Ask the instance to stop (from any machine): it takes its final snapshot, writes its exit record and
+    ends its groups. Whatever happens, the groups are at 0 when this returns. Returns the final status."""
+    from nascloud.observer import HALTED, groups, job_status, provisioner, tidy
+
+    bucket.request_stop(by=f"nascloud stop on {socket.gethostname()}")
+    deadline = time.monotonic() + timeout_seconds
+    found = groups(bucket)
+    status, _ = job_status(bucket, found)
+    while status in ("stopping", "running", "launching") and time.monotonic() < deadline and _live(found):
+        time.sleep(1.0)
+        found = groups(bucket)
+        status, _ = job_status(bucket, found)
+    job_id = bucket.bundle().job_id
+    if status not in ("finished", "stopped", "budget", "deadline", "failed"):
+        # Nobody answered (no instance, or it never wrote its record): stop it from here.
+        bucket.write_exit("stopped", "stopped by `nascloud stop` (no instance answered in time)", "observer")
+        status = "stopped"
+    for group in found or ():
+        provisioner(bucket).resize(job_id, group.name, 0, reason="stopped by `nascloud stop`")
+    tidy(bucket, groups(bucket), status if status != HALTED else "stopped")
+    return status
+
+
+def _live(found) -> bool:
+    return found is None or any(g.live for g in found)
+
+
+def resume(bucket, budget_usd: Optional[float], max_hours: Optional[float]) -> None:
+    """Continue a job that stopped (by `stop`, at its budget or deadline, or halted): a new budget record, the
+    stop request and exit record cleared, the groups back at their size."""
+    from nascloud.observer import groups, job_status, provisioner
+
+    status, _ = job_status(bucket, groups(bucket))
+    if status == "finished":
+        raise UsageError(f"job {bucket.bundle().job_id} has finished; see `nascloud results {bucket.bundle().job_id}`")
+    if status in ("running", "launching", "stopping"):
+        raise UsageError(f"job {bucket.bundle().job_id} is {status}; `nascloud stop` it first or watch it")
+    record = bucket.budget()
+    bucket.set_budget(record.get("usd") if budget_usd is None else budget_usd,
+                      record.get("max_hours") if max_hours is None else max_hours)
+    bucket.reopen()
+    bundle = bucket.bundle()
+    bucket.add_event("resumed", "job resumed" + (f" with budget ${budget_usd:.2f}" if budget_usd else ""))
+    prov = provisioner(bucket)
+    prov.create_groups(group_specs(bundle))  # the groups a finished stop deleted
+    for group in bundle.groups:
+        prov.resize(bundle.job_id, group.name, group.size)
+
+
+def results(bucket, folder: Path) -> Optional[dict]:
+    """The leaderboard, labels and best model, copied into folder; None when the search has none yet."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("leaderboard.json", "labels.json", "best_model.keras"):
+        bucket.store.get_file(f"results/{name}", folder / name)
+    board = folder / "leaderboard.json"
+    return json.loads(board.read_text()) if board.exists() else None
+
+
+def drill(bucket, timeout_seconds: float = 1800) -> float:
+    """Preempt the group's current instance the way its cloud would and return the seconds until the agent
+    trains again on a replacement (read from the bucket: the group does the recovery)."""
+    from nascloud.observer import groups, provisioner
+
+    job_id = bucket.bundle().job_id
+    live = [i for g in groups(bucket) or () for i in g.live]
+    beat = bucket.heartbeat()
+    if not live or beat.get("phase") != "searching":
+        raise UsageError(f"job {job_id} has no instance training now to preempt (see `nascloud status {job_id}`)")
+    victim = live[0]
+    started = time.time()
+    bucket.add_event("drill", f"fire drill: preempting {victim.instance_id}")
+    provisioner(bucket).preempt(victim)
+    while time.time() - started < timeout_seconds:
+        beat = bucket.heartbeat()
+        if (beat.get("instance_id") not in (None, victim.instance_id) and beat.get("phase") == "searching"
+                and beat.get("time", 0) > started):
+            seconds = time.time() - started
+            bucket.add_event("drill", f"fire drill: training again after {seconds:.1f} s on {beat['instance_id']}")
+            return seconds
+        time.sleep(0.5)
+    raise CloudError(f"job {job_id} did not recover within {timeout_seconds:.0f} s; see `nascloud logs {job_id}`")
+
+
+def find_garbage(prov, now: Optional[float] = None) -> list[tuple]:
+    """Groups nascloud created whose job is over, halted, or silent (no heartbeat for an hour while something
+    runs). Never one whose job's agent beats, even if this machine never saw the job: every group carries its
+    job's bucket URL, so it is judged by its own bucket."""
+    from nascloud.jobbucket import FINAL, JobBucket
+
+    now = now or time.time()
+    garbage = []
+    for group in prov.list_owned():
+        url = prov.job_url(group)
+        try:
+            bucket = JobBucket.open(url) if url else None
+            record = (bucket.exit_record() or {}) if bucket else {}
+            beat = bucket.heartbeat() if bucket else {}
+        except NascloudError:
+            continue  # its bucket cannot be read from here: not ours to judge
+        if bucket is None:
+            continue
+        if record.get("status") in FINAL:
+            garbage.append((group, f"its job is {record['status']}"))
+        elif group.size == 0:
+            garbage.append((group, "it is at size 0"))
+        elif group.live and now - beat.get("time", now) > SILENT_SECONDS:
+            garbage.append((group, f"its agent has been silent for {(now - beat['time']) / 60:.0f} min"))
+    return garbage
+
+
+SILENT_SECONDS = 3600.0
+
+
+def collect(prov, garbage: list[tuple]) -> None:
+    """End the groups gc found (size 0: their instances go), then delete what they needed."""
+    for group, why in garbage:
+        prov.resize(group.job_id, group.name, 0, reason=f"collected by `nascloud gc`: {why}")
+    for job_id in sorted({group.job_id for group, _ in garbage}):
+        prov.delete(job_id)

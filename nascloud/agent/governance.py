@@ -11,10 +11,7 @@ import time
 from dataclasses import replace
 from typing import Optional
 
-from nascloud.jobbucket import JobBucket, LedgerEntry, heartbeat_seconds, spend
-
-# The cap leaves room for what a stop still bills: the final snapshot, the group to 0, the power-off.
-SHUTDOWN_SECONDS = float(os.environ.get("NASCLOUD_SHUTDOWN_SECONDS", "180"))
+from nascloud.jobbucket import JobBucket, LedgerEntry, money, spend
 
 
 class Governance:
@@ -70,15 +67,7 @@ class Governance:
     def tick(self, now: Optional[float] = None):
         """The budget's view now (nascloud.budget.evaluate over the bucket's ledger); new alerts are fired
         here, once each for the whole job, to the events and the webhook."""
-        from nascloud.budget import BudgetConfig, Progress, evaluate
-
-        now = now or time.time()
-        spec = self.bundle.spec
-        config = BudgetConfig.for_bundle(self.bundle, self.bucket.budget(), tick_seconds=heartbeat_seconds(),
-                                         shutdown_seconds=SHUTDOWN_SECONDS)
-        progress = Progress.of(self.bucket.progress(), spec.search.epochs, spec.search.max_trials)
-        ledger = [e.billed(now) for e in self.bucket.ledger()]
-        tick = evaluate(ledger, progress, config, self.bucket.fired(), now, extra_usd=self.bucket.charges_usd())
+        tick = money(self.bucket, now or time.time())
         for alert in tick.alerts:
             if self.bucket.add_event("alert", alert.message, alert.data(), once=alert.key):
                 self.notify(alert.message)

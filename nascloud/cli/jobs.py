@@ -1,11 +1,13 @@
-"""`nascloud launch`, `status`, `watch`, `logs`, `stop`, `resume`, `results`, `drill`, `gc` (issues 5-7)."""
+"""`nascloud launch`, `status`, `watch`, `logs`, `stop`, `resume`, `results`, `drill`, `gc`.
+
+Every command but launch takes a job id or name launched from this machine, or the job's bucket URL (from
+any machine). The laptop launches and observes; the job's instances govern it (nascloud/agent/governor.py).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,33 +15,26 @@ from typing import Optional
 import typer
 
 from nascloud.cli.app import app
-from nascloud.errors import NascloudError, UsageError
 
-EXIT_CODES = {"finished": 0, "stopped": 0, "budget": 3, "deadline": 3, "failed": 1}
-
-
-def _state():
-    from nascloud.state import State
-
-    return State()
+JOB_HELP = "Job id or name launched here, or the job's bucket URL (file://.../JOB-ID, s3://..., gs://...)."
 
 
-def _provisioner(job):
-    return _provisioner_for(job.bundle["offer"])
+def _open(job: str):
+    from nascloud.observer import open_job
+
+    return open_job(job)
 
 
-def _provisioner_for(offer: dict):
-    from nascloud.provisioners import get_provisioner
+def _follow(bucket) -> int:
+    from nascloud.observer import EXIT_CODES, follow
 
-    if offer["cloud"] == "local":
-        return get_provisioner("local", price_per_hour=offer["price_per_hour"])
-    return get_provisioner(offer["cloud"])
-
-
-def _orchestrator(state, job_id: str):
-    from nascloud.orchestrator import Orchestrator
-
-    return Orchestrator(state, job_id, _provisioner(state.job(job_id)))
+    job_id = bucket.bundle().job_id
+    try:
+        return EXIT_CODES.get(follow(bucket), 0)
+    except KeyboardInterrupt:
+        typer.echo(f"\nstopped watching; the job goes on by itself (`nascloud watch {job_id}` shows it again, "
+                   f"`nascloud stop {job_id}` stops it)")
+        return 130
 
 
 @app.command()
@@ -51,104 +46,51 @@ def launch(
     max_hours: Optional[float] = typer.Option(None, help="Deadline on the job's wall time, in hours."),
     price_per_hour: Optional[float] = typer.Option(
         None, help="Price used for the ledger and the cap instead of the catalog's (rehearse a budget on local)."),
-    detach: bool = typer.Option(False, help="Return at once; the watch loop goes on in the background."),
-    dry_run: bool = typer.Option(False, help="Print, as JSON, the exact request the cloud would receive; spend nothing."),
+    detach: bool = typer.Option(False, help="Return at once; the job runs by itself either way."),
+    dry_run: bool = typer.Option(False, help="Print, as JSON, the exact requests the cloud would receive; spend nothing."),
     force: bool = typer.Option(False, help="Launch even if the estimate's P50 already exceeds the budget."),
 ) -> int:
-    """Run the search on a (spot) instance, resume it after every preemption, stop at the budget."""
+    """Run the search on a group of (spot) instances that replaces a preempted one and stops at the budget,
+    all without this machine; then follow it live (Ctrl-C leaves it running)."""
     from nascloud import launching
     from nascloud.job import load_job
 
-    spec = load_job(job_file)
-    spec = spec.with_overrides(compute={"cloud": cloud, "price_per_hour": price_per_hour},
-                               checkpoint={"bucket": bucket}, budget={"usd": budget, "max_hours": max_hours})
-    launching.check_bucket_suits(spec)
-    offer = launching.choose_offer(spec, price_per_hour)
+    spec = load_job(job_file).with_overrides(compute={"cloud": cloud, "price_per_hour": price_per_hour},
+                                             checkpoint={"bucket": bucket},
+                                             budget={"usd": budget, "max_hours": max_hours})
     if dry_run:
-        from nascloud.provisioners import launch_request
-
-        typer.echo(json.dumps(launch_request(spec, offer), indent=2))
+        typer.echo(json.dumps(launching.dry_run(spec, price_per_hour), indent=2))
         return 0
-    from nascloud.agent.data import check_data_source
-
-    check_data_source(spec.search)
-    from nascloud.estimating import estimate_for_offer
-
-    estimate, interval_minutes = estimate_for_offer(spec, offer)
-    if spec.checkpoint.interval_minutes != "auto":
-        interval_minutes = spec.checkpoint.interval_minutes
-    if spec.budget.usd and estimate["cost_usd"]["p50"] > spec.budget.usd and not force:
-        raise UsageError(
-            f"the estimate's P50 cost ${estimate['cost_usd']['p50']:.2f} (P90 ${estimate['cost_usd']['p90']:.2f}, "
-            f"{estimate['wall_hours']['p50']:.1f} h) already exceeds the budget ${spec.budget.usd:.2f}; "
-            "raise --budget, shrink the search, or pass --force")
-    _provisioner_for(offer).preflight(offer, spec)  # quota, names, the bucket: before anything is created
-    state = _state()
-    job_id = launching.create_job(state, spec, offer, estimate, interval_minutes)
-    typer.echo(f"job {job_id}: {offer['cloud']} {offer['instance_type']} at ${offer['price_per_hour']:.4f}/h; "
-               f"state in {state.job(job_id).job_url}")
-    typer.echo(f"estimate: ${estimate['cost_usd']['p50']:.2f} (P90 ${estimate['cost_usd']['p90']:.2f}), "
-               f"{estimate['wall_hours']['p50']:.2f} h")
+    job = launching.launch(spec, price_per_hour, force)
+    bundle = job.bundle()
+    estimate = bundle.estimate or {}
+    typer.echo(f"job {bundle.job_id}: {bundle.offer.cloud} {bundle.offer.instance_type} at "
+               f"${bundle.offer.price_per_hour:.4f}/h; state in {job.url}")
+    if estimate:
+        typer.echo(f"estimate: ${estimate['cost_usd']['p50']:.2f} (P90 ${estimate['cost_usd']['p90']:.2f}), "
+                   f"{estimate['wall_hours']['p50']:.2f} h")
     if detach:
-        log = _spawn_watcher(job_id)
-        typer.echo(f"watching in the background (log: {log}); `nascloud watch {job_id}` re-attaches, "
-                   f"`nascloud stop {job_id}` stops it")
+        typer.echo(f"the job runs by itself; `nascloud watch {bundle.job_id}` follows it, "
+                   f"`nascloud stop {bundle.job_id}` stops it")
         return 0
-    return _watch(state, job_id)
-
-
-def _spawn_watcher(job_id: str) -> Path:
-    from nascloud.paths import nascloud_home
-
-    logs = nascloud_home() / "logs"
-    logs.mkdir(exist_ok=True)
-    log = logs / f"{job_id}.log"
-    with open(log, "ab") as out:
-        subprocess.Popen([sys.executable, "-m", "nascloud", "watch", job_id], stdin=subprocess.DEVNULL,
-                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return log
-
-
-def _watch(state, job_id: str) -> int:
-    from nascloud.orchestrator import JobLock
-    from nascloud.view import follow
-
-    lock = JobLock(job_id)
-    if not lock.acquire():
-        # Another loop (a detached one, or another terminal) owns the job: only show it.
-        typer.echo(f"job {job_id} is watched by process {lock.holder()}; showing it (Ctrl-C leaves it running)")
-        return EXIT_CODES.get(follow(state, job_id, orchestrator=None), 0)
-    try:
-        orchestrator = _orchestrator(state, job_id)
-        return EXIT_CODES.get(follow(state, job_id, orchestrator=orchestrator), 0)
-    except KeyboardInterrupt:
-        job = state.job(job_id)
-        lease = job.bundle["spec"]["checkpoint"]["lease_minutes"]
-        typer.echo(f"\nwatch loop stopped; the search goes on and stops itself {lease:g} min after the last lease "
-                   f"renewal unless `nascloud watch {job_id}` re-attaches; `nascloud stop {job_id}` stops it now")
-        return 130
-    finally:
-        lock.release()
+    return _follow(job)
 
 
 @app.command()
-def watch(job: str = typer.Argument(..., help="Job id or name.")) -> int:
-    """Follow a job live (and run its watch loop if nothing else does): spend, trials, events."""
-    state = _state()
-    return _watch(state, state.job(job).job_id)
+def watch(job: str = typer.Argument(..., help=JOB_HELP)) -> int:
+    """Follow a job live: spend, burn rate, projection, trials, events. Exit code: the job's final one."""
+    return _follow(_open(job))
 
 
 @app.command()
 def status(
-    job: Optional[str] = typer.Argument(None, help="Job id or name; all jobs when left out."),
+    job: Optional[str] = typer.Argument(None, help=JOB_HELP + " All jobs launched here when left out."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Jobs, their spend against budget and estimate, instances, and recent alerts."""
-    from nascloud.view import job_summary, render_summaries
+    from nascloud.observer import all_summaries, render_summaries, summary
 
-    state = _state()
-    jobs = [state.job(job)] if job else state.jobs()
-    summaries = [job_summary(state, j) for j in jobs]
+    summaries = [summary(_open(job))] if job else all_summaries()
     if as_json:
         typer.echo(json.dumps(summaries[0] if job else summaries, indent=2))
     else:
@@ -157,114 +99,80 @@ def status(
 
 @app.command()
 def logs(
-    job: str = typer.Argument(..., help="Job id or name."),
+    job: str = typer.Argument(..., help=JOB_HELP),
     follow_: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
-    agent: int = typer.Option(0, help="Also print the last N lines of the agent's log on the current instance."),
+    agent: int = typer.Option(0, help="Also print the last N lines of the agent's log (from the bucket)."),
 ) -> None:
-    """The job's events (launches, preemptions, recoveries, alerts), and with --agent N the agent's log."""
-    state = _state()
-    row = state.job(job)
+    """The job's events (launches, preemptions, alerts, stops), and with --agent N the agent's log."""
+    from nascloud.observer import SHOWN_FINAL, groups, job_status
+
+    bucket = _open(job)
     if agent:
-        typer.echo(_orchestrator(state, row.job_id).agent_log(agent))
-    seen = 0
+        typer.echo(bucket.log_tail(agent))
+    seen = ""
     while True:
-        for event in state.events(row.job_id, after=seen):
-            typer.echo(f"{time.strftime('%H:%M:%S', time.localtime(event.time))} {event.kind:<14} {event.message}")
-            seen = event.seq
-        if not follow_ or state.job(row.job_id).status in ("finished", "stopped", "budget", "deadline", "failed"):
+        for event in bucket.events(after=seen):
+            typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(event.time))} {event.kind:<14} "
+                       f"{event.message}")
+            seen = event.name
+        if not follow_ or job_status(bucket, groups(bucket))[0] in SHOWN_FINAL:
             return
         time.sleep(1)
 
 
 @app.command()
-def stop(job: str = typer.Argument(..., help="Job id or name.")) -> None:
-    """Final snapshot, terminate the instance, delete what the job created; the job stays resumable."""
-    from nascloud.orchestrator import JobLock
+def stop(job: str = typer.Argument(..., help=JOB_HELP)) -> None:
+    """Ask the job's instance for a final snapshot and to end its groups; the job stays resumable."""
+    from nascloud import launching
+    from nascloud.errors import UsageError
+    from nascloud.observer import groups, job_status
 
-    state = _state()
-    row = state.job(job)
-    if row.status in ("finished", "failed"):
-        raise UsageError(f"job {row.job_id} is already {row.status}; nothing to stop")
-    lock = JobLock(row.job_id)
-    holder = None if lock.acquire() else lock.holder()
-    if holder:
-        _end_watcher(holder)
-        if not lock.acquire():
-            raise NascloudError(f"the watch loop (process {holder}) did not let go of job {row.job_id}; try again")
-    try:
-        _orchestrator(state, row.job_id).stop()
-    finally:
-        lock.release()
-    typer.echo(f"job {row.job_id} stopped; its search state stays in {row.job_url}; `nascloud resume {row.job_id}`")
-
-
-def _end_watcher(pid: int) -> None:
-    import signal
-
-    try:
-        os.kill(pid, signal.SIGINT)
-    except ProcessLookupError:
-        return
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
+    bucket = _open(job)
+    job_id = bucket.bundle().job_id
+    if job_status(bucket, groups(bucket))[0] in ("finished", "failed"):
+        raise UsageError(f"job {job_id} has already ended; nothing to stop")
+    final = launching.stop(bucket, float(os.environ.get("NASCLOUD_STOP_TIMEOUT", "300")))
+    typer.echo(f"job {job_id} {final}; its search state stays in {bucket.url}; `nascloud resume {job_id}`")
 
 
 @app.command()
 def resume(
-    job: str = typer.Argument(..., help="Job id or name."),
+    job: str = typer.Argument(..., help=JOB_HELP),
     budget: Optional[str] = typer.Option(None, help="New budget: +USD adds to it, USD sets it."),
     max_hours: Optional[float] = typer.Option(None, help="New deadline on the job's wall time, in hours."),
-    detach: bool = typer.Option(False, help="Return at once; the watch loop goes on in the background."),
+    detach: bool = typer.Option(False, help="Return at once; the job runs by itself either way."),
 ) -> int:
-    """Continue a stopped job (at its budget, deadline, or by `stop`) from its last snapshot."""
+    """Continue a stopped job (at its budget, deadline, by `stop`, or halted) from its last snapshot."""
+    from nascloud import launching
     from nascloud.budget import parse_budget_change
 
-    state = _state()
-    row = state.job(job)
-    if row.status == "finished":
-        raise UsageError(f"job {row.job_id} has finished; see `nascloud results {row.job_id}`")
-    changes: dict = {"status": "running", "ended_at": None}
-    if budget is not None:
-        changes["budget_usd"] = parse_budget_change(budget, row.budget_usd)
-    if max_hours is not None:
-        changes["max_hours"] = max_hours
-    state.set_job(row.job_id, **changes)
-    state.add_event(row.job_id, "resumed", "job resumed" + (f" with budget ${changes['budget_usd']:.2f}"
-                                                             if "budget_usd" in changes else ""), time.time())
+    bucket = _open(job)
+    usd = parse_budget_change(budget, bucket.budget().get("usd")) if budget is not None else None
+    launching.resume(bucket, usd, max_hours)
     if detach:
-        typer.echo(f"watching in the background (log: {_spawn_watcher(row.job_id)})")
+        typer.echo(f"job {bucket.bundle().job_id} resumed; `nascloud watch {bucket.bundle().job_id}` follows it")
         return 0
-    return _watch(state, row.job_id)
+    return _follow(bucket)
 
 
 @app.command()
 def results(
-    job: str = typer.Argument(..., help="Job id or name."),
+    job: str = typer.Argument(..., help=JOB_HELP),
     download: Optional[Path] = typer.Option(None, help="Copy the leaderboard, labels and best model here."),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
 ) -> None:
     """The leaderboard of trials and the best model."""
-    from nascloud.view import render_leaderboard
+    from nascloud import launching
+    from nascloud.errors import UsageError
+    from nascloud.observer import render_leaderboard
+    from nascloud.paths import nascloud_home
 
-    state = _state()
-    row = state.job(job)
-    orchestrator = _orchestrator(state, row.job_id)
-    folder = orchestrator.fetch_results()
-    board_path = folder / "leaderboard.json"
-    if not board_path.exists():
-        raise UsageError(f"job {row.job_id} has no results yet (status: {row.status}); see `nascloud status {row.job_id}`")
-    board = json.loads(board_path.read_text())
-    if download:
-        import shutil
-
-        download.mkdir(parents=True, exist_ok=True)
-        for item in folder.iterdir():
-            shutil.copy2(item, download / item.name)
-        folder = download
+    bucket = _open(job)
+    job_id = bucket.bundle().job_id
+    folder = download or nascloud_home() / "results" / job_id
+    board = launching.results(bucket, folder)
+    if board is None:
+        raise UsageError(f"job {job_id} has no results yet; see `nascloud status {job_id}`")
     if as_json:
         typer.echo(json.dumps(board, indent=2))
     else:
@@ -272,13 +180,11 @@ def results(
 
 
 @app.command()
-def drill(job: str = typer.Argument(..., help="Job id or name.")) -> None:
-    """Fire drill: preempt the job's instance the way the cloud would, and time the recovery."""
-    from nascloud.orchestrator import drill as run_drill
+def drill(job: str = typer.Argument(..., help=JOB_HELP)) -> None:
+    """Fire drill: preempt the job's instance the way the cloud would, and time the group's recovery."""
+    from nascloud import launching
 
-    state = _state()
-    row = state.job(job)
-    seconds = run_drill(state, row.job_id, _provisioner(row))
+    seconds = launching.drill(_open(job))
     typer.echo(f"recovered: training again {seconds:.1f} s after the preemption")
 
 
@@ -287,21 +193,18 @@ def gc(
     yes: bool = typer.Option(False, "--yes", help="Remove without asking."),
     cloud: str = typer.Option("local", help="local | aws | gcp."),
 ) -> None:
-    """Find instances tagged by nascloud whose job is over or whose lease lapsed, and remove them."""
-    from nascloud.orchestrator import find_garbage
+    """Find groups nascloud created whose job is over, halted or silent for an hour, and remove them."""
+    from nascloud import launching
     from nascloud.provisioners import get_provisioner
 
-    state = _state()
     provisioner = get_provisioner(cloud)
-    garbage = find_garbage(state, provisioner)
+    garbage = launching.find_garbage(provisioner)
     if not garbage:
         typer.echo("nothing to collect")
         return
-    for instance, why in garbage:
-        typer.echo(f"{instance.instance_id} (job {instance.job_id}): {why}")
-    if not yes and not typer.confirm(f"terminate these {len(garbage)} instance(s)?"):
+    for group, why in garbage:
+        typer.echo(f"group {group.name} of job {group.job_id} ({len(group.live)} running): {why}")
+    if not yes and not typer.confirm(f"end and delete these {len(garbage)} group(s)?"):
         raise typer.Exit(1)
-    provisioner.terminate([instance for instance, _ in garbage])
-    for job_id in sorted({instance.job_id for instance, _ in garbage}):
-        provisioner.release(job_id)
-    typer.echo(f"removed {len(garbage)} instance(s)")
+    launching.collect(provisioner, garbage)
+    typer.echo(f"removed {len(garbage)} group(s)")
