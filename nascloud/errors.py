@@ -29,3 +29,7 @@ class BudgetStop(NascloudError):
     """The job was stopped at its budget or deadline; it stays resumable."""
 
     exit_code = 3
+
+
+class StorageError(CloudError):
+    """A bucket or local disk refused a read or write: read-only, full, permissions, an I/O error."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -160,7 +161,6 @@ def test_corrupted_or_missing_blob_falls_back_to_previous_snapshot(store_url, tm
     write_tree(work, {"trial_1/trial.json": b'{"score": 0.9}', "oracle.json": b'{"trials": 2}'})
     second = store.publish(work)
 
-    import hashlib
     sha = hashlib.sha256(b'{"score": 0.9}').hexdigest()
     store.objects.put(f"blobs/{sha}", b'{"score": 1.0}')  # same size, other bytes
 
@@ -184,6 +184,67 @@ def test_corrupted_or_missing_blob_falls_back_to_previous_snapshot(store_url, tm
     final = tmp_path / "final"
     assert open_store(store_url).restore(final) == third
     assert read_tree(final) == read_tree(out)
+
+
+def publish_versions(url: str, work: Path, count: int) -> tuple:
+    """`count` snapshots, each changing oracle.json; returns the store and their ids, oldest first."""
+    store = open_store(url)
+    ids = []
+    for i in range(count):
+        write_tree(work, {**V1, "oracle.json": f'{{"trials": {i}}}'.encode()})
+        ids.append(store.publish(work))
+    return store, ids
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "deleted", "HEAD names one never written"])
+def test_a_damaged_newest_manifest_falls_back_to_the_older_intact_snapshots(tmp_path, damage):
+    url = f"file://{tmp_path}/bucket/job"
+    store, (first, second, third) = publish_versions(url, tmp_path / "work", 3)
+    newest = third
+    if damage == "garbage":
+        store.objects.put(f"manifests/{third}.json", b"\x00\xff not json")
+    elif damage == "truncated":
+        data, _ = store.objects.get(f"manifests/{third}.json")
+        store.objects.put(f"manifests/{third}.json", data[: len(data) // 2])
+    elif damage == "deleted":
+        store.objects.delete(f"manifests/{third}.json")
+    else:
+        newest = "000009"
+        store.objects.put("HEAD", json.dumps({"snapshot_id": newest}).encode())
+    reason = "missing" if damage in ("deleted", "HEAD names one never written") else "unreadable"
+    intact = [first, second] if newest == third else [first, second, third]
+
+    out = tmp_path / "out"
+    reader = open_store(url)
+    assert reader.restore(out) == intact[-1]
+    assert read_tree(out) == {**V1, "oracle.json": f'{{"trials": {len(intact) - 1}}}'.encode()}
+    assert reader.last_restore_warning == (f"snapshot {newest} is damaged (manifest {newest} is {reason}); "
+                                           f"restored snapshot {intact[-1]} instead")
+    assert [(s.snapshot_id, s.status) for s in reader.list()] == [
+        *((sid, "fallback") for sid in intact), (newest, "damaged")]
+
+    # The writer goes on from the fallback: its next snapshot is whole and the damaged one is pruned.
+    write_tree(out, {"trial_1/trial.json": b'{"score": 0.8}'})
+    fourth = reader.publish(out)
+    assert [(s.snapshot_id, s.status) for s in reader.list()][-1] == (fourth, "committed")
+    assert newest not in [s.snapshot_id for s in reader.list()]
+    final = tmp_path / "final"
+    assert open_store(url).restore(final) == fourth and read_tree(final) == read_tree(out)
+
+
+def test_the_fallback_verifies_each_older_snapshot_and_names_every_one_skipped(store_url, tmp_path):
+    store, (first, second, third) = publish_versions(store_url, tmp_path / "work", 3)
+    store.objects.put(f"manifests/{third}.json", b"{}")
+    only_in_second = hashlib.sha256(b'{"trials": 1}').hexdigest()
+    store.objects.delete(f"blobs/{only_in_second}")
+
+    out = tmp_path / "out"
+    reader = open_store(store_url)
+    assert reader.restore(out) == first
+    assert read_tree(out) == {**V1, "oracle.json": b'{"trials": 0}'}
+    assert reader.last_restore_warning == (
+        f"snapshot {third} is damaged (manifest {third} is unreadable); snapshot {second} is damaged (content "
+        f"of oracle.json is missing); restored snapshot {first} instead")
 
 
 def test_keep_last_k_prunes_manifests_and_unreferenced_blobs(store_url, tmp_path):
@@ -261,10 +322,13 @@ def test_relative_file_urls_resolve_against_the_current_directory(tmp_path, monk
 
 
 def test_missing_buckets_are_named(moto_server, gcs_server, tmp_path):
-    with pytest.raises(UsageError, match="S3 bucket 'no-such-bucket' does not exist"):
-        open_store("s3://no-such-bucket/job").list()
-    with pytest.raises(UsageError, match="GCS bucket 'no-such-bucket' does not exist"):
-        open_store("gs://no-such-bucket/job").list()
+    write_tree(tmp_path / "work", V1)
+    for scheme, cloud in (("s3", "S3"), ("gs", "GCS")):
+        store = open_store(f"{scheme}://no-such-bucket/job")
+        for operation in (store.list, lambda: store.publish(tmp_path / "work"),
+                          lambda: store.put_file("data/x.npz", tmp_path / "work/oracle.json")):
+            with pytest.raises(UsageError, match=f"^{cloud} bucket 'no-such-bucket' does not exist"):
+                operation()
 
 
 def test_unreachable_endpoint_is_a_cloud_error(moto_server, monkeypatch):

@@ -87,3 +87,31 @@ def test_no_credentials_are_cloud_errors(tmp_path):
     gs = nascloud("checkpoints", "list", "gs://some-bucket/job", env=base)
     assert (gs.returncode, gs.stderr.strip()) == (1, "Error: no Google Cloud credentials found: run `gcloud auth "
                                                      "application-default login` or set GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def test_list_marks_a_damaged_snapshot_and_the_older_ones_restore_falls_back_to(tmp_path):
+    url = f"file://{tmp_path}/bucket/job"
+    work = tmp_path / "work"
+    work.mkdir()
+    store = open_store(url)
+    ids = []
+    for i in range(3):
+        (work / "oracle.json").write_text(f'{{"trials": {i}}}')
+        ids.append(store.publish(work))
+    store.objects.put(f"manifests/{ids[-1]}.json", b"garbage")
+
+    table = nascloud("checkpoints", "list", url)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ids
+    assert [row.split("  ")[-1] for row in rows] == [
+        "fallback (older than a damaged snapshot: restore falls back to it)"] * 2 + ["damaged (restore skips it)"]
+    listed = json.loads(nascloud("checkpoints", "list", url, "--json").stdout)
+    assert [(s["snapshot_id"], s["status"], s["committed"], s["files"]) for s in listed] == [
+        (ids[0], "fallback", False, 1), (ids[1], "fallback", False, 1), (ids[2], "damaged", False, None)]
+
+    pulled = nascloud("checkpoints", "pull", url, str(tmp_path / "mine"))
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stderr == (f"Warning: snapshot {ids[2]} is damaged (manifest {ids[2]} is unreadable); "
+                             f"restored snapshot {ids[1]} instead\n")
+    assert (tmp_path / "mine/oracle.json").read_text() == '{"trials": 1}'

@@ -1,9 +1,12 @@
-"""A publishing process SIGKILLed at random points never leaves a store whose restore differs, byte for
-byte, from the last committed snapshot. Run as a module, this file is that publishing process."""
+"""Faults a store must survive: a publishing process SIGKILLed at random points inside a publish never
+leaves a store whose restore differs, byte for byte, from the last committed snapshot (run as a module,
+this file is that publishing process); a full or read-only bucket is a one-line error that keeps it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -14,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from nascloud.checkpoints import open_store
+from nascloud.errors import StorageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +104,105 @@ def test_sigkilled_gcs_publisher_leaves_last_committed_snapshot(gcs_server, tmp_
     bucket = f"faults-{uuid.uuid4().hex[:8]}"
     storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(bucket)
     assert kill_publishers(f"gs://{bucket}/job", tmp_path, kills=20, max_delay=0.3, seed=13) > 10
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A directory on a file system of its own, a 256 kB tmpfs, when this process may mount one (root):
+    real ENOSPC, and remounted read-only a real EROFS, which root cannot write past as it can a chmod.
+    Otherwise a plain directory, made read-only by chmod."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)],
+                             capture_output=True).returncode == 0
+    if not mounted and os.geteuid() == 0:
+        pytest.skip("root, but cannot mount a tmpfs: no real read-only or full file system to test on")
+    yield path
+    if mounted:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+    else:
+        path.chmod(0o755)
+
+
+def make_read_only(disk: Path) -> str:
+    """Make disk read-only for this process; the reason a write there now fails."""
+    if disk.is_mount():
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        return "read-only file system"
+    for folder in [disk, *(p for p in disk.rglob("*") if p.is_dir())]:
+        folder.chmod(0o555)
+    return "permission denied"
+
+
+def nascloud(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nascloud", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+
+
+def test_a_full_bucket_is_a_storage_error_and_keeps_the_last_snapshot(disk, tmp_path):
+    if not disk.is_mount():
+        pytest.skip("no small file system of its own to fill (needs a tmpfs mount)")
+    url = f"file://{disk}/job"
+    work = tmp_path / "work"
+    write_version(work, 1)
+    store = open_store(url)
+    first = store.publish(work)
+
+    weights = os.urandom(400_000)  # more than the disk holds
+    (work / "trial_0/checkpoint.weights.h5").write_bytes(weights)
+    with pytest.raises(StorageError) as raised:
+        store.publish(work)
+    assert str(raised.value) == (f"cannot write {url}/blobs/{hashlib.sha256(weights).hexdigest()}: "
+                                 "no space left on device")
+    # The half-written copy is gone, not left filling the disk.
+    assert not [p for p in disk.rglob(".tmp-*")]
+
+    check = tmp_path / "check"
+    reader = open_store(url)
+    assert reader.restore(check) == first and reader.last_restore_warning is None
+    assert read_tree(check) == version_tree(1)
+
+    # Once there is room the same writer goes on.
+    write_version(work, 2)
+    second = store.publish(work)
+    assert open_store(url).restore(check) == second and read_tree(check) == version_tree(2)
+
+
+def test_a_read_only_bucket_is_a_storage_error_and_keeps_the_last_snapshot(disk, tmp_path):
+    url = f"file://{disk}/job"
+    work = tmp_path / "work"
+    write_version(work, 1)
+    store = open_store(url)
+    first = store.publish(work)
+    reason = make_read_only(disk)
+
+    write_version(work, 2)
+    changed = hashlib.sha256((work / "oracle.json").read_bytes()).hexdigest()
+    with pytest.raises(StorageError, match=f"^cannot write {url}/blobs/{changed}: {reason}$"):
+        store.publish(work)
+    with pytest.raises(StorageError, match=f"^cannot write {url}/agent/heartbeat.json: {reason}$"):
+        store.put_json("agent/heartbeat.json", {"phase": "searching"})
+
+    check = tmp_path / "check"
+    assert open_store(url).restore(check) == first and read_tree(check) == version_tree(1)
+
+    # The CLI reads it, and pulling onto the read-only disk is one line naming the folder.
+    listed = nascloud("checkpoints", "list", url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(s["snapshot_id"], s["committed"]) for s in json.loads(listed.stdout)] == [(first, True)]
+    pulled = nascloud("checkpoints", "pull", url, str(disk / "mine"))
+    assert (pulled.returncode, pulled.stderr) == (1, f"Error: cannot write {disk / 'mine'}: {reason}\n")
+
+
+def test_an_unreadable_bucket_object_is_one_line_from_the_cli(tmp_path):
+    """HEAD a symbolic link to itself: reading it fails for root too (ELOOP)."""
+    job = tmp_path / "bucket/job"
+    job.mkdir(parents=True)
+    (job / "HEAD").symlink_to(job / "HEAD")
+    for args in (["list", f"file://{job}"], ["pull", f"file://{job}", str(tmp_path / "out")]):
+        result = nascloud("checkpoints", *args)
+        assert (result.returncode, result.stderr) == (
+            1, f"Error: cannot read file://{job}/HEAD: too many levels of symbolic links\n")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
 
+from nascloud.errors import StorageError
+
 
 @dataclass(frozen=True)
 class SnapshotInfo:
     snapshot_id: str  # the manifest's sequence number, zero-padded ("000042")
-    created_at: float  # unix seconds
-    files: int
-    bytes: int
-    committed: bool  # named by HEAD, or an older snapshot HEAD's chain still keeps
+    created_at: Optional[float]  # unix seconds; None (like files and bytes) for a damaged snapshot
+    files: Optional[int]
+    bytes: Optional[int]
+    # committed: named by HEAD, or an older snapshot HEAD's chain still keeps;
+    # uncommitted: a publish that never swung HEAD (killed, or beaten by another writer);
+    # damaged: its manifest is missing or unreadable: restore skips it;
+    # fallback: older than a damaged snapshot on HEAD's chain, so whether the chain holds it is
+    #   unknown: restore tries these, newest first, when the chain's snapshots are damaged.
+    status: str
+
+    @property
+    def committed(self) -> bool:
+        return self.status == "committed"
 
 
 class CheckpointStore(Protocol):
@@ -48,6 +59,12 @@ class CheckpointStore(Protocol):
         """Download name to path; False if it does not exist."""
 
     def exists(self, name: str) -> bool: ...
+
+
+def storage_error(error: OSError, verb: str, where: object) -> StorageError:
+    """An OSError as the error family: what could not be done to which path, and the system's reason."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return StorageError(f"cannot {verb} {where}: {reason[:1].lower()}{reason[1:]}")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from google.api_core import exceptions as gx
 from google.cloud import storage
 
 from nascloud.checkpoints.base import ObjectInfo
+from nascloud.cloud_errors import gcp_credentials_error
 from nascloud.errors import CloudError, UsageError
 
 
@@ -55,12 +56,15 @@ class GCSObjects:
         except gx.NotFound:
             raise UsageError(f"GCS bucket {self.bucket_name!r} does not exist: create it or fix the bucket "
                              "URL (checkpoint.bucket in the job file)") from None
+        except gx.RetryError as error:
+            # The client retried a connection failure or 5xx until its deadline: the last failure says why.
+            raise CloudError(f"cannot reach GCS for {self.url}: {type(error.cause).__name__} until the client "
+                             "gave up; check the network or STORAGE_EMULATOR_HOST") from None
         except gx.GoogleAPICallError as error:
             raise CloudError(f"GCS refused a request on {self.url}: {error.code} {error.reason or ''}; "
                              "check the credentials' permissions on the bucket") from None
-        except gauth.DefaultCredentialsError:
-            raise CloudError("no Google Cloud credentials found: run `gcloud auth application-default login` "
-                             "or set GOOGLE_APPLICATION_CREDENTIALS") from None
+        except gauth.DefaultCredentialsError as error:
+            raise gcp_credentials_error(error) from None
         except gauth.GoogleAuthError as error:
             raise CloudError(f"Google Cloud credentials failed: {type(error).__name__}") from None
         except requests.exceptions.RequestException as error:

@@ -12,13 +12,25 @@ import hashlib
 import os
 import shutil
 import uuid
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-from nascloud.checkpoints.base import ObjectInfo
-from nascloud.errors import NascloudError
+from nascloud.checkpoints.base import ObjectInfo, storage_error
 
 TEMP_PREFIX = ".tmp-"  # half-written files, never named by a manifest; pruning clears old ones
+_ABSENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def _discard(temp: Path) -> None:
+    # Best effort: on a read-only disk even this fails, and pruning clears what is left.
+    with suppress(OSError):
+        temp.unlink()
+
+
+def _raise_unless_absent(error: OSError) -> None:
+    if not isinstance(error, _ABSENT):
+        raise error
 
 
 class LocalObjects:
@@ -29,89 +41,113 @@ class LocalObjects:
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    def _temp(self, path: Path) -> Path:
+    @contextmanager
+    def _errors(self, verb: str, key: str) -> Iterator[None]:
+        """The disk's failures (read-only, full, permissions, I/O) as the error family, naming the object."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            yield
         except OSError as error:
-            raise NascloudError(f"cannot write under {self.root}: {error.strerror}; check the path and "
-                                "its permissions") from None
+            raise storage_error(error, verb, f"{self.url}/{key}") from None
+
+    def _temp(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
         return path.parent / f"{TEMP_PREFIX}{path.name}.{uuid.uuid4().hex[:12]}"
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
         temp = self._temp(path)
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # small commit objects: durable before they are named
+        try:
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # small commit objects: durable before they are named
+        except OSError:
+            _discard(temp)  # a full disk keeps no half-written copy
+            raise
         return temp
 
     def get(self, key: str) -> Optional[tuple[bytes, str]]:
-        try:
-            data = self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
+        with self._errors("read", key):
+            try:
+                data = self._path(key).read_bytes()
+            except _ABSENT:
+                return None
         return data, hashlib.sha256(data).hexdigest()
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        os.replace(self._write_temp(path, data), path)
+        with self._errors("write", key):
+            temp = self._write_temp(path, data)
+            try:
+                os.replace(temp, path)
+            finally:
+                _discard(temp)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        temp = self._write_temp(path, data)
-        try:
-            os.link(temp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            temp.unlink()
+        with self._errors("write", key):
+            temp = self._write_temp(path, data)
+            try:
+                os.link(temp, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                _discard(temp)
 
     def put_if_match(self, key: str, data: bytes, version: Optional[str]) -> Optional[str]:
         path = self._path(key)
-        temp = self._write_temp(path, data)
-        try:
-            with open(self.root / ".lock", "a+b") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                current = self.get(key)
-                if (current[1] if current else None) != version:
-                    return None
-                os.replace(temp, path)
-                return hashlib.sha256(data).hexdigest()
-        finally:
-            temp.unlink(missing_ok=True)
+        with self._errors("write", key):
+            temp = self._write_temp(path, data)
+            try:
+                with open(self.root / ".lock", "a+b") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    current = self.get(key)
+                    if (current[1] if current else None) != version:
+                        return None
+                    os.replace(temp, path)
+                    return hashlib.sha256(data).hexdigest()
+            finally:
+                _discard(temp)
 
     def upload(self, key: str, path: Path) -> None:
         target = self._path(key)
-        temp = self._temp(target)
-        try:
-            shutil.copyfile(path, temp)
-            os.replace(temp, target)
-        finally:
-            temp.unlink(missing_ok=True)
+        with open(path, "rb") as source:  # the local side: its failures are the caller's to name
+            with self._errors("write", key):
+                temp = self._temp(target)
+                try:
+                    with open(temp, "wb") as out:
+                        shutil.copyfileobj(source, out)
+                    os.replace(temp, target)
+                finally:
+                    _discard(temp)
 
     def download(self, key: str, path: Path) -> bool:
-        try:
-            shutil.copyfile(self._path(key), path)
-            return True
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return False
+        with self._errors("read", key):
+            try:
+                source = open(self._path(key), "rb")
+            except _ABSENT:
+                return False
+        with source, open(path, "wb") as out:  # the local side: its failures are the caller's to name
+            shutil.copyfileobj(source, out)
+        return True
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         # Half-written temp files are listed too, so pruning can clear those a killed writer left.
         folder = self._path(prefix) if prefix.endswith("/") else self._path(prefix).parent
         infos = []
-        for dirpath, _, names in os.walk(folder):
-            for name in names:
-                path = Path(dirpath) / name
-                key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix) and key != ".lock":
-                    try:
-                        st = path.stat()
-                    except FileNotFoundError:
-                        continue  # removed while we walked
-                    infos.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        with self._errors("list", prefix):
+            for dirpath, _, names in os.walk(folder, onerror=_raise_unless_absent):
+                for name in names:
+                    path = Path(dirpath) / name
+                    key = path.relative_to(self.root).as_posix()
+                    if key.startswith(prefix) and key != ".lock":
+                        try:
+                            st = path.stat()
+                        except FileNotFoundError:
+                            continue  # removed while we walked
+                        infos.append(ObjectInfo(key, st.st_size, st.st_mtime))
         return infos
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        with self._errors("delete", key):
+            self._path(key).unlink(missing_ok=True)

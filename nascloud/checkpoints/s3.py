@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import botocore.exceptions as bx
+from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 
 from nascloud.aws_session import aws_session
 from nascloud.checkpoints.base import ObjectInfo
@@ -42,7 +43,8 @@ class S3Objects:
     def _errors(self) -> Iterator[None]:
         """botocore's failures as the error family; messages carry codes, never credentials."""
         try:
-            yield
+            with self._transfer_errors():
+                yield
         except bx.ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in _CONFLICT:
@@ -64,6 +66,17 @@ class S3Objects:
                              "or AWS_ENDPOINT_URL") from None
         except bx.BotoCoreError as error:
             raise CloudError(f"S3 request on {self.url} failed: {type(error).__name__}") from None
+
+    @staticmethod
+    @contextmanager
+    def _transfer_errors() -> Iterator[None]:
+        """boto3's file transfers wrap the request's own failure: judge that one."""
+        try:
+            yield
+        except S3UploadFailedError as error:
+            raise error.__context__ or error from None
+        except RetriesExceededError as error:
+            raise error.last_exception from None
 
     def get(self, key: str) -> Optional[tuple[bytes, str]]:
         try:

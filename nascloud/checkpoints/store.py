@@ -16,11 +16,12 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Iterator, Optional
 
-from nascloud.checkpoints.base import CountedObjects, ObjectStore, SnapshotInfo
+from nascloud.checkpoints.base import CountedObjects, ObjectStore, SnapshotInfo, storage_error
 from nascloud.errors import NascloudError, StaleWriterError, UsageError
 
 HEAD = "HEAD"
@@ -105,6 +106,20 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def _local_disk(verb: str, path: Path) -> Iterator[None]:
+    """This machine's side failing (a folder that cannot be read or written) as the error family. The
+    bucket's side raises the family itself, so an OSError here is always about a local path."""
+    try:
+        yield
+    except OSError as error:
+        raise storage_error(error, verb, error.filename or path) from None
+
+
+def _raise(error: OSError) -> None:
+    raise error  # os.walk would skip an unreadable folder, and a snapshot would silently lack it
+
+
 def _seq(snapshot_id: str) -> int:
     return int(snapshot_id)
 
@@ -144,6 +159,7 @@ class SnapshotStore:
         self.last_restore_warning: Optional[str] = None
         self.last_publish: Optional[PublishStats] = None
         self._head_version: Optional[str] = None  # version of HEAD this writer last saw
+        self._head_id: Optional[str] = None  # and the snapshot it named (its manifest may be gone)
         self._head_seen = False  # True once HEAD was read (absent HEAD is a valid view)
         self._base: Optional[Manifest] = None  # the snapshot this writer last restored or published
         self._hashes = _HashCache()
@@ -156,14 +172,17 @@ class SnapshotStore:
             return None, None
         data, version = got
         try:
-            return str(json.loads(data)["snapshot_id"]), version
+            head = str(json.loads(data)["snapshot_id"])
+            if head.isdigit():
+                return head, version
         except (ValueError, KeyError, TypeError):
-            raise NascloudError(f"{self.url}/HEAD is not a checkpoint pointer: the prefix holds something else; "
-                                "use a fresh job prefix") from None
+            pass
+        raise NascloudError(f"{self.url}/HEAD is not a checkpoint pointer: the prefix holds something else; "
+                            "use a fresh job prefix")
 
     def _see_head(self) -> Optional[str]:
         head, version = self._read_head()
-        self._head_version, self._head_seen = version, True
+        self._head_version, self._head_id, self._head_seen = version, head, True
         return head
 
     def _manifest(self, snapshot_id: str) -> Manifest:
@@ -175,25 +194,35 @@ class SnapshotStore:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise Damaged(f"manifest {snapshot_id} is unreadable") from None
 
-    def _chain(self, head: Optional[str]) -> list[str]:
-        """HEAD's snapshot and its ancestors still present, newest first (following manifests' parents)."""
-        chain: list[str] = []
-        present = {info.key for info in self.objects.list(MANIFESTS)}
-        current = head
-        while current is not None and f"{MANIFESTS}{current}.json" in present and current not in chain:
-            chain.append(current)
+    def _states(self, head: str) -> dict[str, str]:
+        """HEAD's snapshot and every manifest's -> its SnapshotInfo.status, newest first. HEAD's chain is
+        followed through manifests' parent links; a damaged link hides which older ones it held."""
+        present = self._manifest_seqs()
+        states: dict[str, str] = {}
+        broken: Optional[int] = None  # the damaged link, if the chain has one
+        current: Optional[str] = head
+        while current is not None and current not in states:
+            if current != head and _seq(current) not in present and not any(s < _seq(current) for s in present):
+                break  # the ancestors from here on were pruned: the chain ends whole
             try:
-                current = self._manifest(current).parent
+                parent = self._manifest(current).parent
             except Damaged:
+                states[current], broken = "damaged", _seq(current)
                 break
-        if head is not None and head not in chain:
-            chain.insert(0, head)  # named by HEAD but gone: restore reports it damaged
-        return chain
+            states[current], current = "committed", parent
+        for seq in present:
+            if _snapshot_id(seq) not in states:
+                states[_snapshot_id(seq)] = "fallback" if broken is not None and seq < broken else "uncommitted"
+        return dict(sorted(states.items(), key=lambda item: _seq(item[0]), reverse=True))
+
+    def _candidates(self, head: str) -> list[str]:
+        """What restore tries, newest first: HEAD's chain, then (past a damaged link) the older ones."""
+        return [sid for sid, status in self._states(head).items() if status != "uncommitted"]
 
     # -- publish -----------------------------------------------------------------------------
     def _scan(self, local_dir: Path) -> dict[str, FileEntry]:
         files: dict[str, FileEntry] = {}
-        for root, dirs, names in os.walk(local_dir):
+        for root, dirs, names in os.walk(local_dir, onerror=_raise):
             if Path(root) == local_dir and STAGING in dirs:
                 dirs.remove(STAGING)
             for name in names:
@@ -206,8 +235,11 @@ class SnapshotStore:
         return files
 
     def publish(self, local_dir: Path) -> str:
+        with _local_disk("read", Path(local_dir)):
+            return self._publish(Path(local_dir))
+
+    def _publish(self, local_dir: Path) -> str:
         started = time.monotonic()
-        local_dir = Path(local_dir)
         if not local_dir.is_dir():
             raise UsageError(f"cannot publish {local_dir}: not a directory")
         if not self._head_seen:
@@ -235,7 +267,8 @@ class SnapshotStore:
             stats.uploaded_files += 1
             stats.uploaded_bytes += entry.size
         parent = base.snapshot_id if base else None
-        seq = max([_seq(parent) if parent else 0, *self._manifest_seqs()]) + 1
+        # Past HEAD's id too: a damaged snapshot's id is never reused for other contents.
+        seq = max([0, *(_seq(sid) for sid in (parent, self._head_id) if sid), *self._manifest_seqs()]) + 1
         while True:  # a killed or racing writer may hold the next number: take the one after
             manifest = Manifest(_snapshot_id(seq), parent, time.time(), files)
             data = manifest.to_bytes()
@@ -246,7 +279,7 @@ class SnapshotStore:
         version = self.objects.put_if_match(HEAD, pointer, self._head_version)
         if version is None:
             raise self._stale(self._read_head()[0])
-        self._head_version = version
+        self._head_version, self._head_id = version, manifest.snapshot_id
         self._base = manifest
         stats.snapshot_id = manifest.snapshot_id
         stats.uploaded_bytes += len(data) + len(pointer)
@@ -284,7 +317,7 @@ class SnapshotStore:
         head, _ = self._read_head()
         if head is None:
             return
-        kept = set(self._chain(head)[: self.keep])
+        kept = set(self._candidates(head)[: self.keep])
         named: set[str] = set()
         cutoff = time.time() - self.grace_seconds
         for info in self.objects.list(MANIFESTS):
@@ -305,7 +338,10 @@ class SnapshotStore:
 
     # -- restore -----------------------------------------------------------------------------
     def restore(self, local_dir: Path, snapshot_id: Optional[str] = None) -> Optional[str]:
-        local_dir = Path(local_dir)
+        with _local_disk("write", Path(local_dir)):
+            return self._restore(Path(local_dir), snapshot_id)
+
+    def _restore(self, local_dir: Path, snapshot_id: Optional[str]) -> Optional[str]:
         self.last_restore_warning = None
         head = self._see_head()
         if snapshot_id is not None:
@@ -314,7 +350,7 @@ class SnapshotStore:
             self._base = None
             return None
         else:
-            candidates = self._chain(head)
+            candidates = self._candidates(head)
         problems: list[str] = []
         for candidate in candidates:
             try:
@@ -371,16 +407,18 @@ class SnapshotStore:
     # -- listing -----------------------------------------------------------------------------
     def list(self) -> list[SnapshotInfo]:
         head, _ = self._read_head()
-        committed = set(self._chain(head)) if head else set()
+        if head is None:  # no commit yet: any manifest is a publish that never finished
+            states = {_snapshot_id(seq): "uncommitted" for seq in sorted(self._manifest_seqs(), reverse=True)}
+        else:
+            states = self._states(head)
         infos = []
-        for seq in sorted(self._manifest_seqs()):
-            sid = _snapshot_id(seq)
+        for sid, status in reversed(states.items()):
             try:
                 m = self._manifest(sid)
             except Damaged:
+                infos.append(SnapshotInfo(sid, None, None, None, "damaged"))
                 continue
-            infos.append(SnapshotInfo(sid, m.created_at, len(m.files), sum(e.size for e in m.files.values()),
-                                      sid in committed))
+            infos.append(SnapshotInfo(sid, m.created_at, len(m.files), sum(e.size for e in m.files.values()), status))
         return infos
 
     # -- small objects beside the snapshots ----------------------------------------------------
@@ -398,19 +436,21 @@ class SnapshotStore:
                                 "or damaged") from None
 
     def put_file(self, name: str, path: Path) -> None:
-        self.objects.upload(check_name(name), Path(path))
+        with _local_disk("read", Path(path)):
+            self.objects.upload(check_name(name), Path(path))
 
     def get_file(self, name: str, path: Path) -> bool:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            if not self.objects.download(check_name(name), temp):
-                return False
-            os.replace(temp, path)
-            return True
-        finally:
-            temp.unlink(missing_ok=True)
+        with _local_disk("write", path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                if not self.objects.download(check_name(name), temp):
+                    return False
+                os.replace(temp, path)
+                return True
+            finally:
+                temp.unlink(missing_ok=True)
 
     def stored_bytes(self) -> int:
         """Everything under the job prefix: snapshots, data set, bundle and reports (what storage bills)."""

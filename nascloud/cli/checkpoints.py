@@ -18,6 +18,10 @@ app.add_typer(checkpoints_app, name="checkpoints")
 
 JOB_HELP = ("A job id (or name) known to this machine, or the job's bucket URL: file:///path/JOB, "
             "s3://bucket/prefix/JOB or gs://bucket/prefix/JOB.")
+# The COMMITTED column for each SnapshotInfo.status (the README's `nascloud checkpoints list`).
+_STATUS = {"committed": "yes", "uncommitted": "no (a publish that never finished)",
+           "damaged": "damaged (restore skips it)",
+           "fallback": "fallback (older than a damaged snapshot: restore falls back to it)"}
 
 
 def _job_url(job_or_url: str) -> str:
@@ -54,16 +58,17 @@ def list_snapshots(
     snapshots = store.list()
     if as_json:
         typer.echo(json.dumps([{"snapshot_id": s.snapshot_id, "created_at": s.created_at, "files": s.files,
-                                "bytes": s.bytes, "committed": s.committed} for s in snapshots], indent=2))
+                                "bytes": s.bytes, "committed": s.committed, "status": s.status}
+                               for s in snapshots], indent=2))
         return
     if not snapshots:
         typer.echo(f"no snapshots yet in {store.url}")
         return
     typer.echo(f"{'SNAPSHOT':<10} {'CREATED (UTC)':<20} {'FILES':>6} {'SIZE':>10}  COMMITTED")
     for s in snapshots:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s.created_at))
-        typer.echo(f"{s.snapshot_id:<10} {created:<20} {s.files:>6} {_size(s.bytes):>10}  "
-                   f"{'yes' if s.committed else 'no (a publish that never finished)'}")
+        created = "-" if s.created_at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s.created_at))
+        files, size = ("-", "-") if s.files is None else (s.files, _size(s.bytes))
+        typer.echo(f"{s.snapshot_id:<10} {created:<20} {files:>6} {size:>10}  {_STATUS[s.status]}")
 
 
 @checkpoints_app.command("pull")
