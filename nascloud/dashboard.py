@@ -1,7 +1,7 @@
 """The live view of one job: a Rich renderable on a terminal, plain lines when stdout is a pipe or a log.
 
 Everything shown comes from one plain `JobView` record, built from the job summary that `status --json`
-also prints (view.job_summary, with the budget tick under "money") and the job's events. New alerts
+also prints (observer.summary, with the budget tick under "money") and the job's events. New alerts
 ring the terminal bell.
 """
 
@@ -65,7 +65,7 @@ class JobView:
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any], events: Sequence[Any] = (),
                      now: Optional[float] = None, new_alerts: Sequence[str] = ()) -> "JobView":
-        """From view.job_summary's dict (also `status --json`) and Event rows (time, kind, message)."""
+        """From observer.summary's dict (also `status --json`) and Event rows (time, kind, message)."""
         money = summary.get("money") or {}
         progress = summary.get("progress") or {}
         running = progress.get("running")
@@ -191,7 +191,7 @@ def render(view: JobView):
 
 
 class Dashboard:
-    """Shows a job while the watch loop runs: `with Dashboard(sys.stdout) as board: board.update(...)`.
+    """Shows a job live: `with Dashboard(sys.stdout) as board: board.update(...)`.
     A terminal gets a Rich Live view and a bell per new alert; anything else gets each change as lines."""
 
     def __init__(self, stream: TextIO, force_terminal: Optional[bool] = None):

@@ -1,9 +1,10 @@
-"""Stops the agent honours: SIGTERM, an AWS spot instance-action served on 127.0.0.1, the lease,
+"""Stops the agent honours: SIGTERM, an AWS spot instance-action served on 127.0.0.1, a stop request,
 the budget and the deadline; a failed trial is recorded and never confused with a preemption."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -104,39 +105,49 @@ def test_sigterm_and_aws_notice_each_end_in_a_final_snapshot_and_the_search_resu
     assert (progress["trials_done"], progress["trials_failed"], progress["finished"]) == (3, 1, True)
 
 
-def test_a_lapsed_lease_stops_before_any_compute_and_shuts_down(tmp_path):
-    url = make_bundle(tmp_path, "digits-lease-3d3d3d")
+def ledger_entry(instance_id: str, price: float, launched_at: float, ended_at=None) -> dict:
+    return {"instance_id": instance_id, "group": "search", "cloud": "local", "instance_type": "local", "zone": None,
+            "spot": True, "price_per_hour": price, "launched_at": launched_at, "last_seen": ended_at or launched_at,
+            "ended_at": ended_at}
+
+
+@pytest.mark.parametrize("setup, status, code", [
+    # An earlier instance already spent the whole budget (an hour at $5/h of a $5 budget).
+    (lambda store, now: store.put_json("ledger/i-earlier.json", ledger_entry("i-earlier", 5.0, now - 7200, now - 3600)),
+     "budget", 3),
+    # The job was created three hours ago with a two-hour deadline (resume writes budget.json).
+    (lambda store, now: store.put_json("budget.json", {"usd": 5, "max_hours": 0.0001, "updated_at": now}),
+     "deadline", 3),
+    # `nascloud stop` from another machine.
+    (lambda store, now: store.put_json("stop.json", {"time": now, "by": "nascloud stop on a laptop"}), "stopped", 0),
+])
+def test_budget_deadline_and_stop_request_in_the_bucket_stop_before_any_compute(tmp_path, setup, status, code):
+    url = make_bundle(tmp_path, "digits-cap-5f5f5f", budget={"usd": 5})
     store = store_of(url)
-    store.put_json("lease.json", {"renewed_at": time.time() - 600, "ttl_seconds": 60, "owner": "laptop"})
-    marker = tmp_path / "shut-down"
-    run = run_agent(url, tmp_path / "work", NASCLOUD_SHUTDOWN_COMMAND=f"touch {marker}")
-    assert run.code == 4, run.log
-    assert marker.exists()
-    assert store.get_json("agent/exit.json")["status"] == "lease_lapsed"
-    assert store.list() == []
+    setup(store, time.time())
+    run = run_agent(url, tmp_path / "work")
+    assert run.code == code, run.log
+    assert store.get_json("agent/exit.json")["status"] == status
+    assert "restored snapshot" not in run.log and store.list() == []  # nothing restored, nothing trained
 
 
 @pytest.mark.search
-def test_a_lease_that_lapses_mid_run_stops_the_agent(tmp_path):
-    url = make_bundle(tmp_path, "digits-lease-4e4e4e")
+def test_the_cap_counts_from_the_instance_launch_and_stops_mid_search_with_a_final_snapshot(tmp_path):
+    # This instance launched 61 s ago at $36/h ($0.61 so far) after an earlier one's $0.30: a $1.20 budget
+    # runs out about 29 s into the agent's run, mid-search.
+    url = make_bundle(tmp_path, "digits-cap-6b6b6b", budget={"usd": 1.2}, max_trials=20, epochs=20)
     store = store_of(url)
-    store.put_json("lease.json", {"renewed_at": time.time(), "ttl_seconds": 3, "owner": "laptop"})
-    run = run_agent(url, tmp_path / "work")
-    assert run.code == 4, run.log
-    assert store.get_json("agent/exit.json")["status"] == "lease_lapsed"
-    assert store.get_json("agent/progress.json") is None or not store.get_json("agent/progress.json")["finished"]
-
-
-@pytest.mark.parametrize("flags, code, status", [
-    (["--spent-usd", "5", "--budget-usd", "5"], 3, "budget"),
-    (["--deadline-at", "1000"], 3, "deadline"),
-])
-def test_budget_and_deadline_stop_before_any_compute(tmp_path, flags, code, status):
-    url = make_bundle(tmp_path, "digits-cap-5f5f5f")
-    run = run_agent(url, tmp_path / "work", *flags)
-    assert run.code == code, run.log
-    assert store_of(url).get_json("agent/exit.json")["status"] == status
-    assert "tensorflow" not in run.log.lower()
+    now = time.time()
+    store.put_json("ledger/i-earlier.json", ledger_entry("i-earlier", 1.08, now - 3600, now - 2600))
+    store.put_json("ledger/i-me.json", ledger_entry("i-me", 36.0, now - 61))
+    run = run_agent(url, tmp_path / "work", "--instance-id", "i-me", NASCLOUD_SHUTDOWN_SECONDS="0")
+    assert run.code == 3, run.log
+    exit_record = store.get_json("agent/exit.json")
+    assert exit_record["status"] == "budget" and "of the $1.20 budget" in exit_record["message"]
+    assert re.search(r"trial \S+ starts", run.log) and re.search(r"publishing a snapshot after .*\(budget", run.log)
+    entry = store.get_json("ledger/i-me.json")
+    spent = 0.3 + 36.0 * (entry["last_seen"] - entry["launched_at"]) / 3600
+    assert spent <= 1.2 + 36.0 * 2 / 3600  # within two heartbeats of the cap
 
 
 def test_a_gpu_offer_without_a_gpu_is_refused_before_training(tmp_path):

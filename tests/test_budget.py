@@ -9,12 +9,14 @@ import pytest
 from nascloud import budget, cost
 from nascloud.budget import BudgetConfig, Progress
 from nascloud.errors import UsageError
-from nascloud.state import InstanceRow, JobRow
+from nascloud.bundle import Bundle, OfferRecord
+from nascloud.jobbucket import LedgerEntry
+from nascloud.job import parse_job
 
 
-def row(launched_at, ended_at=None, price=3.6, reason=None, seq=1) -> InstanceRow:
-    return InstanceRow(seq, "job-abc123", f"i-{seq}", "local", None, None, "g4dn.xlarge", True, price,
-                       launched_at, ended_at, reason, launched_at, None)
+def row(launched_at, ended_at=None, price=3.6, reason=None, seq=1) -> LedgerEntry:
+    return LedgerEntry(f"i-{seq}", "search", "aws", "g4dn.xlarge", "use1-az2", True, price, launched_at,
+                       last_seen=ended_at or launched_at, ended_at=ended_at, end_reason=reason)
 
 
 def progress(done=0, max_trials=4, durations=(), running_epoch=None, epochs=None, finished=False) -> Progress:
@@ -206,13 +208,14 @@ def test_deadline_alerts_then_stop_before_it_passes():
     assert stopped_at == 2 * 3600 - config.tick_seconds - config.shutdown_seconds
 
 
-def test_config_for_a_job_row():
-    bundle = {"spec": {"search": {"max_trials": 8}, "budget": {"alerts": [0.5, 0.9]},
-                       "compute": {"interruptions_per_hour": None}},
-              "interval_minutes": 12.0}
-    job = JobRow("job-abc123", "job", "file:///b/job-abc123", bundle, "running", 25.0, 48.0,
-                 {"work_hours": 2.0, "interruptions_per_hour": 0.07}, 1000.0, None)
-    config = BudgetConfig.for_job(job, tick_seconds=10)
+def test_config_for_a_bundle_takes_the_budget_record_in_force():
+    spec = parse_job({"name": "job", "search": {"max_trials": 8}, "budget": {"usd": 5, "alerts": [0.5, 0.9]}})
+    offer = OfferRecord(cloud="aws", instance_type="g4dn.xlarge", price_per_hour=0.2, on_demand_price_per_hour=0.5)
+    bundle = Bundle(job_id="job-abc123", job_url="file:///b/job-abc123", created_at=1000.0, spec=spec, offer=offer,
+                    data="data/x.npz", interval_minutes=12.0,
+                    estimate={"work_hours": 2.0, "interruptions_per_hour": 0.07})
+    # `resume --budget 25 --max-hours 48` wrote the record: it wins over the job file's $5.
+    config = BudgetConfig.for_bundle(bundle, {"usd": 25.0, "max_hours": 48.0}, tick_seconds=10)
     assert config == BudgetConfig(budget_usd=25.0, alerts=(0.5, 0.9), max_hours=48.0, started_at=1000.0,
                                   tick_seconds=10, interruptions_per_hour=0.07, interval_hours=0.2,
                                   trial_seconds_hint=900.0)

@@ -9,7 +9,7 @@ from rich.console import Console
 from nascloud import budget
 from nascloud.budget import BudgetConfig, Progress
 from nascloud.dashboard import Dashboard, JobView, plain_lines, render
-from nascloud.state import Event, InstanceRow
+from nascloud.jobbucket import Event, LedgerEntry
 
 NOW = 1_700_010_000.0
 PROGRESS = {"max_trials": 6, "trials_done": 2, "trials_failed": 0, "running": {"trial_id": "3", "epoch": 1},
@@ -18,11 +18,10 @@ PROGRESS = {"max_trials": 6, "trials_done": 2, "trials_failed": 0, "running": {"
 
 
 def summary(status="running") -> dict:
-    """view.job_summary's shape, with the budget tick under "money" (as `status --json` has it)."""
-    rows = [InstanceRow(1, "digits-1a2b3c", "i-first", "aws", "us-east-1", None, "g4dn.xlarge", True, 0.25,
-                        NOW - 9000, NOW - 5000, "preempted", None, None),
-            InstanceRow(2, "digits-1a2b3c", "i-second", "aws", "us-east-1", None, "g4dn.xlarge", True, 0.30,
-                        NOW - 4000, None, None, None, None)]
+    """observer.summary's shape, with the budget tick under "money" (as `status --json` has it)."""
+    rows = [LedgerEntry("i-first", "search", "aws", "g4dn.xlarge", None, True, 0.25, NOW - 9000, NOW - 5000,
+                        NOW - 5000, "preempted"),
+            LedgerEntry("i-second", "search", "aws", "g4dn.xlarge", None, True, 0.30, NOW - 4000, NOW)]
     tick = budget.evaluate(rows, Progress.of(PROGRESS, epochs=4), BudgetConfig(budget_usd=2.0), set(), NOW)
     return {
         "job_id": "digits-1a2b3c", "status": status, "budget_usd": 2.0, "max_hours": 4.0,
@@ -35,8 +34,8 @@ def summary(status="running") -> dict:
     }
 
 
-EVENTS = [Event(1, "digits-1a2b3c", NOW - 5000, "preempted", "instance i-first preempted: recovering", None),
-          Event(2, "digits-1a2b3c", NOW - 10, "alert", "50% of the $2.00 budget spent ($1.03)", {"key": "x"})]
+EVENTS = [Event("events/1", NOW - 5000, "preempted", "instance i-first preempted: recovering", None),
+          Event("events/2", NOW - 10, "alert", "50% of the $2.00 budget spent ($1.03)", {"key": "x"})]
 
 
 def test_plain_lines_say_money_trials_instance_and_deadline():

@@ -46,3 +46,15 @@ def test_the_probe_sees_matplotlib_when_a_plot_is_asked_for(tmp_path):
     code, heavy, stderr = probe(["estimate", "--hours", "3", "--gpu", "T4", "--plot", str(tmp_path / "p.png")])
     assert code == 0, stderr
     assert "matplotlib" in heavy and "boto3" not in heavy
+
+
+def test_the_local_group_engine_knows_nothing_of_the_job_it_runs():
+    """The local group is the stand-in for the clouds' engines: it keeps hosts alive and obeys resize. It must
+    not read (so cannot import) budgets, checkpoints, ledgers or the agent."""
+    code = ("import sys, nascloud.provisioners.local\n"
+            "print(sorted(m for m in sys.modules if m.startswith('nascloud')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    modules = json.loads(done.stdout.replace("'", '"'))
+    forbidden = [m for m in modules if m.startswith(("nascloud.budget", "nascloud.checkpoints", "nascloud.agent",
+                                                     "nascloud.jobbucket", "nascloud.cost"))]
+    assert "nascloud.provisioners.local" in modules and forbidden == []

@@ -249,11 +249,11 @@ class Agent:
             # The exit record still names this instance: the orchestrator waits for it.
             return self.exit_status("finished", "the search finished before; results are in "
                                                 f"{self.store.url}/results (nothing refitted)")
+        self.heartbeat()  # a sign of life first: the money counts this instance as running
         reason = self.stop_reason()
         if reason:
             return self._stop(StopRequested(*reason))
         self.notices.install()
-        self.heartbeat()
         beat = threading.Thread(target=self._heartbeat_loop, daemon=True, name="nascloud-heartbeat",
                                 args=(float(os.environ.get("NASCLOUD_HEARTBEAT_SECONDS", "30")),))
         beat.start()
