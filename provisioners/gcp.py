@@ -1,11 +1,15 @@
-"""GCP: one Spot (or legacy preemptible, or standard) GPU VM per job, through google-cloud-compute's REST
-clients.
+"""GCP: a job group is a regional managed instance group over an instance template, through
+google-cloud-compute's REST clients.
 
-What a job creates, named nascloud-<job-id> and labelled nascloud-job / nascloud-owner: a firewall rule
-admitting only 22/tcp from the caller's CIDR to the job's network tag, and the instance (the job's SSH key
-in its metadata, the bootstrap as startup-script, onHostMaintenance TERMINATE). Operations are waited on
-with our own Zone/GlobalOperationsClient built like every other client: the library's `.result()` would
-poll Google's real host whatever endpoint the clients were given.
+What a job creates, named nascloud-<job-id>-<group> and labelled nascloud-job / nascloud-owner /
+nascloud-group: per group, two global instance templates (the offer's Spot or preemptible one, and a
+STANDARD one the group may be switched to for the on-demand fallback) and the managed group, spread over
+the offer's zones of the region, which recreates a VM that is preempted, stopped or deleted by anyone but
+itself. The template holds the bootstrap as startup-script, the job's bucket URL (metadata
+nascloud-job-url), onHostMaintenance TERMINATE, the accelerator and the service account. With
+compute.ssh_cidr set, also a firewall rule nascloud-<job-id> admitting 22/tcp from it to the job's network
+tag; without, no inbound rule at all. Operations are waited on with our own operations clients: the
+library's `.result()` would poll Google's real host whatever endpoint the clients were given.
 
 NASCLOUD_GCE_ENDPOINT (e.g. http://127.0.0.1:PORT) points every client at another Compute Engine endpoint
 with anonymous credentials: that is how the tests reach their local server.
@@ -15,52 +19,69 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
+import re
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from nascloud.cost import BOOT_DISK_GB
-from nascloud.errors import CapacityError, CloudError, NascloudError, UsageError
-from nascloud.provisioners.base import Instance, Offer, SshTarget, State
-from nascloud.provisioners.common import (CLOUD_PYTHON, CLOUD_ROOT, LaunchOffer, as_offer, cloud_bootstrap, default_owner, host_key_line, job_keys,
-                                          job_prefix, lookup_public_cidr, remove_job_keys, ssh_cidr)
+from nascloud.errors import CloudError, NascloudError, UsageError
+from nascloud.provisioners.base import Group, GroupSpec, Instance, State
+from nascloud.provisioners.common import (bootstrap_script, default_owner, dry_run_group, ensure_key, job_prefix,
+                                          keys_dir, power_off, remove_job_keys, ssh_cidr)
 
 ENDPOINT_ENV = "NASCLOUD_GCE_ENDPOINT"
+METADATA_ENV = "NASCLOUD_GCE_METADATA_URL"
+METADATA_URL = "http://metadata.google.internal/computeMetadata/v1"
 # Deep Learning VM image family with CUDA and the NVIDIA driver installer; overridable with compute.image.
 DEFAULT_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
 SSH_USER = "nascloud"
-JOB_LABEL, OWNER_LABEL = "nascloud-job", "nascloud-owner"
-JOB_URL_KEY = "nascloud-job-url"  # metadata (labels cannot hold a URL): where `gc` reads the job's lease
+JOB_LABEL, OWNER_LABEL, GROUP_LABEL = "nascloud-job", "nascloud-owner", "nascloud-group"
+JOB_URL_KEY = "nascloud-job-url"  # metadata (labels cannot hold a URL): where `gc` finds the job's bucket
 ACCELERATORS = {"T4": "nvidia-tesla-t4", "V100": "nvidia-tesla-v100", "P100": "nvidia-tesla-p100",
                 "P4": "nvidia-tesla-p4", "L4": "nvidia-l4", "A100": "nvidia-tesla-a100",
                 "A100-80GB": "nvidia-a100-80gb", "H100": "nvidia-h100-80gb"}
 BUILT_IN_GPU = ("g2-", "a2-", "a3-")  # these machine types come with their GPUs attached
 CAPACITY_CODES = {"ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
                   "RESOURCE_POOL_EXHAUSTED"}
-LIVE = {"PROVISIONING", "STAGING", "RUNNING", "REPAIRING"}
 PREEMPTED_OP = "compute.instances.preempted"
-STORAGE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
+# The instance resizes its own group (IAM on the service account decides what it may do) and uses the bucket.
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 
 
-def _name(job_id: str) -> str:
+def group_name(job_id: str, group: str) -> str:
+    """The managed group's name, its VMs' base name and its (Spot) template's name."""
+    return f"nascloud-{job_id}-{group}"
+
+
+def standard_template(job_id: str, group: str) -> str:
+    """The on-demand (STANDARD) template made beside the Spot one, for the fallback switch."""
+    return f"{group_name(job_id, group)}-standard"
+
+
+def _of_job(name: str, job_id: str, parts: int) -> bool:
+    """Whether a group's (parts=1) or its VM's (parts=2) name is this job's: group names have no '-', so
+    another job whose id merely starts with this one's is not taken for it."""
+    prefix = f"nascloud-{job_id}-"
+    return name.startswith(prefix) and name[len(prefix):].count("-") == parts - 1
+
+
+def _firewall(job_id: str) -> str:
     return f"nascloud-{job_id}"
 
 
-def _what_to_try(offer: LaunchOffer) -> str:
-    spot = " or on-demand (compute.spot: false)" if offer.spot else ""
-    return f"try another zone (compute.zone){spot}"
-
-
-def _error(error: Exception, what: str, offer: Optional[LaunchOffer] = None) -> NascloudError:
+def _error(error: Exception, what: str) -> NascloudError:
     from google.api_core import exceptions
 
+    if isinstance(error, NascloudError):
+        return error
     reason = getattr(error, "reason", None) or ""
-    text = getattr(error, "message", None) or str(error)
+    # The REST transport's message starts with the request ("POST https://...: "): the cause is what follows.
+    text = re.sub(r"^[A-Z]+ \S+: ", "", getattr(error, "message", None) or str(error))
     if isinstance(error, exceptions.Forbidden) and "quota" in (reason + text).lower():
-        return CloudError(f"GCP quota stops {what}: {text}; request more under IAM & Admin > Quotas"
-                          + (f", or {_what_to_try(offer)}" if offer else ""))
+        return CloudError(f"GCP quota stops {what}: {text}; request more under IAM & Admin > Quotas")
     if isinstance(error, (exceptions.Unauthorized, exceptions.Forbidden)):
         return CloudError(f"GCP refused {what} ({text}); check your credentials and the permissions listed in the "
                           "README, 'Providers and permissions'")
@@ -71,103 +92,135 @@ def _gpu_quota_metric(gpu: str, spot: bool) -> str:
     return f"{'PREEMPTIBLE_' if spot else ''}NVIDIA_{gpu.upper().replace('-', '_')}_GPUS"
 
 
-def _zone_of(offer: LaunchOffer) -> str:
-    zone, region = offer.zone, offer.region
-    if not zone and region:
-        zone = f"{region}-a"
-    if not zone:
-        raise UsageError("GCP instances live in a zone: set compute.zone (e.g. us-central1-a)")
-    if region and not zone.startswith(region + "-"):
-        raise UsageError(f"zone {zone} is not in region {region}; fix compute.zone or compute.region")
-    return zone
-
-
-def _bodies(job_id: str, offer: LaunchOffer, spec, zone: str, name: str, image: str, cidr: str, ssh_key: str,
-            script: str, owner: str, service_account: Optional[str]) -> tuple[dict, dict]:
-    """The firewall rule and the instance, as instances.insert / firewalls.insert receive them."""
-    tag = _name(job_id)
-    firewall = {"name": tag, "network": "global/networks/default", "direction": "INGRESS",
-                "description": f"nascloud {job_id}: SSH from {cidr} only",
-                "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}], "sourceRanges": [cidr], "targetTags": [tag]}
-    if offer.spot and spec.compute.provisioning == "preemptible":
-        scheduling = {"preemptible": True, "automaticRestart": False, "onHostMaintenance": "TERMINATE"}
-    elif offer.spot:
-        # STOP keeps the reclaimed VM (TERMINATED) where status can see it; terminate() deletes it.
-        scheduling = {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP", "automaticRestart": False,
-                      "onHostMaintenance": "TERMINATE"}
-    else:
-        scheduling = {"provisioningModel": "STANDARD", "automaticRestart": True, "onHostMaintenance": "TERMINATE"}
-    instance = {
-        "name": name,
-        "machineType": f"zones/{zone}/machineTypes/{offer.instance_type}",
-        "labels": {JOB_LABEL: job_id, OWNER_LABEL: owner},
-        "tags": {"items": [tag]},
-        "disks": [{"boot": True, "autoDelete": True,
-                   "initializeParams": {"sourceImage": image, "diskSizeGb": str(int(BOOT_DISK_GB))}}],
-        "networkInterfaces": [{"network": "global/networks/default",
-                               "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]}],
-        "scheduling": scheduling,
-        "metadata": {"items": [
-            {"key": "ssh-keys", "value": ssh_key},
-            {"key": "block-project-ssh-keys", "value": "true"},
-            {"key": "install-nvidia-driver", "value": "True"},
-            {"key": "startup-script", "value": script},
-            {"key": JOB_URL_KEY, "value": job_prefix(spec, job_id, "gs").url},
-        ]},
-    }
-    gpu = offer.gpu
-    if gpu and not offer.instance_type.startswith(BUILT_IN_GPU):
-        instance["guestAccelerators"] = [{"acceleratorType": f"zones/{zone}/acceleratorTypes/{_accelerator(gpu)}",
-                                          "acceleratorCount": offer.gpu_count}]
-    if service_account:
-        instance["serviceAccounts"] = [{"email": service_account, "scopes": [STORAGE_SCOPE]}]
-    return firewall, instance
-
-
 def _accelerator(gpu: str) -> str:
     if gpu.upper() not in ACCELERATORS:
         raise UsageError(f"unknown GPU {gpu!r} for GCP; use one of {', '.join(ACCELERATORS)} (compute.gpu)")
     return ACCELERATORS[gpu.upper()]
 
 
-def launch_request(job_id: str, offer: Offer, spec) -> dict:
-    """What launch would send, with no credentials and no network: look-ups show as placeholders."""
-    offer = as_offer(offer, spec)
-    zone = _zone_of(offer)
-    bucket = job_prefix(spec, job_id, "gs")
-    script = cloud_bootstrap("gcp", bucket.url, offer.gpu, None)
-    firewall, instance = _bodies(
-        job_id, offer, spec, zone, f"{_name(job_id)}-<4 hex>", spec.compute.image or DEFAULT_IMAGE,
-        spec.compute.ssh_cidr or "<your public address>/32",
-        f"{SSH_USER}:<the job's SSH public key, generated at launch>",
-        script, default_owner(), os.environ.get("NASCLOUD_GCP_SERVICE_ACCOUNT") or None)
+def _region(offer: dict) -> str:
+    region = offer.get("region") or (offer.get("zone") or "")[:-2]
+    if not region:
+        raise UsageError("GCP groups live in a region: set compute.region (e.g. us-central1)")
+    return region
+
+
+def _zones(offer: dict) -> list[str]:
+    """The zones the group may place VMs in: the offer's price table (cheapest first), else its zone."""
+    region = _region(offer)
+    zones = [z["zone"] for z in offer.get("zones", ()) if z.get("zone")] or \
+        ([offer["zone"]] if offer.get("zone") else [])
+    for zone in zones:
+        if not zone.startswith(region + "-"):
+            raise UsageError(f"zone {zone} is not in region {region}; fix compute.zone or compute.region")
+    return zones
+
+
+def _scheduling(spot: bool, preemptible: bool) -> dict:
+    if spot and preemptible:
+        return {"preemptible": True, "automaticRestart": False, "onHostMaintenance": "TERMINATE"}
+    if spot:
+        # STOP, not DELETE: the group sees a stopped member and recreates it, as after any failure.
+        return {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP", "automaticRestart": False,
+                "onHostMaintenance": "TERMINATE"}
+    return {"provisioningModel": "STANDARD", "automaticRestart": True, "onHostMaintenance": "TERMINATE"}
+
+
+def requests(group: GroupSpec, image: str, service_account: Optional[str], ssh_key: Optional[str],
+             cidr: Optional[str]) -> dict:
+    """Every request create_groups makes for one group, as the API receives it (the dry run prints them)."""
+    offer, spec, job_id = group.offer, group.spec, group.job_id
+    name = group_name(job_id, group.name)
+    labels = {JOB_LABEL: job_id, OWNER_LABEL: str(group.tags.get("nascloud-owner") or default_owner()),
+              GROUP_LABEL: group.name}
+    items = [{"key": "startup-script", "value": bootstrap_script(group.bootstrap_env)},
+             {"key": JOB_URL_KEY, "value": job_prefix(spec, job_id, "gs").url}]
+    if offer.get("gpu"):
+        items.append({"key": "install-nvidia-driver", "value": "True"})
+    if ssh_key:  # the public half only: the host key is made on the instance and published to the bucket
+        items += [{"key": "ssh-keys", "value": ssh_key}, {"key": "block-project-ssh-keys", "value": "true"}]
+
+    def template(template_name: str, spot: bool) -> dict:
+        properties = {
+            "machineType": offer["instance_type"],
+            "labels": labels,
+            "disks": [{"boot": True, "autoDelete": True,
+                       "initializeParams": {"sourceImage": image, "diskSizeGb": str(int(BOOT_DISK_GB))}}],
+            "networkInterfaces": [{"network": "global/networks/default",
+                                   "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]}],
+            "scheduling": _scheduling(spot, spec.compute.provisioning == "preemptible"),
+            "metadata": {"items": items},
+        }
+        if cidr:
+            properties["tags"] = {"items": [_firewall(job_id)]}
+        if offer.get("gpu") and not offer["instance_type"].startswith(BUILT_IN_GPU):
+            properties["guestAccelerators"] = [{"acceleratorType": _accelerator(offer["gpu"]),
+                                                "acceleratorCount": int(offer.get("gpu_count") or 1)}]
+        if service_account:
+            properties["serviceAccounts"] = [{"email": service_account, "scopes": SCOPES}]
+        return {"name": template_name, "description": f"nascloud {job_id} {group.name}", "properties": properties}
+
+    spot = bool(offer.get("spot"))
+    templates = [template(name, spot)] + ([template(standard_template(job_id, group.name), False)] if spot else [])
+    manager = {"name": name, "baseInstanceName": name, "instanceTemplate": f"global/instanceTemplates/{name}",
+               "targetSize": group.size, "description": "",
+               "distributionPolicy": {"targetShape": "ANY", "zones": [
+                   {"zone": f"zones/{zone}"} for zone in _zones(offer)]}}
+    made = {"instanceTemplates.insert": templates, "regionInstanceGroupManagers.insert": manager}
+    if cidr:
+        made["firewalls.insert"] = {
+            "name": _firewall(job_id), "network": "global/networks/default", "direction": "INGRESS",
+            "description": f"nascloud {job_id}: SSH from {cidr} only",
+            "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}], "sourceRanges": [cidr],
+            "targetTags": [_firewall(job_id)]}
+    return made
+
+
+def identity_binding(project: str, region: str, job_id: str, groups: list[str]) -> dict:
+    """The IAM binding the service account needs to resize only the job's groups (granted by the user,
+    who owns the project's IAM): Compute Instance Admin on the project, conditioned on the groups' names."""
+    names = " || ".join(f'resource.name == "projects/{project}/regions/{region}/instanceGroupManagers/'
+                        f'{group_name(job_id, g)}"' for g in groups)
+    return {"role": "roles/compute.instanceAdmin.v1", "condition": {
+        "title": f"nascloud {job_id} groups", "expression": names}}
+
+
+def launch_request(job_id: str, offer, spec) -> dict:
+    """What create_groups would send for the job's search group, with no credentials and no network."""
+    group = dry_run_group("gcp", job_id, offer, spec)
     project = os.environ.get("NASCLOUD_GCP_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT") or "<your project>"
-    return {"cloud": "gcp", "project": project, "zone": zone, "firewalls.insert": firewall,
-            "instances.insert": instance}
+    account = os.environ.get("NASCLOUD_GCP_SERVICE_ACCOUNT") or "<NASCLOUD_GCP_SERVICE_ACCOUNT>"
+    made = requests(group, spec.compute.image or DEFAULT_IMAGE, account,
+                    f"{SSH_USER}:<the job's SSH public key>" if spec.compute.ssh_cidr else None, spec.compute.ssh_cidr)
+    return {"cloud": "gcp", "project": project, "region": _region(group.offer), **made,
+            "service account binding": identity_binding(project, _region(group.offer), job_id, [group.name])}
+
+
+def _timestamp(value: Optional[str]) -> Optional[float]:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
 
 
 class GcpProvisioner:
     cloud = "gcp"
 
-    def __init__(self, project: Optional[str] = None, home: Optional[Path] = None, owner: Optional[str] = None,
-                 service_account: Optional[str] = None, endpoint: Optional[str] = None,
-                 ssh_address: Optional[Callable[[Instance], tuple[str, int]]] = None,
-                 cidr_lookup: Callable[[], str] = lookup_public_cidr, timeout: float = 600.0,
-                 ssh_user: str = SSH_USER):
-        """service_account: the identity the VM gets (README: limit it to the bucket prefix); without one the
-        VM has none and cannot reach the bucket. ssh_address overrides where SSH connects (tests); ssh_user
-        is the login the job's key is installed for."""
+    def __init__(self, region: Optional[str] = None, project: Optional[str] = None, home: Optional[Path] = None,
+                 owner: Optional[str] = None, service_account: Optional[str] = None, endpoint: Optional[str] = None,
+                 timeout: float = 600.0, poll_seconds: float = 2.0):
+        """region: where the job's groups live (an observer passes the bundle's). service_account: the
+        identity the VMs get (README: limit it to the bucket prefix and the job's groups); without one a VM
+        cannot reach the bucket, so preflight refuses."""
+        self.region = region
+        self.regions = {region} if region else set()
         self.project = project or os.environ.get("NASCLOUD_GCP_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
         self.home = home
         self.owner = owner or default_owner()
         self.service_account = service_account or os.environ.get("NASCLOUD_GCP_SERVICE_ACCOUNT")
         self.endpoint = endpoint or os.environ.get(ENDPOINT_ENV)
-        self._ssh_address = ssh_address
-        self._cidr_lookup = cidr_lookup
         self._timeout = timeout
-        self.ssh_user = ssh_user
+        self._poll = poll_seconds
         self._clients: dict[str, object] = {}
         self._credentials = None
+        self._templates: dict[str, object] = {}  # name -> template, read once (templates never change)
 
     def _client(self, kind: str):
         """A compute_v1 REST client; every one gets the same endpoint and credentials."""
@@ -192,7 +245,8 @@ class GcpProvisioner:
         from google.auth.exceptions import DefaultCredentialsError
 
         try:
-            credentials, project = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+            # On a VM this is the metadata server's token for the VM's service account: no gcloud needed.
+            credentials, project = google.auth.default(scopes=SCOPES)
         except DefaultCredentialsError:
             raise CloudError("no Google Cloud credentials found; run `gcloud auth application-default login` or "
                              "set GOOGLE_APPLICATION_CREDENTIALS") from None
@@ -201,15 +255,15 @@ class GcpProvisioner:
             raise UsageError("no GCP project: set NASCLOUD_GCP_PROJECT or `gcloud config set project ...`")
         return credentials
 
-    def _call(self, what: str, call, *args, offer: Optional[LaunchOffer] = None, **kwargs):
+    def _call(self, what: str, kind: str, method: str, **params):
+        if "request" not in params:  # a request object carries its project itself
+            params["project"] = self.project
         try:
-            return call(*args, **kwargs)
-        except NascloudError:
-            raise
+            return getattr(self._client(kind), method)(**params)
         except Exception as error:
-            raise _error(error, what, offer) from None
+            raise _error(error, what) from None
 
-    def _wait(self, operation, zone: Optional[str], what: str, offer: Optional[LaunchOffer] = None) -> None:
+    def _wait(self, operation, what: str, zone: Optional[str] = None, region: Optional[str] = None) -> None:
         """Wait on an operation with our own operations client (never .result()), then read its error."""
         from google.cloud import compute_v1
 
@@ -218,206 +272,317 @@ class GcpProvisioner:
             if time.monotonic() > deadline:
                 raise CloudError(f"GCP {what} did not finish in {self._timeout:.0f}s (operation {operation.name})")
             if zone:
-                operation = self._call(what, self._client("ZoneOperationsClient").wait, project=self.project,
-                                       zone=zone, operation=operation.name)
-            else:
-                operation = self._call(what, self._client("GlobalOperationsClient").wait, project=self.project,
+                operation = self._call(what, "ZoneOperationsClient", "wait", zone=zone, operation=operation.name)
+            elif region:
+                operation = self._call(what, "RegionOperationsClient", "wait", region=region,
                                        operation=operation.name)
+            else:
+                operation = self._call(what, "GlobalOperationsClient", "wait", operation=operation.name)
         errors = list(operation.error.errors) if operation.error else []
-        if not errors:
-            return
-        code, message = errors[0].code, errors[0].message
-        if code in CAPACITY_CODES and offer:
-            raise CapacityError(f"GCP has no {offer.instance_type} {'spot ' if offer.spot else ''}capacity in {zone} "
-                             f"right now ({code}); {_what_to_try(offer)}")
-        if code == "QUOTA_EXCEEDED":
-            raise CloudError(f"GCP quota stops {what}: {message}; request more under IAM & Admin > Quotas"
-                             + (f", or {_what_to_try(offer)}" if offer else ""))
-        raise CloudError(f"GCP {what} failed: {code}: {message}")
+        if errors:
+            code, message = errors[0].code, errors[0].message
+            if code == "QUOTA_EXCEEDED":
+                raise CloudError(f"GCP quota stops {what}: {message}; request more under IAM & Admin > Quotas")
+            raise CloudError(f"GCP {what} failed: {code}: {message}")
 
-    def _check_offer(self, offer: LaunchOffer) -> str:
-        """The zone, machine type and GPU exist (UsageError otherwise); returns the zone."""
+    def _insert(self, what: str, kind: str, resource: str, body: dict, message, region: Optional[str] = None) -> None:
+        """Insert unless it exists (made by an earlier launch of the same job: left as it is)."""
+        from google.api_core.exceptions import Conflict
+
+        params = {resource: message.from_json(json.dumps(body))}
+        if region:
+            params["region"] = region
+        try:
+            operation = getattr(self._client(kind), "insert_unary")(project=self.project, **params)
+        except Conflict:
+            return
+        except Exception as error:
+            raise _error(error, what) from None
+        self._wait(operation, what, region=region)
+
+    # --- launch ---------------------------------------------------------------------------------------
+    def _check_offer(self, offer: dict) -> str:
+        """The region, zones, machine type and GPU exist (UsageError otherwise); returns the region."""
         from google.api_core.exceptions import NotFound
 
-        zone = _zone_of(offer)
-        if not offer.instance_type:
+        region = _region(offer)
+        if not offer.get("instance_type"):
             raise UsageError("no GCP machine type: set compute.instance_type (e.g. n1-standard-4) or compute.gpu")
-        checks = [("zone", "ZonesClient", {"zone": zone}, f"unknown GCP zone {zone!r}; use one like us-central1-a "
-                                                          "(compute.zone)"),
-                  ("machine type", "MachineTypesClient", {"zone": zone, "machine_type": offer.instance_type},
-                   f"unknown GCP machine type {offer.instance_type!r} in {zone}; use one like n1-standard-4")]
-        if offer.gpu and not offer.instance_type.startswith(BUILT_IN_GPU):
-            checks.append(("GPU", "AcceleratorTypesClient", {"zone": zone, "accelerator_type": _accelerator(offer.gpu)},
-                           f"no {offer.gpu} GPUs in {zone}; try another zone (compute.zone)"))
+        zones = _zones(offer) or [f"{region}-a"]
+        checks = [("region", "RegionsClient", {"region": region},
+                   f"unknown GCP region {region!r}; use one like us-central1 (compute.region)")]
+        checks += [("zone", "ZonesClient", {"zone": z}, f"unknown GCP zone {z!r}; use one like us-central1-a "
+                                                         "(compute.zone)") for z in zones]
+        checks.append(("machine type", "MachineTypesClient", {"zone": zones[0], "machine_type": offer["instance_type"]},
+                       f"unknown GCP machine type {offer['instance_type']!r} in {zones[0]}; use one like n1-standard-4"))
+        if offer.get("gpu") and not offer["instance_type"].startswith(BUILT_IN_GPU):
+            checks.append(("GPU", "AcceleratorTypesClient", {"zone": zones[0],
+                                                             "accelerator_type": _accelerator(offer["gpu"])},
+                           f"no {offer['gpu']} GPUs in {zones[0]}; try another zone (compute.zone)"))
         for what, kind, params, message in checks:
             try:
                 self._client(kind).get(project=self.project, **params)
             except NotFound:
                 raise UsageError(message) from None
-            except NascloudError:
-                raise
             except Exception as error:
                 raise _error(error, f"looking up the {what}") from None
-        return zone
+        self.regions.add(region)
+        return region
 
-    def _instance(self, raw) -> Instance:
-        zone = raw.zone.rsplit("/", 1)[-1]
-        created = raw.creation_timestamp
-        nat = [c.nat_i_p for n in raw.network_interfaces for c in n.access_configs if c.nat_i_p]
-        return Instance(
-            instance_id=raw.name, job_id=raw.labels.get(JOB_LABEL, ""), cloud="gcp", region=zone[:-2], zone=zone,
-            instance_type=raw.machine_type.rsplit("/", 1)[-1],
-            spot=raw.scheduling.provisioning_model == "SPOT" or bool(raw.scheduling.preemptible),
-            launched_at=datetime.fromisoformat(created).timestamp() if created else time.time(),
-            extra={"python": CLOUD_PYTHON, "bootstrap_dir": CLOUD_ROOT, "public_ip": nat[0] if nat else None,
-                   "project": self.project,
-                   "job_url": next((i.value for i in raw.metadata.items if i.key == JOB_URL_KEY), None)},
-        )
+    def preflight(self, groups: list[GroupSpec]) -> None:
+        for group in groups:
+            offer = group.offer
+            region = self._check_offer(offer)
+            job_prefix(group.spec, group.job_id, "gs")
+            if not self.service_account:  # the VM would boot, bill, and fail to reach the bucket
+                raise UsageError("a GCP instance reaches the bucket as a service account: set "
+                                 "NASCLOUD_GCP_SERVICE_ACCOUNT to one limited to the jobs' prefix (README: GCP)")
+            if not offer.get("gpu"):
+                continue
+            spot, needed = bool(offer.get("spot")), int(offer.get("gpu_count") or 1) * max(group.size, 1)
+            project = self._call("reading the project's quotas", "ProjectsClient", "get")
+            found = self._call("reading the region's quotas", "RegionsClient", "get", region=region)
+            # GPUS_ALL_REGIONS caps the whole project (0 in a new one), the regional metric this region.
+            for quotas, metric, where, other in (
+                    (project.quotas, "GPUS_ALL_REGIONS", "the project", ""),
+                    (found.quotas, _gpu_quota_metric(offer["gpu"], spot), region, ", or try another region")):
+                quota = next((q for q in quotas if q.metric == metric), None)
+                if quota is not None and quota.limit - quota.usage < needed:
+                    raise CloudError(f"your GCP quota {metric} in {where} is {quota.limit:g} with {quota.usage:g} in "
+                                     f"use (new projects start at 0); request more under IAM & Admin > Quotas{other}"
+                                     + (" or on-demand (compute.spot: false)" if spot and other else ""))
 
-    def _owned(self, job_id: Optional[str]) -> list:
-        from google.cloud import compute_v1
-
-        expression = f'labels.{JOB_LABEL} = "{job_id}"' if job_id else f"labels.{JOB_LABEL}:*"
-        request = compute_v1.AggregatedListInstancesRequest(project=self.project, filter=expression)
-        pages = self._call("listing instances", self._client("InstancesClient").aggregated_list, request=request)
-        return self._call("listing instances", lambda: [i for _, scoped in pages for i in scoped.instances])
-
-    # --- protocol ------------------------------------------------------------------------------
-    def preflight(self, offer: Offer, spec) -> None:
-        offer = as_offer(offer, spec)
-        zone = self._check_offer(offer)
-        job_prefix(spec, "preflight", "gs")
-        if not self.service_account:  # the VM would boot, bill, and fail to reach the bucket
-            raise UsageError("a GCP instance reaches the bucket as a service account: set "
-                             "NASCLOUD_GCP_SERVICE_ACCOUNT to one limited to the jobs' prefix (README: GCP)")
-        if not offer.gpu:
+    def create_groups(self, groups: list[GroupSpec]) -> None:
+        if not groups:
             return
-        region = zone[:-2]
-        project = self._call("reading the project's quotas", self._client("ProjectsClient").get, project=self.project)
-        found = self._call("reading the region's quotas", self._client("RegionsClient").get, project=self.project,
-                           region=region)
-        # GPUS_ALL_REGIONS caps the whole project (0 in a new one), the regional metric this region.
-        for quotas, metric, where, other in (
-                (project.quotas, "GPUS_ALL_REGIONS", "the project", ""),
-                (found.quotas, _gpu_quota_metric(offer.gpu, offer.spot), region, ", or try another region")):
-            quota = next((q for q in quotas if q.metric == metric), None)
-            if quota is not None and quota.limit - quota.usage < 1:
-                raise CloudError(f"your GCP quota {metric} in {where} is {quota.limit:g} with {quota.usage:g} in use "
-                                 f"(new projects start at 0); request more under IAM & Admin > Quotas{other}"
-                                 + (" or on-demand (compute.spot: false)" if offer.spot and other else ""))
-
-    def launch(self, job_id: str, offer: Offer, spec) -> Instance:
-        offer = as_offer(offer, spec)
-        zone = self._check_offer(offer)
-        for raw in self._owned(job_id):
-            if raw.status in LIVE:
-                return self._instance(raw)
-        from google.cloud import compute_v1
-
-        cidr = ssh_cidr(spec, self._cidr_lookup)
-        client_key, host_key = job_keys(self.home, job_id)
-        script = cloud_bootstrap("gcp", job_prefix(spec, job_id, "gs").url, offer.gpu, host_key)
-        name = f"{_name(job_id)}-{secrets.token_hex(2)}"
-        firewall, body = _bodies(job_id, offer, spec, zone, name, spec.compute.image or DEFAULT_IMAGE, cidr,
-                                 f"{self.ssh_user}:{client_key.public_line}", script, self.owner,
-                                 self.service_account)
-        self._ensure_firewall(firewall)
-        instances = self._client("InstancesClient")
-        operation = self._call("creating the instance", instances.insert_unary, offer=offer, project=self.project,
-                               zone=zone, instance_resource=compute_v1.Instance.from_json(json.dumps(body)))
-        self._wait(operation, zone, "creating the instance", offer)
-        return self._instance(self._call("reading the instance", instances.get, project=self.project, zone=zone,
-                                         instance=name))
-
-    def _ensure_firewall(self, firewall: dict) -> None:
-        from google.api_core.exceptions import Conflict
-        from google.cloud import compute_v1
-
         try:
-            operation = self._client("FirewallsClient").insert_unary(
-                project=self.project, firewall_resource=compute_v1.Firewall.from_json(json.dumps(firewall)))
-        except Conflict:
-            return  # made by an earlier launch of the same job
-        except Exception as error:
-            raise _error(error, "creating the firewall rule") from None
-        self._wait(operation, None, "creating the firewall rule")
+            for group in groups:
+                self._create(group)
+        except NascloudError:
+            self.delete(groups[0].job_id)  # a group that cannot be made leaves nothing behind
+            raise
 
-    def status(self, instances: list[Instance]) -> dict[str, State]:
-        """One aggregated list per job (all zones and regions at once), plus one aggregated operations
-        list when something stopped: a TERMINATED VM was preempted only if GCP logged a preemption."""
+    def _create(self, group: GroupSpec) -> None:
         from google.cloud import compute_v1
 
-        wanted = {i.instance_id for i in instances}
-        seen = {raw.name: raw.status for job in sorted({i.job_id for i in instances})
-                for raw in self._owned(job) if raw.name in wanted}
-        states = {}
-        for name in wanted:
-            status = seen.get(name)
-            states[name] = (State.RUNNING if status == "RUNNING" else State.PENDING if status in LIVE
-                            else State.TERMINATED)
-        if any(state == State.TERMINATED for state in states.values()):
-            request = compute_v1.AggregatedListGlobalOperationsRequest(
-                project=self.project, filter=f'operationType = "{PREEMPTED_OP}"')
-            pages = self._call("listing operations", self._client("GlobalOperationsClient").aggregated_list,
-                               request=request)
-            preempted = self._call("listing operations", lambda: {
-                op.target_link.rsplit("/", 1)[-1] for _, scoped in pages for op in scoped.operations})
-            for name in wanted & preempted:
-                states[name] = State.PREEMPTED
-        return states
+        spec, job_id = group.spec, group.job_id
+        region = self._check_offer(group.offer)
+        cidr = ssh_cidr(spec, lambda: "") if spec.compute.ssh_cidr else None
+        ssh_key = None
+        if cidr:
+            key = ensure_key(keys_dir(self.home, job_id) / "id_ed25519", f"nascloud-{job_id}")
+            ssh_key = f"{SSH_USER}:{key.public_line}"
+        made = requests(group, spec.compute.image or DEFAULT_IMAGE, self.service_account, ssh_key, cidr)
+        if cidr:
+            self._insert("creating the firewall rule", "FirewallsClient", "firewall_resource",
+                         made["firewalls.insert"], compute_v1.Firewall)
+        for template in made["instanceTemplates.insert"]:
+            self._insert(f"creating the instance template {template['name']}", "InstanceTemplatesClient",
+                         "instance_template_resource", template, compute_v1.InstanceTemplate)
+        self._insert(f"creating the managed instance group {made['regionInstanceGroupManagers.insert']['name']}",
+                     "RegionInstanceGroupManagersClient", "instance_group_manager_resource",
+                     made["regionInstanceGroupManagers.insert"], compute_v1.InstanceGroupManager, region=region)
 
-    def terminate(self, instances: list[Instance]) -> None:
+    # --- observe and resize ---------------------------------------------------------------------------
+    def _managers(self, region: str, job_id: Optional[str]) -> list:
+        pages = self._call("listing managed instance groups", "RegionInstanceGroupManagersClient", "list",
+                           region=region)
+        try:
+            return [m for m in pages if _of_job(m.name, job_id, 1) or (not job_id and m.name.startswith("nascloud-"))]
+        except Exception as error:
+            raise _error(error, "listing managed instance groups") from None
+
+    def _template(self, name: str):
+        if name not in self._templates:
+            self._templates[name] = self._call("reading the instance template", "InstanceTemplatesClient", "get",
+                                               instance_template=name)
+        return self._templates[name]
+
+    def _instance(self, raw, state: State, ended_at: Optional[float]) -> Instance:
+        zone = raw.zone.rsplit("/", 1)[-1]
+        return Instance(
+            instance_id=str(raw.id), job_id=raw.labels.get(JOB_LABEL, ""), group=raw.labels.get(GROUP_LABEL, ""),
+            cloud="gcp", region=zone[:-2], zone=zone, instance_type=raw.machine_type.rsplit("/", 1)[-1],
+            spot=raw.scheduling.provisioning_model == "SPOT" or bool(raw.scheduling.preemptible), state=state,
+            launched_at=_timestamp(raw.creation_timestamp), ended_at=ended_at)
+
+    def groups(self, job_id: str) -> list[Group]:
+        """Per region one list of managed groups; for all regions one aggregated list of the job's VMs and
+        one of preemptions (a preempted VM the group has already recreated is only seen there); each
+        template is read once."""
+        from google.cloud import compute_v1
+
+        managers = [(region, m) for region in sorted(self.regions) for m in self._managers(region, job_id)]
+        if not managers:
+            return []
+        request = compute_v1.AggregatedListInstancesRequest(project=self.project,
+                                                            filter=f'labels.{JOB_LABEL} = "{job_id}"')
+        pages = self._call("listing instances", "InstancesClient", "aggregated_list", request=request)
+        operations = compute_v1.AggregatedListGlobalOperationsRequest(project=self.project,
+                                                                      filter=f'operationType = "{PREEMPTED_OP}"')
+        ops = self._call("listing preemptions", "GlobalOperationsClient", "aggregated_list", request=operations)
+        try:
+            vms = [i for _, scoped in pages for i in scoped.instances]
+            preempted = {op.target_id: op for _, scoped in ops for op in scoped.operations
+                         if _of_job(op.target_link.rsplit("/", 1)[-1], job_id, 2)}
+        except Exception as error:
+            raise _error(error, "listing instances") from None
+        seen, by_group = set(), {}
+        for raw in vms:
+            seen.add(str(raw.id))
+            op = preempted.get(raw.id)
+            if raw.status == "RUNNING":
+                state, ended = State.RUNNING, None
+            elif raw.status in ("PROVISIONING", "STAGING"):
+                state, ended = State.PENDING, None
+            else:  # TERMINATED (stopped), STOPPING, SUSPENDED: gone for the job
+                state = State.PREEMPTED if op else State.TERMINATED
+                ended = _timestamp(op.insert_time) if op else _timestamp(raw.last_stop_timestamp or None)
+            by_group.setdefault(raw.labels.get(GROUP_LABEL, ""), []).append(self._instance(raw, state, ended))
+        result = []
+        for region, manager in managers:
+            template = self._template(manager.instance_template.rsplit("/", 1)[-1])
+            name = manager.name.removeprefix(f"nascloud-{job_id}-")
+            ended = [self._preempted(op, job_id, name, template) for op in preempted.values()
+                     if str(op.target_id) not in seen and op.target_link.rsplit("/", 1)[-1].startswith(manager.name + "-")]
+            instances = sorted(by_group.get(name, []) + ended, key=lambda i: i.launched_at or i.ended_at or 0)
+            result.append(Group(job_id=job_id, name=name, size=manager.target_size, instances=tuple(instances),
+                                reason=manager.description or None))
+        return sorted(result, key=lambda g: g.name)
+
+    @staticmethod
+    def _preempted(op, job_id: str, group: str, template) -> Instance:
+        """A VM known only from its preemption (the group has recreated it since): its end is the op's."""
+        zone = op.zone.rsplit("/", 1)[-1]
+        scheduling = template.properties.scheduling
+        return Instance(instance_id=str(op.target_id), job_id=job_id, group=group, cloud="gcp", region=zone[:-2],
+                        zone=zone, instance_type=template.properties.machine_type,
+                        spot=scheduling.provisioning_model == "SPOT" or bool(scheduling.preemptible),
+                        state=State.PREEMPTED, launched_at=None, ended_at=_timestamp(op.insert_time))
+
+    def resize(self, job_id: str, group: str, size: int, reason: Optional[str] = None) -> None:
+        from google.api_core.exceptions import NotFound
+        from google.cloud import compute_v1
+
+        name = group_name(job_id, group)
+        for region in sorted(self.regions):
+            client = self._client("RegionInstanceGroupManagersClient")
+            try:
+                if reason:  # the group's description carries it to every observer
+                    self._wait(client.patch_unary(project=self.project, region=region, instance_group_manager=name,
+                                                  instance_group_manager_resource=compute_v1.InstanceGroupManager(
+                                                      description=reason[:2048])), "noting the reason", region=region)
+                operation = client.resize_unary(project=self.project, region=region, instance_group_manager=name,
+                                                size=size)
+            except NotFound:
+                continue  # a missing group is success
+            except Exception as error:
+                raise _error(error, f"resizing {name}") from None
+            self._wait(operation, f"resizing {name}", region=region)
+
+    def delete(self, job_id: str, tries: int = 150) -> None:
+        for region in sorted(self.regions):
+            managers = self._managers(region, job_id)
+            for manager in managers:
+                if manager.target_size:
+                    self.resize(job_id, manager.name.removeprefix(f"nascloud-{job_id}-"), 0)
+            self._wait_gone(job_id, tries)
+            for manager in managers:
+                self._delete("RegionInstanceGroupManagersClient", {"region": region,
+                                                                   "instance_group_manager": manager.name},
+                             f"deleting {manager.name}", region=region)
+        # Templates by name, not by group: a launch that failed half-way may have made some without a group.
+        templates = self._call("listing instance templates", "InstanceTemplatesClient", "list")
+        for template in [t.name for t in templates if t.properties.labels.get(JOB_LABEL) == job_id]:
+            self._delete("InstanceTemplatesClient", {"instance_template": template}, f"deleting {template}")
+            self._templates.pop(template, None)
+        self._delete("FirewallsClient", {"firewall": _firewall(job_id)}, "deleting the firewall rule")
+        remove_job_keys(self.home, job_id)
+
+    def _delete(self, kind: str, params: dict, what: str, region: Optional[str] = None) -> None:
         from google.api_core.exceptions import NotFound
 
-        client = self._client("InstancesClient")
-        started = []
-        for instance in instances:
-            try:
-                started.append((client.delete_unary(project=self.project, zone=instance.zone,
-                                                    instance=instance.instance_id), instance.zone))
-            except NotFound:
-                continue  # already gone: success
-            except Exception as error:
-                raise _error(error, f"deleting {instance.instance_id}") from None
-        for operation, zone in started:
-            self._wait(operation, zone, "deleting the instance")
+        try:
+            operation = self._client(kind).delete_unary(project=self.project, **params)
+        except NotFound:
+            return  # already gone
+        except Exception as error:
+            raise _error(error, what) from None
+        self._wait(operation, what, region=region)
 
+    def _wait_gone(self, job_id: str, tries: int) -> None:
+        from google.cloud import compute_v1
+
+        request = compute_v1.AggregatedListInstancesRequest(project=self.project,
+                                                            filter=f'labels.{JOB_LABEL} = "{job_id}"')
+        for _ in range(tries):
+            pages = self._call("listing instances", "InstancesClient", "aggregated_list", request=request)
+            left = [i.name for _, scoped in pages for i in scoped.instances]
+            if not left:
+                return
+            time.sleep(self._poll)
+        raise CloudError(f"{', '.join(left)} of job {job_id} are still being deleted; run the command again in a "
+                         "minute")
+
+    def list_owned(self) -> list[Group]:
+        found = []
+        for region in sorted(self.regions):
+            for manager in self._managers(region, None):
+                template = self._template(manager.instance_template.rsplit("/", 1)[-1])
+                labels = template.properties.labels
+                found.append(Group(job_id=labels.get(JOB_LABEL, ""), name=labels.get(GROUP_LABEL, ""),
+                                   size=manager.target_size, reason=manager.description or None))
+        return found
+
+    def job_url(self, group: Group) -> Optional[str]:
+        template = self._template(group_name(group.job_id, group.name))
+        return next((i.value for i in template.properties.metadata.items if i.key == JOB_URL_KEY), None)
+
+    # --- fire drill -----------------------------------------------------------------------------------------
     def preempt(self, instance: Instance) -> None:
         """Simulate a host maintenance event: a Spot or preemptible VM (onHostMaintenance TERMINATE) is
-        preempted by it, as in a real reclaim (TERMINATED plus a compute.instances.preempted operation)."""
+        preempted by it, as in a real reclaim; the group then recreates it."""
         if not instance.spot:
             raise UsageError(f"{instance.instance_id} is on-demand: only Spot and preemptible VMs can be preempted; "
                              "drill a job that runs on spot (compute.spot: true)")
-        operation = self._call("simulating a maintenance event", self._client("InstancesClient")
-                               .simulate_maintenance_event_unary, project=self.project, zone=instance.zone,
-                               instance=instance.instance_id)
-        self._wait(operation, instance.zone, "simulating a maintenance event")
+        name = self._vm_name(instance)
+        operation = self._call("simulating a maintenance event", "InstancesClient", "simulate_maintenance_event_unary",
+                               zone=instance.zone, instance=name)
+        self._wait(operation, "simulating a maintenance event", zone=instance.zone)
 
-    def list_owned(self, job_id: Optional[str] = None) -> list[Instance]:
-        return [self._instance(raw) for raw in self._owned(job_id)]
+    def _vm_name(self, instance: Instance) -> str:
+        from google.cloud import compute_v1
 
-    def ssh_target(self, instance: Instance) -> SshTarget:
-        client_key, host_key = job_keys(self.home, instance.job_id)
-        if self._ssh_address:
-            host, port = self._ssh_address(instance)
-        else:
-            raw = self._call("reading the instance", self._client("InstancesClient").get, project=self.project,
-                             zone=instance.zone, instance=instance.instance_id)
-            host, port = self._instance(raw).extra["public_ip"], 22
-            if not host:
-                raise CloudError(f"{instance.instance_id} has no external address (yet); wait until it is running")
-        return SshTarget(host, port, self.ssh_user, str(client_key.private_path), host_key_line(host_key))
+        request = compute_v1.ListInstancesRequest(project=self.project, zone=instance.zone,
+                                                  filter=f'labels.{JOB_LABEL} = "{instance.job_id}"')
+        for raw in self._call("listing instances", "InstancesClient", "list", request=request):
+            if str(raw.id) == instance.instance_id:
+                return raw.name
+        raise UsageError(f"no VM {instance.instance_id} of job {instance.job_id} in {instance.zone} (gone already?)")
 
-    def release(self, job_id: str) -> None:
-        from google.api_core.exceptions import NotFound
+    # --- the instance side -----------------------------------------------------------------------------------
+    def whoami(self, job_id: str, group: str) -> Instance:
+        """This VM from the metadata server, and its creation time from instances.get."""
+        base = os.environ.get(METADATA_ENV, METADATA_URL).rstrip("/")
+
+        def read(path: str) -> str:
+            request = urllib.request.Request(f"{base}/{path}", headers={"Metadata-Flavor": "Google"})
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return reply.read().decode().strip()
 
         try:
-            operation = self._client("FirewallsClient").delete_unary(project=self.project, firewall=_name(job_id))
-            self._wait(operation, None, "deleting the firewall rule")
-        except NotFound:
-            pass
-        except NascloudError:
-            raise
-        except Exception as error:
-            raise _error(error, "deleting the firewall rule") from None
-        remove_job_keys(self.home, job_id)
+            number, name = read("instance/id"), read("instance/name")
+            zone, kind = read("instance/zone").rsplit("/", 1)[-1], read("instance/machine-type").rsplit("/", 1)[-1]
+            spot = read("instance/scheduling/provisioning-model") == "SPOT" or \
+                read("instance/scheduling/preemptible").upper() == "TRUE"
+            self.project = self.project or read("project/project-id")
+        except OSError as error:
+            raise CloudError(f"cannot read this VM's metadata at {base} ({error}); is this a GCE VM?") from None
+        self.regions.add(zone[:-2])
+        raw = self._call("reading this VM", "InstancesClient", "get", zone=zone, instance=name)
+        return Instance(instance_id=number, job_id=job_id, group=group, cloud="gcp", region=zone[:-2], zone=zone,
+                        instance_type=kind, spot=spot, state=State.RUNNING,
+                        launched_at=_timestamp(raw.creation_timestamp))
+
+    def power_off(self) -> None:
+        power_off()

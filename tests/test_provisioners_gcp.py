@@ -1,225 +1,305 @@
-"""The GCP provisioner through google-cloud-compute's REST clients against a local Compute Engine server."""
+"""The GCP provisioner through google-cloud-compute's REST clients against the local Compute Engine server:
+a job group is a regional managed instance group over an instance template, and the group, not nascloud,
+recreates a lost VM."""
 
 from __future__ import annotations
 
 import json
+import time
+import urllib.error
 import urllib.request
-from dataclasses import dataclass, replace
-from typing import Optional
 
 import pytest
 
 from nascloud.errors import CloudError, UsageError
 from nascloud.job import parse_job
 from nascloud.provisioners import State, get_provisioner
+from nascloud.provisioners.common import dry_run_group
 from nascloud.provisioners.gcp import launch_request
+from tests.fixtures.gce import assert_nothing_left_gce
 
 JOB = "digits-t4-4d5e6f"
+NAME = f"nascloud-{JOB}-search"
 CIDR = "198.51.100.9/32"
-
-
-@dataclass(frozen=True)
-class Offer:
-    cloud: str = "gcp"
-    region: Optional[str] = "us-central1"
-    zone: Optional[str] = "us-central1-a"
-    instance_type: str = "n1-standard-4"
-    gpu: Optional[str] = "T4"
-    spot: bool = True
+ACCOUNT = "nascloud-job@nascloud-test.iam.gserviceaccount.com"
+ZONES = [{"zone": "us-central1-a", "price_per_hour": 0.14, "on_demand_price_per_hour": 0.54},
+         {"zone": "us-central1-b", "price_per_hour": 0.15, "on_demand_price_per_hour": 0.54}]
 
 
 def job(**compute) -> object:
     return parse_job({"name": "digits-t4", "checkpoint": {"bucket": "gs://nascloud-test/jobs"},
-                      "compute": {"cloud": "gcp", "ssh_cidr": CIDR, **compute}})
+                      "compute": {"cloud": "gcp", "region": "us-central1", **compute}})
 
 
-def no_lookup() -> str:
-    raise AssertionError("the caller's address must come from the job file in tests")
+def group(spec=None, job_id: str = JOB, **offer):
+    offer = {"cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4", "gpu": "T4", "spot": True,
+             "zones": ZONES, **offer}
+    return dry_run_group("gcp", job_id, offer, spec or job())
+
+
+def until(check, what: str, timeout: float = 10.0):
+    """The fake's operations finish a little later, as GCE's do: wait for what a user would see."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def vm(gce, instance) -> dict:
+    with gce.lock:
+        return next(v for v in gce.instances.values() if v["id"] == instance.instance_id)
 
 
 @pytest.fixture
 def gcp(gce, tmp_path):
-    return get_provisioner("gcp", project=gce.project, home=tmp_path / "home", cidr_lookup=no_lookup,
-                           service_account="nascloud-job@nascloud-test.iam.gserviceaccount.com")
+    return get_provisioner("gcp", region="us-central1", project=gce.project, home=tmp_path / "home",
+                           service_account=ACCOUNT, poll_seconds=0.05)
 
 
-def test_launch_twice_makes_one_spot_vm_behind_a_narrow_firewall(gcp, gce):
-    first = gcp.launch(JOB, Offer(), job())
-    assert gcp.launch(JOB, Offer(), job()) == first
-    assert gce.count("instances.insert") == 1 and gce.count("firewalls.insert") == 1
+def running(gcp):
+    return until(lambda: [i for g in gcp.groups(JOB) for i in g.live if i.state == State.RUNNING], "a running VM")
+
+
+def test_create_twice_makes_one_group_whose_vm_the_group_recreates(gcp, gce):
+    gcp.create_groups([group()])
+    gcp.create_groups([group()])  # idempotent by name
+    assert list(gce.groups) == [("us-central1", NAME)]
+    assert sorted(gce.templates) == [NAME, f"{NAME}-standard"]
+    (first,) = running(gcp)
+    assert (first.group, first.job_id, first.spot, first.instance_type) == ("search", JOB, True, "n1-standard-4")
+    assert first.zone in ("us-central1-a", "us-central1-b") and first.region == "us-central1"
+    assert first.launched_at > 0 and first.ended_at is None
     # Operations finished later than they were created: the client waited on them through our server.
-    assert gce.count("zoneOperations.wait") >= 1 and gce.count("globalOperations.wait") >= 1
-    assert (first.zone, first.region, first.spot, first.instance_type) == ("us-central1-a", "us-central1", True,
-                                                                           "n1-standard-4")
-    assert gcp.list_owned(JOB) == [first]
-    assert gcp.status([first]) == {first.instance_id: State.RUNNING}
-    # Where its lease is, so `gc` on a machine that does not know the job can still judge it.
-    assert first.extra["job_url"] == f"gs://nascloud-test/jobs/{JOB}"
+    assert gce.count("regionOperations.wait") >= 1 and gce.count("globalOperations.wait") >= 1
 
-    (body,) = [b for r, b in gce.bodies if r == "instances.insert"]
-    assert body["scheduling"] == {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP",
+    started, first_name = time.monotonic(), vm(gce, first)["name"]
+    gce.preempt(first_name)  # the cloud takes it away; the group recreates it
+    (second,) = until(lambda: [i for i in running(gcp) if i.instance_id != first.instance_id], "a replacement")
+    replaced_in = time.monotonic() - started
+    (found,) = gcp.groups(JOB)
+    (ended,) = [i for i in found.instances if i.instance_id == first.instance_id]
+    assert ended.state == State.PREEMPTED and ended.ended_at >= first.launched_at
+    assert vm(gce, second)["name"] != first_name
+
+    with gce.lock:  # someone deletes the VM behind the group's back: recreated too
+        gce._instances_delete(second.zone, vm(gce, second)["name"])
+    until(lambda: [i for i in running(gcp) if i.instance_id not in (first.instance_id, second.instance_id)],
+          "a second replacement")
+
+    gcp.resize(JOB, "search", 0, reason="bucket not writable")
+    until(lambda: not gcp.groups(JOB)[0].live, "no live VM at size 0")
+    (found,) = gcp.groups(JOB)
+    assert (found.size, found.reason) == (0, "bucket not writable")
+    time.sleep(0.3)  # a resize to 0 is not repaired: still none after the fake's operations would have run
+    assert not gcp.groups(JOB)[0].live
+    gcp.delete(JOB)
+    gcp.delete(JOB)  # quiet about what is already gone
+    assert gcp.groups(JOB) == []
+    assert_nothing_left_gce(gce, JOB)
+    assert replaced_in < 5
+
+
+def test_the_templates_read_back_carry_spot_terminate_the_accelerator_and_no_inbound_rule(gcp, gce):
+    gcp.create_groups([group()])
+    spot, standard = gce.templates[NAME]["properties"], gce.templates[f"{NAME}-standard"]["properties"]
+    assert spot["scheduling"] == {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP",
                                   "automaticRestart": False, "onHostMaintenance": "TERMINATE"}
-    assert body["guestAccelerators"] == [{"acceleratorType": "zones/us-central1-a/acceleratorTypes/nvidia-tesla-t4",
-                                          "acceleratorCount": 1}]
-    assert body["labels"]["nascloud-job"] == JOB
-    metadata = {item["key"]: item["value"] for item in body["metadata"]["items"]}
-    target = gcp.ssh_target(first)
-    assert metadata["ssh-keys"] == "nascloud:" + open(target.key_path + ".pub").read().strip()
+    assert standard["scheduling"]["provisioningModel"] == "STANDARD"  # the on-demand fallback, made at launch
+    assert spot["guestAccelerators"] == [{"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}]
+    assert spot["labels"] == {"nascloud-job": JOB, "nascloud-owner": spot["labels"]["nascloud-owner"],
+                              "nascloud-group": "search"}
+    metadata = {item["key"]: item["value"] for item in spot["metadata"]["items"]}
+    assert metadata["nascloud-job-url"] == f"gs://nascloud-test/jobs/{JOB}"
     assert metadata["startup-script"].startswith("#!/bin/bash\nNASCLOUD_CLOUD=gcp\n")
-    assert "NASCLOUD_JOB_URL=gs://nascloud-test/jobs/" + JOB in metadata["startup-script"]
-    assert body["serviceAccounts"][0]["email"] == "nascloud-job@nascloud-test.iam.gserviceaccount.com"
+    assert "NASCLOUD_GROUP=search" in metadata["startup-script"]
+    assert "ssh-keys" not in metadata and "PRIVATE KEY" not in json.dumps(spot)
+    assert spot["serviceAccounts"] == [{"email": ACCOUNT, "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}]
+    assert "tags" not in spot and gce.firewalls == {}  # no ssh_cidr: no inbound rule at all
+    (manager,) = gce.groups.values()
+    assert [z["zone"].rsplit("/", 1)[-1] for z in manager["distributionPolicy"]["zones"]] == [
+        "us-central1-a", "us-central1-b"]  # the offer's zones: the group moves between them, not nascloud
 
+
+def test_ssh_cidr_adds_a_narrow_firewall_and_the_public_key_and_delete_removes_them(gcp, gce):
+    gcp.create_groups([group(job(ssh_cidr=CIDR))])
     (rule,) = gce.firewalls.values()
+    properties = gce.templates[NAME]["properties"]
     assert (rule["sourceRanges"], rule["allowed"], rule["targetTags"]) == (
-        [CIDR], [{"IPProtocol": "tcp", "ports": ["22"]}], body["tags"]["items"])
-    assert target.port == 22 and target.host == first.extra["public_ip"]
-
-    gcp.terminate([first])
-    gcp.terminate([first])  # twice: no error
-    assert gcp.status([first]) == {first.instance_id: State.TERMINATED}
-    gcp.release(JOB)
-    gcp.release(JOB)
-    assert gce.firewalls == {}
+        [CIDR], [{"IPProtocol": "tcp", "ports": ["22"]}], properties["tags"]["items"])
+    metadata = {item["key"]: item["value"] for item in properties["metadata"]["items"]}
+    assert metadata["ssh-keys"].startswith("nascloud:ssh-ed25519 ")
+    gcp.delete(JOB)
+    assert_nothing_left_gce(gce, JOB)
 
 
-def test_a_preemption_operation_reads_preempted_a_plain_stop_does_not(gcp, gce):
-    reclaimed = gcp.launch(JOB, Offer(), job())
-    # Through the control call a CLI test in another process would use (gce.preempt in this one).
-    urllib.request.urlopen(urllib.request.Request(f"{gce.url}/_control/preempt", method="POST",
-                                                  data=json.dumps({"name": reclaimed.instance_id}).encode()))
-    assert gce.instances["us-central1-a", reclaimed.instance_id]["status"] == "TERMINATED"
-    stopped = gce.add_instance("us-central1-b", "nascloud-other-0000", {"nascloud-job": JOB}, status="TERMINATED")
-    other = replace(reclaimed, instance_id=stopped["name"], zone="us-central1-b")
-    gone = replace(reclaimed, instance_id="nascloud-gone-0000")
-    assert gcp.status([reclaimed, other, gone]) == {reclaimed.instance_id: State.PREEMPTED,
-                                                     other.instance_id: State.TERMINATED,
-                                                     gone.instance_id: State.TERMINATED}
-    replacement = gcp.launch(JOB, Offer(), job())  # recovery is the same call as the first launch
-    assert replacement.instance_id not in (reclaimed.instance_id, other.instance_id)
-    assert gcp.status([replacement]) == {replacement.instance_id: State.RUNNING}
-
-
-def test_status_of_200_instances_is_one_list_call(gcp, gce):
-    names = [f"nascloud-{JOB}-{n:04x}" for n in range(200)]
-    for n, name in enumerate(names):
-        gce.add_instance(["us-central1-a", "us-west1-b"][n % 2], name, {"nascloud-job": JOB})
-    instances = gcp.list_owned(JOB)
+def test_groups_is_one_list_per_region_and_one_aggregated_list_each(gcp, gce):
+    gcp.create_groups([group()])
+    running(gcp)  # reads the template once
     gce.requests.clear()
-    assert set(gcp.status(instances).values()) == {State.RUNNING}
-    assert sum(gce.requests.values()) == 1 and gce.count("instances.aggregatedList") == 1
+    (found,) = gcp.groups(JOB)
+    assert len(found.live) == 1
+    assert dict(gce.requests) == {("GET", "regionInstanceGroupManagers.list"): 1,
+                                  ("GET", "instances.aggregatedList"): 1, ("GET", "operations.aggregatedList"): 1}
 
 
 def test_legacy_preemptible_and_on_demand_scheduling(gcp, gce):
-    gcp.launch(JOB, Offer(), job(provisioning="preemptible"))
-    gcp.launch("other-job-000001", Offer(spot=False, instance_type="g2-standard-4", gpu="L4"), job())
-    preemptible, standard = [b for r, b in gce.bodies if r == "instances.insert"]
-    assert preemptible["scheduling"] == {"preemptible": True, "automaticRestart": False,
-                                         "onHostMaintenance": "TERMINATE"}
+    gcp.create_groups([group(job(provisioning="preemptible"))])
+    gcp.create_groups([group(job(spot=False), job_id="other-job-000001", spot=False, instance_type="g2-standard-4",
+                             gpu="L4")])
+    assert gce.templates[NAME]["properties"]["scheduling"] == {"preemptible": True, "automaticRestart": False,
+                                                               "onHostMaintenance": "TERMINATE"}
+    standard = gce.templates["nascloud-other-job-000001-search"]["properties"]
     assert standard["scheduling"]["provisioningModel"] == "STANDARD"
     assert "guestAccelerators" not in standard  # g2 machines come with their L4
+    assert "nascloud-other-job-000001-search-standard" not in gce.templates  # already on-demand
 
 
 @pytest.mark.parametrize("offer, message", [
-    (Offer(instance_type="n9-huge-4"), "unknown GCP machine type 'n9-huge-4' in us-central1-a"),
-    (Offer(zone="us-central1-z"), "unknown GCP zone 'us-central1-z'"),
-    (Offer(zone="europe-west4-a"), "zone europe-west4-a is not in region us-central1"),
-    (Offer(gpu="K9"), "unknown GPU 'K9' for GCP"),
+    ({"instance_type": "n9-huge-4"}, "unknown GCP machine type 'n9-huge-4' in us-central1-a"),
+    ({"zones": [{"zone": "us-central1-z"}]}, "unknown GCP zone 'us-central1-z'"),
+    ({"zones": [{"zone": "europe-west4-a"}]}, "zone europe-west4-a is not in region us-central1"),
+    ({"region": "us-south9", "zones": []}, "unknown GCP region 'us-south9'"),
+    ({"gpu": "K9"}, "unknown GPU 'K9' for GCP"),
 ])
-def test_bad_input_is_a_usage_error(gcp, gce, offer, message):
+def test_bad_input_is_a_usage_error_with_nothing_made(gcp, gce, offer, message):
     with pytest.raises(UsageError, match=message) as raised:
-        gcp.launch(JOB, offer, job())
+        gcp.create_groups([group(**offer)])
     assert raised.value.exit_code == 2
-    assert gce.count("instances.insert") == 0
+    assert gce.count("instanceTemplates.insert") == 0
+    assert_nothing_left_gce(gce, JOB)
+
+
+def test_a_group_the_server_refuses_fails_at_launch_with_nothing_left(gcp, gce):
+    long_job = "a-job-name-of-thirty-two-letters-1a2b3c"  # its on-demand template's name passes GCE's 63
+    with pytest.raises(CloudError, match="creating the instance template .*-standard failed: Invalid value for "
+                                         "field 'resource.name'") as raised:
+        gcp.create_groups([group(job_id=long_job)])
+    assert raised.value.exit_code == 1
+    assert gce.count("instanceTemplates.insert") == 2  # the first one was made, then deleted again
+    assert_nothing_left_gce(gce, long_job)
 
 
 def test_preflight_refuses_a_vm_without_a_service_account_to_reach_the_bucket(gce, tmp_path, monkeypatch):
     monkeypatch.delenv("NASCLOUD_GCP_SERVICE_ACCOUNT", raising=False)
-    bare = get_provisioner("gcp", project=gce.project, home=tmp_path / "home", cidr_lookup=no_lookup)
+    bare = get_provisioner("gcp", region="us-central1", project=gce.project)
     with pytest.raises(UsageError, match="set NASCLOUD_GCP_SERVICE_ACCOUNT"):
-        bare.preflight(Offer(), job())
-    assert gce.count("instances.insert") == 0
+        bare.preflight([group()])
 
 
-def test_no_capacity_and_no_quota_say_what_to_try(gcp, gce):
-    gce.exhausted_zones.add("us-central1-a")
-    with pytest.raises(CloudError, match=r"no n1-standard-4 spot capacity in us-central1-a right now "
-                                         r"\(ZONE_RESOURCE_POOL_EXHAUSTED\); try another zone \(compute.zone\) or "
-                                         r"on-demand"):
-        gcp.launch(JOB, Offer(), job())
+def test_preflight_reports_the_quotas_for_the_groups_sizes(gcp, gce):
     gce.quotas["us-central1"]["PREEMPTIBLE_NVIDIA_T4_GPUS"] = 0.0
     with pytest.raises(CloudError, match=r"quota PREEMPTIBLE_NVIDIA_T4_GPUS in us-central1 is 0 with 0 in use "
                                          r"\(new projects start at 0\)"):
-        gcp.preflight(Offer(zone="us-central1-b"), job())
-    with pytest.raises(CloudError, match="GCP quota stops creating the instance: Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS'"):
-        gcp.launch(JOB, Offer(zone="us-central1-b"), job())
-    gcp.preflight(Offer(region="us-west1", zone="us-west1-b"), job())
+        gcp.preflight([group()])
+    gcp.preflight([group(region="us-west1", zones=[{"zone": "us-west1-b"}])])
     gce.project_quotas["GPUS_ALL_REGIONS"] = 0.0
     with pytest.raises(CloudError, match=r"quota GPUS_ALL_REGIONS in the project is 0 with 0 in use \(new projects "
                                          r"start at 0\); request more under IAM & Admin > Quotas$"):
-        gcp.preflight(Offer(region="us-west1", zone="us-west1-b"), job())
+        gcp.preflight([group(region="us-west1", zones=[{"zone": "us-west1-b"}])])
     with pytest.raises(UsageError, match="use a gs://BUCKET/PREFIX bucket"):
-        gcp.preflight(Offer(region="us-west1", zone="us-west1-b"),
-                      job().with_overrides(checkpoint={"bucket": "s3://b/p"}))
+        group(job().with_overrides(checkpoint={"bucket": "s3://b/p"}))
+    assert gce.templates == {} and gce.groups == {}  # preflight creates nothing
 
 
 def test_no_credentials_is_a_cloud_error_without_touching_the_network(monkeypatch, tmp_path):
     monkeypatch.delenv("NASCLOUD_GCE_ENDPOINT", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
-    provisioner = get_provisioner("gcp", project="p", home=tmp_path, cidr_lookup=no_lookup)
+    provisioner = get_provisioner("gcp", region="us-central1", project="p")
     with pytest.raises(CloudError, match="no Google Cloud credentials found"):
-        provisioner.list_owned(JOB)
+        provisioner.groups(JOB)
+
+
+def _post(gce, path: str, body: dict) -> tuple[int, str]:
+    request = urllib.request.Request(f"{gce.url}/compute/v1/projects/{gce.project}/{path}",
+                                     data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request) as reply:
+            return reply.status, json.loads(reply.read())["status"]
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())["error"]["message"]
 
 
 def test_the_fake_refuses_what_gce_refuses(gce):
     """The server's validation is what makes the provisioner's tests meaningful: check it directly."""
-    import urllib.error
-
-    def insert(body: dict) -> tuple[int, str]:
-        request = urllib.request.Request(f"{gce.url}/compute/v1/projects/{gce.project}/zones/us-central1-a/instances",
-                                         data=json.dumps(body).encode(), method="POST")
-        try:
-            with urllib.request.urlopen(request) as reply:
-                return reply.status, json.loads(reply.read())["status"]
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())["error"]["message"]
-
     base = {"name": "vm-1", "machineType": "zones/us-central1-a/machineTypes/n1-standard-4",
             "disks": [{"boot": True, "initializeParams": {"sourceImage": "img"}}], "networkInterfaces": [{}]}
     gpu = {"guestAccelerators": [{"acceleratorType": "zones/us-central1-a/acceleratorTypes/nvidia-tesla-t4"}]}
+    insert = lambda body: _post(gce, "zones/us-central1-a/instances", body)  # noqa: E731
     assert insert({**base, "machineTyp": "x"})[1].startswith('Invalid JSON payload received. Unknown name "machineTyp"')
     assert insert({**base, **gpu}) == (400, "Instances with guest accelerators do not support live migration.")
     assert insert({**base, "scheduling": {"provisioningModel": "SPOT"}})[0] == 400
     assert insert({**base, "labels": {"Job": "x"}})[0] == 400
     assert insert(base) == (200, "RUNNING")  # an operation, still running
     assert insert(base)[0] == 409
+    properties = {k: v for k, v in base.items() if k != "name"} | {"machineType": "n1-standard-4"}
+    template = lambda body: _post(gce, "global/instanceTemplates", body)  # noqa: E731
+    assert template({"name": "t-1", "properties": {**properties, "guestAccelerators": [
+        {"acceleratorType": "nvidia-tesla-t4"}]}}) == (400, "Instances with guest accelerators do not support live "
+                                                            "migration.")
+    assert template({"name": "t-1", "properties": {**properties, "machineType": "n9-huge"}})[0] == 400
+    assert template({"name": "t-1", "properties": properties})[0] == 200
+    until(lambda: gce.tick() or "t-1" in gce.templates, "the template's operation")
+    manager = lambda body: _post(gce, "regions/us-central1/instanceGroupManagers", body)  # noqa: E731
+    assert manager({"name": "g-1", "baseInstanceName": "g-1", "instanceTemplate": "global/instanceTemplates/none",
+                    "targetSize": 1})[0] == 404
+    assert manager({"name": "g-1", "baseInstanceName": "g-1", "instanceTemplate": "global/instanceTemplates/t-1",
+                    "targetSize": 1, "distributionPolicy": {"zones": [{"zone": "zones/us-west1-b"}]}})[0] == 400
+    assert manager({"name": "g-1", "baseInstanceName": "g-1", "instanceTemplate": "global/instanceTemplates/t-1",
+                    "targetSize": 1, "size": 1})[0] == 400
 
 
-def test_dry_run_bodies_need_no_credentials(monkeypatch):
+def test_dry_run_shows_the_templates_and_the_group_without_credentials(monkeypatch):
     monkeypatch.delenv("NASCLOUD_GCE_ENDPOINT", raising=False)
-    request = launch_request(JOB, Offer(), job(ssh_cidr=None))
-    assert request["zone"] == "us-central1-a"
-    assert request["firewalls.insert"]["sourceRanges"] == ["<your public address>/32"]
-    body = request["instances.insert"]
-    assert body["scheduling"]["onHostMaintenance"] == "TERMINATE"
-    assert body["disks"][0]["initializeParams"]["sourceImage"].startswith("projects/deeplearning-platform-release/")
+    request = launch_request(JOB, {"cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4",
+                                   "gpu": "T4", "spot": True, "zones": ZONES}, job())
+    spot, standard = request["instanceTemplates.insert"]
+    assert spot["properties"]["scheduling"]["onHostMaintenance"] == "TERMINATE"
+    assert standard["properties"]["scheduling"]["provisioningModel"] == "STANDARD"
+    assert spot["properties"]["disks"][0]["initializeParams"]["sourceImage"].startswith(
+        "projects/deeplearning-platform-release/")
+    manager = request["regionInstanceGroupManagers.insert"]
+    assert (manager["name"], manager["targetSize"], manager["instanceTemplate"]) == (
+        NAME, 1, f"global/instanceTemplates/{NAME}")
+    assert "firewalls.insert" not in request
+    assert f"instanceGroupManagers/{NAME}" in request["service account binding"]["condition"]["expression"]
     json.dumps(request)
 
 
-
-
 @pytest.mark.parametrize("provisioning", ["spot", "preemptible"])
-def test_a_drill_simulates_a_maintenance_event_which_preempts_the_vm(gcp, gce, provisioning):
-    instance = gcp.launch(JOB, Offer(), job(provisioning=provisioning))
+def test_a_drill_simulates_a_maintenance_event_which_preempts_the_vm_and_the_group_recreates_it(gcp, gce,
+                                                                                                 provisioning):
+    gcp.create_groups([group(job(provisioning=provisioning))])
+    (instance,) = running(gcp)
     gcp.preempt(instance)  # returns once the event's operation is done
     assert gce.count("instances.simulateMaintenanceEvent") == 1
-    assert gce.instances["us-central1-a", instance.instance_id]["status"] == "TERMINATED"
-    assert gcp.status([instance]) == {instance.instance_id: State.PREEMPTED}
+    (found,) = gcp.groups(JOB)
+    assert [i.state for i in found.instances if i.instance_id == instance.instance_id] == [State.PREEMPTED]
+    until(lambda: [i for i in running(gcp) if i.instance_id != instance.instance_id], "the group's replacement")
 
 
 def test_a_drill_refuses_an_on_demand_vm(gcp, gce):
-    instance = gcp.launch(JOB, Offer(spot=False), job())
+    gcp.create_groups([group(job(spot=False), spot=False)])
+    (instance,) = running(gcp)
     with pytest.raises(UsageError, match=f"{instance.instance_id} is on-demand: only Spot and preemptible VMs can be "
                                          r"preempted; drill a job that runs on spot \(compute.spot: true\)"):
         gcp.preempt(instance)
     assert gce.count("instances.simulateMaintenanceEvent") == 0
-    assert gcp.status([instance]) == {instance.instance_id: State.RUNNING}
+
+
+def test_whoami_reads_the_metadata_server_and_power_off_runs_the_command(gcp, gce, monkeypatch, tmp_path):
+    from tests.fixtures.hypervisor import MetadataServer
+
+    gcp.create_groups([group()])
+    (instance,) = running(gcp)
+    raw = vm(gce, instance)
+    with MetadataServer.gce(raw["id"], raw["name"], instance.zone, "n1-standard-4", True, gce.project) as server:
+        monkeypatch.setenv("NASCLOUD_GCE_METADATA_URL", server.url)
+        me = get_provisioner("gcp", region="us-central1").whoami(JOB, "search")  # as the instance makes it
+    assert (me.instance_id, me.zone, me.spot, me.instance_type, me.launched_at) == (
+        instance.instance_id, instance.zone, True, "n1-standard-4", instance.launched_at)
+    monkeypatch.setenv("NASCLOUD_POWEROFF_COMMAND", f"touch {tmp_path / 'off'}")
+    gcp.power_off()
+    assert (tmp_path / "off").exists()
