@@ -64,19 +64,12 @@ def read_calibration(job_name: str) -> Optional[dict]:
     return record
 
 
-def _positive(name: str, value: Optional[float]) -> None:
-    if value is not None and not (value > 0 and math.isfinite(value)):
-        raise UsageError(f"{name} must be positive, got {value:g}")
-
-
 def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[float] = None,
                      gpu: Optional[str] = None, trials: Optional[int] = None, epochs: Optional[int] = None,
                      samples: Optional[int] = None, seconds_per_epoch: Optional[float] = None) -> ResolvedWorkload:
     """The work in T4-hours: `hours` on `gpu` (T4 when no GPU is named), or trials × epochs × time per
-    epoch from flags, then the job file, then a calibration record, then a stated guess."""
-    for name, value in (("--hours", hours), ("--trials", trials), ("--epochs", epochs), ("--samples", samples),
-                        ("--seconds-per-epoch", seconds_per_epoch)):
-        _positive(name, value)
+    epoch from flags, then the job file, then a calibration record, then a stated guess. Values are
+    checked by the caller (the job schema; the CLI checks its flags by the same rules)."""
     counts_given = any(v is not None for v in (trials, epochs, samples, seconds_per_epoch))
     if hours is not None:
         if counts_given:
@@ -133,9 +126,6 @@ def options_for(catalog: Catalog, gpu: Optional[str] = None, cloud: Optional[str
                 interruptions_per_hour: Optional[float] = None, preemptible: bool = False) -> list[cost.Option]:
     """Every way to run on the matching offers (spot and on-demand when `spot` is None), the cheapest
     zone of each instance type only: zones differ in spot price, not in anything the model sees."""
-    _positive("--price-per-hour", price_per_hour)
-    if interruptions_per_hour is not None and not (interruptions_per_hour >= 0 and math.isfinite(interruptions_per_hour)):
-        raise UsageError(f"--interruptions-per-hour must be >= 0, got {interruptions_per_hour:g}")
     kinds = (True, False) if spot is None else (spot,)
     best: dict[tuple, cost.Option] = {}
     for offer in catalog.select(gpu=gpu, cloud=cloud, region=region):
@@ -158,8 +148,6 @@ class Ranking:
 
 def rank_options(workload: cost.Workload, options: list[cost.Option], assumptions: cost.Assumptions,
                  budget: Optional[float] = None) -> Ranking:
-    if budget is not None and not budget > 0:
-        raise UsageError(f"--budget must be a positive number of dollars, got {budget:g}")
     estimates, skipped = [], []
     for option in options:
         try:
@@ -174,7 +162,6 @@ def rank_options(workload: cost.Workload, options: list[cost.Option], assumption
 def assumptions_for(checkpoint_minutes: Optional[float], spec: Optional[JobSpec]) -> cost.Assumptions:
     if checkpoint_minutes is None and spec and spec.checkpoint.interval_minutes != "auto":
         checkpoint_minutes = spec.checkpoint.interval_minutes
-    _positive("--checkpoint-minutes", checkpoint_minutes)
     return cost.Assumptions(interval_hours=checkpoint_minutes / 60 if checkpoint_minutes else None)
 
 

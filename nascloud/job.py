@@ -1,22 +1,55 @@
 """The job file: one pydantic model, validated once at the edge, then trusted.
 
 Every section has defaults, so the smallest job file is `name: x`. Unknown fields are errors,
-reported with their path (`search.max_trails: unknown field`).
+reported with their path (`search.max_trails: unknown field`). Every number is finite and inside a
+stated range (`budget.usd: must be a number of dollars in (0, 1,000,000], got inf`): a value no one
+means (inf, NaN, 1e308) is refused here, before it can launch anything or reach a ledger.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from nascloud.errors import UsageError
 
 TASKS = ("image_classification", "structured_data_classification", "text_classification")
 CLOUDS = ("local", "aws", "gcp")
+SSH_NARROWEST_PREFIX = 16  # compute.ssh_cidr: a wider range needs compute.ssh_allow_wide
+
+
+def _show(number: float) -> str:
+    return f"{number:,.0f}" if float(number).is_integer() else f"{number:g}"
+
+
+def Number(what: str = "a number", *, gt: Optional[float] = None, ge: Optional[float] = None,
+           lt: Optional[float] = None, le: Optional[float] = None, whole: bool = False) -> Any:
+    """A finite number in a stated range (whole: an integer), as a pydantic type whose message states
+    the range, e.g. `must be a number of hours in (0, 8,760], got inf`. One lower and one upper bound.
+    Parsed as a float first, so that inf, NaN and 2.5 get this message in whole-number fields too."""
+    low, high = (gt, True) if gt is not None else (ge, False), (lt, True) if lt is not None else (le, False)
+    interval = f"{'(' if low[1] else '['}{_show(low[0])}, {_show(high[0])}{')' if high[1] else ']'}"
+
+    def check(value: float):
+        inside = (math.isfinite(value) and (value > low[0] if low[1] else value >= low[0])
+                  and (value < high[0] if high[1] else value <= high[0]) and (value.is_integer() or not whole))
+        if not inside:
+            raise ValueError(f"must be {what} in {interval}, got {value:g}")
+        return int(value) if whole else value
+
+    return Annotated[float, AfterValidator(check)]
+
+
+Whole = Number("a whole number", ge=1, le=10_000, whole=True)
+Fraction = Number("a fraction", gt=0, le=1)
+Depth = Number("a whole number", ge=1, le=10, whole=True)
 
 
 class _Section(BaseModel):
@@ -28,11 +61,11 @@ class SearchSpace(_Section):
     search affordable (the seed's main lesson)."""
 
     block_type: list[Literal["vanilla", "resnet", "xception", "efficient"]] = ["vanilla"]
-    num_blocks: tuple[int, int] = (1, 2)  # depth range, inclusive
-    num_layers: tuple[int, int] = (1, 2)  # conv layers per block (vanilla), inclusive
-    kernel_size: list[int] = [3]
+    num_blocks: tuple[Depth, Depth] = (1, 2)  # depth range, inclusive
+    num_layers: tuple[Depth, Depth] = (1, 2)  # conv layers per block (vanilla), inclusive
+    kernel_size: list[Number("a whole number", ge=1, le=15, whole=True)] = [3]
     normalize: list[bool] = [False]  # normalisation choices
-    dropout: list[float] = [0.0, 0.25]
+    dropout: list[Number("a fraction", ge=0, lt=1)] = [0.0, 0.25]
     augment: bool = False
 
     @model_validator(mode="after")
@@ -42,12 +75,10 @@ class SearchSpace(_Section):
                 raise ValueError(f"{name} is empty: the search space allows nothing; list at least one choice")
         for name in ("num_blocks", "num_layers"):
             low, high = getattr(self, name)
-            if low < 1 or high < low:
+            if high < low:
                 raise ValueError(f"{name} must be [min, max] with 1 <= min <= max, got [{low}, {high}]")
-        if any(k < 1 or k % 2 == 0 for k in self.kernel_size):
+        if any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError("kernel_size values must be odd positive integers (3, 5, 7)")
-        if any(not 0.0 <= d < 1.0 for d in self.dropout):
-            raise ValueError("dropout values must be in [0, 1)")
         return self
 
 
@@ -56,18 +87,18 @@ class SearchSection(_Section):
     # sklearn:digits | sklearn:wine | sklearn:breast_cancer | a folder of class sub-folders | x.csv | x.npz
     data: str = "sklearn:digits"
     label_column: Optional[str] = None  # for CSV data
-    max_trials: int = Field(4, gt=0)
-    epochs: int = Field(3, gt=0)
+    max_trials: Whole = 4
+    epochs: Whole = 3
     objective: str = "val_accuracy"
-    seed: int = 1
-    data_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    seed: Number("a whole number", ge=0, le=2**32 - 1, whole=True) = 1  # numpy's seed range
+    data_fraction: Fraction = 1.0
     space: SearchSpace = SearchSpace()
-    max_consecutive_failed_trials: int = Field(3, gt=0)
+    max_consecutive_failed_trials: Whole = 3
     # Workload for `estimate` when no calibration exists: samples per epoch and seconds per epoch
     # on the reference GPU (T4). `nascloud calibrate` measures the latter.
-    samples: Optional[int] = Field(None, gt=0)
-    seconds_per_epoch: Optional[float] = Field(None, gt=0)
-    trial_overhead_seconds: float = Field(30.0, ge=0)
+    samples: Optional[Number("a whole number", ge=1, le=1e9, whole=True)] = None
+    seconds_per_epoch: Optional[Number("a number of seconds", gt=0, le=7 * 86400)] = None
+    trial_overhead_seconds: Number("a number of seconds", ge=0, le=86400) = 30.0
 
 
 class ComputeSection(_Section):
@@ -79,38 +110,65 @@ class ComputeSection(_Section):
     zone: Optional[str] = None
     instance_type: Optional[str] = None  # pin an offer; otherwise the estimate's cheapest that fits
     image: Optional[str] = None  # AMI id / GCE image; otherwise a public lookup at launch
-    price_per_hour: Optional[float] = Field(None, ge=0)  # overrides the catalog for the ledger and cap
-    ssh_cidr: Optional[str] = None  # who may reach port 22; default: the caller's public address /32
-    on_demand_after_preemptions: Optional[int] = Field(None, ge=0)  # fall back to on-demand after N
-    interruptions_per_hour: Optional[float] = Field(None, ge=0)  # override the catalog's default rate
+    # overrides the catalog for the ledger and cap (0: the local provider's rehearsal)
+    price_per_hour: Optional[Number("a number of dollars an hour", ge=0, le=1000)] = None
+    # Declared before ssh_cidr, whose check reads it.
+    ssh_allow_wide: bool = False  # admit SSH from a range wider than /16 (never from the whole internet)
+    ssh_cidr: Optional[str] = None  # who may reach port 22 (IPv4); default: the caller's public address /32
+    # fall back to on-demand after N preemptions
+    on_demand_after_preemptions: Optional[Number("a whole number", ge=0, le=1000, whole=True)] = None
+    interruptions_per_hour: Optional[Number("a rate per hour", ge=0, le=100)] = None  # override the catalog's
     workers: int = Field(1, ge=1, le=1)  # one instance per search for now
+
+    @field_validator("ssh_cidr")
+    @classmethod
+    def _narrow_ipv4(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if value is None:
+            return None
+        example = "give your address as 203.0.113.7/32"
+        try:
+            network = ipaddress.ip_network(value)
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not a network ({error}); {example}") from None
+        if network.version != 4:
+            raise ValueError(f"{value} is IPv6; the rule is IPv4: {example}")
+        if network.prefixlen == 0:
+            raise ValueError(f"{value} would open SSH to the whole internet; {example}")
+        if network.prefixlen < SSH_NARROWEST_PREFIX and not info.data.get("ssh_allow_wide"):
+            raise ValueError(f"{value} admits {network.num_addresses:,} addresses to SSH; {example}, or set "
+                             f"compute.ssh_allow_wide: true to admit a range wider than /{SSH_NARROWEST_PREFIX}")
+        return str(network)
+
+
+MAX_INTERVAL_MINUTES = 7 * 24 * 60
 
 
 class CheckpointSection(_Section):
     bucket: str = "file://./nascloud-bucket"
-    interval_minutes: Union[float, Literal["auto"]] = "auto"  # auto: Young/Daly from the offer
-    keep: int = Field(3, ge=1)
+    interval_minutes: Union[Literal["auto"], float] = "auto"  # auto: Young/Daly from the offer
+    keep: Number("a whole number", ge=1, le=100, whole=True) = 3
     lease_minutes: float = Field(30.0, gt=0)  # the agent's dead-man's switch
 
-    @field_validator("interval_minutes")
+    @field_validator("interval_minutes", mode="before")
     @classmethod
-    def _positive(cls, value):
-        if value != "auto" and value <= 0:
-            raise ValueError("must be 'auto' or a positive number of minutes")
+    def _auto_or_minutes(cls, value):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and 0 < value <= MAX_INTERVAL_MINUTES):
+            raise ValueError(f"must be 'auto' or a number of minutes in (0, {MAX_INTERVAL_MINUTES:,}], got {value!r}")
         return value
 
 
 class BudgetSection(_Section):
-    usd: Optional[float] = Field(None, gt=0)
-    alerts: list[float] = [0.5, 0.8, 1.0]  # fractions of usd
-    max_hours: Optional[float] = Field(None, gt=0)
+    usd: Optional[Number("a number of dollars", gt=0, le=1e6)] = None
+    alerts: list[Number("a fraction of the budget", gt=0, le=1)] = [0.5, 0.8, 1.0]  # fractions of usd
+    max_hours: Optional[Number("a number of hours", gt=0, le=8760)] = None  # a year
     webhook: Optional[str] = None  # Slack-compatible incoming webhook URL
 
     @field_validator("alerts")
     @classmethod
     def _ordered(cls, value: list[float]) -> list[float]:
-        if any(a <= 0 for a in value):
-            raise ValueError("alert thresholds must be positive fractions of the budget, e.g. [0.5, 0.8, 1.0]")
         if list(value) != sorted(set(value)):
             raise ValueError("alert thresholds must be in increasing order without repeats")
         return value
@@ -129,6 +187,19 @@ class JobSpec(_Section):
         for section, fields in sections.items():
             data[section].update({k: v for k, v in fields.items() if v is not None})
         return parse_job(data, source="overrides")
+
+
+def check_field(field: str, value: Any, flag: Optional[str] = None) -> Any:
+    """`value` checked by the job file's own rule for `field` (`budget.usd`): for a flag that sets that
+    field (the error names `flag`), and for a value stored before the rule existed (a job row or bundle
+    written by an older version: a view shows such a job instead of failing on it)."""
+    section, name = field.split(".")
+    try:
+        checked = JobSpec.model_fields[section].annotation.model_validate({name: value})
+    except ValidationError as error:
+        message = _describe(error).split(": ", 1)[1]
+        raise UsageError(f"{flag} {message}" if flag else f"{field}: {message}") from None
+    return getattr(checked, name)
 
 
 def _describe(error: ValidationError) -> str:
@@ -165,4 +236,6 @@ def load_job(path: str | Path) -> JobSpec:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UsageError(f"{path}: not valid YAML{where}") from None
+    except RecursionError:  # PyYAML builds nested values recursively
+        raise UsageError(f"{path}: nested too deeply to be a job file (see examples/)") from None
     return parse_job(data, source=str(path))

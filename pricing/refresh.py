@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from nascloud.aws_session import aws_session
+from nascloud.cloud_errors import one_line
 from nascloud.cost import Offer
 from nascloud.errors import CloudError, UsageError
 from nascloud.pricing.catalog import OFFER_COLUMNS, parse_offer
@@ -132,7 +133,7 @@ def refresh_aws(base: list[Offer], region: str = "us-east-1", session=None) -> l
     except Exception as error:  # botocore's errors: credentials, throttling, network
         if isinstance(error, UsageError):
             raise
-        raise CloudError(f"AWS price refresh failed: {type(error).__name__}: {error}; check credentials "
+        raise CloudError(f"AWS price refresh failed: {type(error).__name__}: {one_line(error)}; check credentials "
                          "(the Pricing API needs pricing:GetProducts, EC2 needs ec2:DescribeSpotPriceHistory)") from None
 
 
@@ -207,5 +208,5 @@ def refresh_gcp(base: list[Offer], region: str = "us-central1", client=None) -> 
     except Exception as error:  # google.api_core's errors: credentials, quota, network
         if isinstance(error, (UsageError, CloudError)):
             raise
-        raise CloudError(f"GCP price refresh failed: {type(error).__name__}: {error}; check application default "
-                         "credentials (gcloud auth application-default login)") from None
+        raise CloudError(f"GCP price refresh failed: {type(error).__name__}: {one_line(error)}; check application "
+                         "default credentials (gcloud auth application-default login)") from None

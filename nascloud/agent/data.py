@@ -12,6 +12,7 @@ import csv
 import hashlib
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,27 +78,34 @@ def check_data_source(search: SearchSection) -> None:
     path = Path(source).expanduser()
     if not path.exists():
         raise UsageError(f"search.data {source}: no such file or folder; fix the path in the job file")
-    if kind == "csv":
-        if task != "structured_data_classification":
-            raise UsageError(f"search.data {source}: a CSV is a table; use task structured_data_classification")
-        if not search.label_column:
-            raise UsageError(f"search.data {source}: a CSV needs search.label_column naming the label column")
-        with path.open(newline="") as handle:
-            header = next(csv.reader(handle), [])
-        if search.label_column not in header:
-            raise UsageError(f"{source} has no column {search.label_column!r} (columns: "
-                             f"{', '.join(header) or 'none'}); fix search.label_column")
-    elif kind == "npz":
-        with np.load(path, allow_pickle=False) as archive:
-            missing = {"x", "y"} - set(archive.files)
-        if missing:
-            raise UsageError(f"{source} lacks array(s) {', '.join(sorted(missing))}; save it with "
-                             "numpy.savez(path, x=..., y=...)")
-    else:
-        if task != "image_classification":
-            raise UsageError(f"search.data {source}: a folder of images needs task image_classification")
-        if len(_class_folders(path)) < 2:
-            raise UsageError(f"search.data {source}: expected at least two sub-folders of images, one per class")
+    if kind == "folder" and not path.is_dir():
+        raise UsageError(f"search.data {source}: a file, but neither .csv nor .npz; give a .csv, an .npz or a "
+                         "folder with one sub-folder of images per class")
+    try:
+        if kind == "csv":
+            if task != "structured_data_classification":
+                raise UsageError(f"search.data {source}: a CSV is a table; use task structured_data_classification")
+            if not search.label_column:
+                raise UsageError(f"search.data {source}: a CSV needs search.label_column naming the label column")
+            with path.open(newline="") as handle:
+                header = next(csv.reader(handle), [])
+            if search.label_column not in header:
+                raise UsageError(f"{source} has no column {search.label_column!r} (columns: "
+                                 f"{', '.join(header) or 'none'}); fix search.label_column")
+        elif kind == "npz":
+            with np.load(path, allow_pickle=False) as archive:
+                missing = {"x", "y"} - set(archive.files)
+            if missing:
+                raise UsageError(f"{source} lacks array(s) {', '.join(sorted(missing))}; save it with "
+                                 "numpy.savez(path, x=..., y=...)")
+        else:
+            if task != "image_classification":
+                raise UsageError(f"search.data {source}: a folder of images needs task image_classification")
+            if len(_class_folders(path)) < 2:
+                raise UsageError(f"search.data {source}: expected at least two sub-folders of images, one per class")
+    except (OSError, ValueError, zipfile.BadZipFile) as error:  # unreadable, not text, not an .npz archive
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise UsageError(f"search.data {source}: cannot read it ({reason}); fix the file or the path") from None
 
 
 def _class_folders(path: Path) -> list[Path]:

@@ -24,16 +24,18 @@ _STATUS = {"committed": "yes", "uncommitted": "no (a publish that never finished
            "fallback": "fallback (older than a damaged snapshot: restore falls back to it)"}
 
 
-def _job_url(job_or_url: str) -> str:
-    if "://" in job_or_url:
-        return job_or_url
-    from nascloud.state import State
+def _open(job_or_url: str):
+    """The job's store. A file:// job folder that does not exist is a wrong URL (exit 2), as a missing
+    bucket is: launch writes the job's bundle there, so every job has its folder."""
+    from nascloud.checkpoints import open_store, parse_url
+    from nascloud.state import JobCache
 
-    try:
-        return State().job(job_or_url).job_url
-    except UsageError as error:
-        raise UsageError(f"{error}; or pass the job's bucket URL (s3://bucket/prefix/JOB, gs://..., "
-                         "file:///path/JOB)") from None
+    url = job_or_url if "://" in job_or_url else JobCache().find(job_or_url).job_url
+    parsed = parse_url(url)
+    if parsed.scheme == "file" and not Path(parsed.bucket).is_dir():
+        raise UsageError(f"no folder {parsed.bucket} for {url}: check the job's bucket URL "
+                         "(checkpoint.bucket in the job file, then the job id)")
+    return open_store(url)
 
 
 def _size(n: float) -> str:
@@ -52,9 +54,7 @@ def list_snapshots(
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of snapshots, oldest first."),
 ) -> None:
     """List a job's kept snapshots, oldest first: id, time, files, size, and whether HEAD's chain holds it."""
-    from nascloud.checkpoints import open_store
-
-    store = open_store(_job_url(job_or_url))
+    store = _open(job_or_url)
     snapshots = store.list()
     if as_json:
         typer.echo(json.dumps([{"snapshot_id": s.snapshot_id, "created_at": s.created_at, "files": s.files,
@@ -80,9 +80,7 @@ def pull(
                                            "latest committed one (see `nascloud checkpoints list`)."),
 ) -> None:
     """Download a verified snapshot of a job's search state (the tuner's project directory) into DIR."""
-    from nascloud.checkpoints import open_store
-
-    store = open_store(_job_url(job_or_url))
+    store = _open(job_or_url)
     restored = store.restore(directory, snapshot)
     if restored is None:
         raise NascloudError(f"{store.url} has no snapshot yet: the job has not checkpointed; try again later")

@@ -109,12 +109,35 @@ def _load_job(job: Optional[Path]):
     return load_job(job) if job else None
 
 
+# The numeric flags and the job-file field each one sets: a flag is checked by its field's rule.
+FLAG_FIELDS = {"--trials": "search.max_trials", "--epochs": "search.epochs", "--samples": "search.samples",
+               "--seconds-per-epoch": "search.seconds_per_epoch", "--price-per-hour": "compute.price_per_hour",
+               "--interruptions-per-hour": "compute.interruptions_per_hour",
+               "--checkpoint-minutes": "checkpoint.interval_minutes", "--budget": "budget.usd"}
+MAX_HOURS = 100_000  # --hours: the work, not a job-file field
+
+
+def _check_flags(hours: Optional[float], **flags) -> None:
+    """Before the job file is read and anything slow runs: each flag given is finite and in its range."""
+    from nascloud.job import check_field
+
+    if hours is not None and not (math.isfinite(hours) and 0 < hours <= MAX_HOURS):
+        raise UsageError(f"--hours must be a number of hours in (0, {MAX_HOURS:,}], got {hours:g}")
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if value is not None:
+            check_field(FLAG_FIELDS[flag], value, flag)
+
+
 def _prepare(job, gpu, cloud, region, spot, hours, trials, epochs, samples, seconds_per_epoch, price_per_hour,
              interruptions_per_hour, checkpoint_minutes, budget, catalog_dir):
     """Job file + flags -> (catalog, resolved workload, options, assumptions, budget). Flags win."""
     from nascloud import estimating
     from nascloud.pricing import load_catalog
 
+    _check_flags(hours=hours, trials=trials, epochs=epochs, samples=samples, seconds_per_epoch=seconds_per_epoch,
+                 price_per_hour=price_per_hour, interruptions_per_hour=interruptions_per_hour,
+                 checkpoint_minutes=checkpoint_minutes, budget=budget)
     spec = _load_job(job)
     catalog = load_catalog(catalog_dir)
     compute = spec.compute if spec else None
@@ -127,8 +150,6 @@ def _prepare(job, gpu, cloud, region, spot, hours, trials, epochs, samples, seco
         if interruptions_per_hour is None:
             interruptions_per_hour = compute.interruptions_per_hour
         budget = budget if budget is not None else spec.budget.usd
-    if budget is not None and not budget > 0:  # before the slow part, and for plan as well
-        raise UsageError(f"--budget must be a positive number of dollars, got {budget:g}")
     gpu, cloud = catalog.check_names(gpu, cloud, region)
     resolved = estimating.resolve_workload(spec, catalog, hours=hours, gpu=gpu, trials=trials, epochs=epochs,
                                            samples=samples, seconds_per_epoch=seconds_per_epoch)
