@@ -139,7 +139,17 @@ def test_groups_is_one_call_each_per_region(aws, describe_calls):
     aws.groups(JOB)  # the zone IDs are read once per provisioner
     describe_calls.clear()
     (found,) = aws.groups(JOB)
-    assert describe_calls == ["us-east-1"] and len(found.live) == 1
+    assert sorted(describe_calls) == ["describe_auto_scaling_groups@us-east-1", "describe_instances@us-east-1"]
+    assert len(found.live) == 1
+
+
+def test_a_group_aws_refuses_fails_at_launch_in_one_line_with_nothing_left(aws, asg_refused):
+    asg_refused("AccessDenied", "User is not authorized to perform: autoscaling:CreateAutoScalingGroup")
+    with pytest.raises(CloudError, match=r"^AWS refused creating the Auto Scaling group nascloud-digits-t4-1a2b3c-"
+                                         r"search \(AccessDenied\); check your credentials and the permissions") as raised:
+        aws.create_groups([group()])
+    assert raised.value.exit_code == 1 and "\n" not in str(raised.value)
+    assert_nothing_left_aws(JOB)  # the role and the launch template made before it are gone again
 
 
 def test_the_ami_comes_from_the_deep_learning_ami_parameter_and_a_failed_create_leaves_nothing(aws):

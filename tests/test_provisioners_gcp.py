@@ -135,6 +135,20 @@ def test_ssh_cidr_adds_a_narrow_firewall_and_the_public_key_and_delete_removes_t
     assert_nothing_left_gce(gce, JOB)
 
 
+def test_a_zone_without_capacity_is_the_groups_to_avoid_not_nascloud(gcp, gce):
+    gce.exhausted_zones.add("us-central1-a")  # the offer's cheapest zone
+    gcp.create_groups([group()])
+    (instance,) = running(gcp)
+    assert instance.zone == "us-central1-b"  # priced from the table's us-central1-b row by the ledger
+    gce.exhausted_zones.add("us-central1-b")
+    gce.preempt(vm(gce, instance)["name"])  # no zone has capacity: the group keeps its target and waits
+    time.sleep(0.5)  # what must not happen has no event to wait for: longer than the fake's operations take
+    (found,) = gcp.groups(JOB)
+    assert found.size == 1 and not found.live
+    gce.exhausted_zones.clear()
+    until(lambda: running(gcp), "the group's VM once capacity is back")
+
+
 def test_groups_is_one_list_per_region_and_one_aggregated_list_each(gcp, gce):
     gcp.create_groups([group()])
     running(gcp)  # reads the template once
