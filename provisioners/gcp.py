@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
+from nascloud.cloud_errors import gcp_credentials_error, one_line
 from nascloud.cost import BOOT_DISK_GB
 from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.provisioners.base import Group, GroupSpec, Instance, State
@@ -79,7 +80,7 @@ def _error(error: Exception, what: str) -> NascloudError:
         return error
     reason = getattr(error, "reason", None) or ""
     # The REST transport's message starts with the request ("POST https://...: "): the cause is what follows.
-    text = re.sub(r"^[A-Z]+ \S+: ", "", getattr(error, "message", None) or str(error))
+    text = one_line(re.sub(r"^[A-Z]+ \S+: ", "", getattr(error, "message", None) or str(error)))
     if isinstance(error, exceptions.Forbidden) and "quota" in (reason + text).lower():
         return CloudError(f"GCP quota stops {what}: {text}; request more under IAM & Admin > Quotas")
     if isinstance(error, (exceptions.Unauthorized, exceptions.Forbidden)):
@@ -247,9 +248,8 @@ class GcpProvisioner:
         try:
             # On a VM this is the metadata server's token for the VM's service account: no gcloud needed.
             credentials, project = google.auth.default(scopes=SCOPES)
-        except DefaultCredentialsError:
-            raise CloudError("no Google Cloud credentials found; run `gcloud auth application-default login` or "
-                             "set GOOGLE_APPLICATION_CREDENTIALS") from None
+        except DefaultCredentialsError as error:
+            raise gcp_credentials_error(error) from None
         self.project = self.project or project
         if not self.project:
             raise UsageError("no GCP project: set NASCLOUD_GCP_PROJECT or `gcloud config set project ...`")
@@ -280,7 +280,7 @@ class GcpProvisioner:
                 operation = self._call(what, "GlobalOperationsClient", "wait", operation=operation.name)
         errors = list(operation.error.errors) if operation.error else []
         if errors:
-            code, message = errors[0].code, errors[0].message
+            code, message = errors[0].code, one_line(errors[0].message)
             if code == "QUOTA_EXCEEDED":
                 raise CloudError(f"GCP quota stops {what}: {message}; request more under IAM & Admin > Quotas")
             raise CloudError(f"GCP {what} failed: {code}: {message}")
