@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import random
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -43,50 +45,78 @@ def write_version(work: Path, v: int) -> None:
 
 
 def writer_main(url: str, work: Path) -> None:
-    """An agent's loop: restore, then publish version after version, reporting each commit."""
+    """An agent's loop: restore, then publish version after version, saying when each publish begins
+    and when it has committed."""
     store = open_store(url, keep=2, grace_seconds=0)  # prune as hard as possible
     v = int((work / "version.txt").read_text()) if store.restore(work) else 0
     print("ready", flush=True)
     while True:
         v += 1
         write_version(work, v)
+        print(f"publishing {v}", flush=True)
         store.publish(work)
-        print(v, flush=True)
+        print(f"committed {v}", flush=True)
 
 
 def read_tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def kill_publishers(url: str, tmp_path: Path, kills: int, max_delay: float, seed: int) -> int:
+def kill_inside_a_publish(proc: subprocess.Popen, rng: random.Random) -> int:
+    """SIGKILL the publisher at a random point inside its second or a later publish. Returns the last
+    version it reported committed.
+
+    The point is drawn over the length of its last whole publish (so a loaded machine's slower publish
+    is covered as much as a fast one's); the publisher is then stopped, and killed only if its
+    publish has not reported committed: stopped, it can no longer finish between the look and the kill."""
+    assert proc.stdout.readline() == b"ready\n"
+    reported, last_seconds = 0, None
+    while True:
+        publishing = proc.stdout.readline().split()
+        assert publishing[:1] == [b"publishing"], publishing
+        started, looked = time.monotonic(), False
+        if last_seconds is not None and rng.random() < 0.5:
+            looked = True
+            time.sleep(rng.uniform(0, last_seconds))
+            os.kill(proc.pid, signal.SIGSTOP)
+            os.waitpid(proc.pid, os.WUNTRACED)  # stopped: all it wrote is in the pipe now
+            if not select.select([proc.stdout], [], [], 0)[0]:
+                proc.kill()
+                proc.wait()
+                return reported
+            os.kill(proc.pid, signal.SIGCONT)  # it finished first: try a later publish
+        assert proc.stdout.readline().split() == [b"committed", publishing[1]]
+        reported = int(publishing[1])
+        if not looked:
+            last_seconds = time.monotonic() - started
+
+
+def kill_publishers(url: str, tmp_path: Path, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     work, check = tmp_path / "work", tmp_path / "check"
-    committed = 0  # the last version a publisher reported committed
+    committed = 0
     for _ in range(kills):
+        # Unbuffered, so select() sees every line the publisher wrote.
         proc = subprocess.Popen([sys.executable, "-m", "tests.test_checkpoints_faults", url, str(work)],
-                                cwd=REPO, stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline() == "ready\n"
-        time.sleep(rng.uniform(0, max_delay))
-        proc.kill()
-        reported = [int(line) for line in proc.communicate()[0].split()]
-        committed = max([committed, *reported])
+                                cwd=REPO, stdout=subprocess.PIPE, bufsize=0)
+        reported = kill_inside_a_publish(proc, rng)
+        proc.stdout.close()
+        assert reported > committed  # each publisher committed at least once before its kill
 
         store = open_store(url)
         restored = store.restore(check)
         assert store.last_restore_warning is None
-        assert restored is not None or committed == 0
-        if restored is not None:
-            v = int((check / "version.txt").read_text())
-            # Killed after HEAD moved but before it could say so: one past the last report.
-            assert v in (committed, committed + 1)
-            assert read_tree(check) == version_tree(v)
-            committed = v
-    return committed
+        assert restored is not None
+        v = int((check / "version.txt").read_text())
+        # The killed publish is the one after the last report: it may have swung HEAD already.
+        assert v in (reported, reported + 1)
+        assert read_tree(check) == version_tree(v)
+        committed = v
 
 
 def test_sigkilled_local_publisher_leaves_last_committed_snapshot(tmp_path):
     url = f"file://{tmp_path}/bucket/job-{uuid.uuid4().hex[:6]}"
-    assert kill_publishers(url, tmp_path, kills=25, max_delay=0.15, seed=7) > 25  # it did publish
+    kill_publishers(url, tmp_path, kills=25, seed=7)
 
 
 def test_sigkilled_s3_publisher_leaves_last_committed_snapshot(moto_server, tmp_path):
@@ -94,7 +124,7 @@ def test_sigkilled_s3_publisher_leaves_last_committed_snapshot(moto_server, tmp_
 
     bucket = f"faults-{uuid.uuid4().hex[:8]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    assert kill_publishers(f"s3://{bucket}/job", tmp_path, kills=20, max_delay=0.4, seed=11) > 10
+    kill_publishers(f"s3://{bucket}/job", tmp_path, kills=20, seed=11)
 
 
 def test_sigkilled_gcs_publisher_leaves_last_committed_snapshot(gcs_server, tmp_path):
@@ -103,7 +133,7 @@ def test_sigkilled_gcs_publisher_leaves_last_committed_snapshot(gcs_server, tmp_
 
     bucket = f"faults-{uuid.uuid4().hex[:8]}"
     storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(bucket)
-    assert kill_publishers(f"gs://{bucket}/job", tmp_path, kills=20, max_delay=0.3, seed=13) > 10
+    kill_publishers(f"gs://{bucket}/job", tmp_path, kills=20, seed=13)
 
 
 @pytest.fixture
