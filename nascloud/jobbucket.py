@@ -143,22 +143,36 @@ class JobBucket:
     def put_entry(self, entry: LedgerEntry) -> None:
         self.store.put_json(f"ledger/{entry.instance_id}.json", asdict(entry))
 
-    def close_entries(self, instances, now: float) -> None:
-        """Close the open entries of instances the provider lists as ended (its own end time; else the
-        last sign of life plus a heartbeat), and of those it no longer lists at all."""
-        listed = {i.instance_id: i for i in instances}
-        for entry in self.ledger():
-            if entry.ended_at is not None:
+    def reconcile(self, instances, now: float, skip: Optional[str] = None) -> None:
+        """Bring the ledger up to the provider's listing: an instance that never recorded itself (killed while
+        it booted) gets its entry from the provider's times, and an open entry of an instance the provider
+        lists as ended, or no longer lists, is closed at its end time (else its last sign of life plus a
+        heartbeat). Every instance the group ever started is billed, at least its minimum."""
+        listed = {i.instance_id: i for i in instances if i.instance_id != skip}
+        entries = {e.instance_id: e for e in self.ledger()}
+        offer = self.bundle().offer
+        for instance in listed.values():
+            if instance.instance_id not in entries and instance.launched_at is not None:
+                live = instance.state.value in ("pending", "running")
+                self.put_entry(LedgerEntry(
+                    instance_id=instance.instance_id, group=instance.group, cloud=instance.cloud,
+                    instance_type=instance.instance_type, zone=instance.zone, spot=instance.spot,
+                    price_per_hour=offer.price_for(instance.zone, instance.spot), launched_at=instance.launched_at,
+                    last_seen=now if live else instance.ended_at or instance.launched_at,
+                    ended_at=None if live else instance.ended_at or instance.launched_at,
+                    end_reason=None if live else instance.state.value))
+        for entry in entries.values():
+            if entry.ended_at is not None or entry.instance_id == skip:
                 continue
             instance = listed.get(entry.instance_id)
             if instance is not None and instance.state.value in ("pending", "running"):
                 continue
             if instance is None and now - entry.last_seen <= 2 * heartbeat_seconds():
                 continue  # not listed yet or any more: give the provider's listing a moment
-            ended = (instance.ended_at if instance is not None and instance.ended_at
-                     else entry.last_seen + heartbeat_seconds())
+            end = (instance.ended_at if instance is not None and instance.ended_at
+                   else entry.last_seen + heartbeat_seconds())
             reason = instance.state.value if instance is not None else "lost"
-            self.put_entry(replace(entry, ended_at=max(ended, entry.launched_at), end_reason=reason))
+            self.put_entry(replace(entry, ended_at=max(end, entry.launched_at), end_reason=reason))
 
     def charges_usd(self) -> float:
         """The bucket's part of the spend: requests (every process's, at the bundle's rates) and storage."""

@@ -68,7 +68,7 @@ def tidy(bucket: JobBucket, found: Optional[list], status: str) -> None:
     if found is None:
         return
     bundle = bucket.bundle()
-    bucket.close_entries([i for g in found for i in g.instances], time.time())
+    bucket.reconcile([i for g in found for i in g.instances], time.time())
     if status not in SHOWN_FINAL:
         return
     prov = provisioner(bucket)

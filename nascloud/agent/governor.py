@@ -61,7 +61,7 @@ class Governor:
             self.governance.conclude(status, message)
             self.governance.end(status)
             self._book_requests()
-            self.bucket.put_log(self.me.instance_id, self._agent_log)
+            self.bucket.put_log(self.me.instance_id, self.agent_log)
         except NascloudError as error:
             log.warning("could not write the job's end to the bucket: %s", error)
         self.halt(f"{status}: {message}")
@@ -80,7 +80,7 @@ class Governor:
                       "the bucket, then `nascloud resume`")
         try:
             listed = [i for g in self.provisioner.groups(self.job_id) for i in g.instances]
-            self.bucket.close_entries([i for i in listed if i.instance_id != self.me.instance_id], time.time())
+            self.bucket.reconcile(listed, time.time(), skip=self.me.instance_id)
         except Exception as error:  # noqa: BLE001  the provider's listing is a courtesy to the ledger here
             log.warning("could not list the job's instances to close the ledger: %s", error)
         record = self.bucket.exit_record() or {}
@@ -95,11 +95,17 @@ class Governor:
     def arm_timer(self) -> None:
         """A plain `sleep` in its own session that halts the job when the budget or deadline runs out at this
         instance's price, whatever the agent and this process are doing by then."""
+        from nascloud.budget import ledger_total
+
         budget, now = self.bucket.budget(), time.time()
-        entry = self.bucket.entry(self.me.instance_id)
+        ledger = self.bucket.ledger()
+        entry = next(e for e in ledger if e.instance_id == self.me.instance_id)
         limits = []
         if budget.get("usd") and entry.price_per_hour > 0:
-            limits.append((budget["usd"] - self.governance.spent(now)) / entry.price_per_hour * 3600)
+            # What this instance may still bill: the budget less everything else, from its own launch.
+            others = ledger_total([e.billed(now) for e in ledger if e is not entry], now) + self.bucket.charges_usd()
+            runs_out = entry.launched_at + (budget["usd"] - others) / entry.price_per_hour * 3600
+            limits.append(runs_out - now)
         if budget.get("max_hours"):
             limits.append(self.bucket.bundle().created_at + budget["max_hours"] * 3600 - now)
         if not limits:
@@ -113,7 +119,7 @@ class Governor:
 
     # -- the agent --------------------------------------------------------------------------------
     @property
-    def _agent_log(self) -> Path:
+    def agent_log(self) -> Path:
         return self.root / "work" / "agent.log"
 
     def _marker(self) -> tuple:
@@ -132,11 +138,11 @@ class Governor:
 
     def run_agent_once(self) -> Optional[dict]:
         """Start the agent, wait for it (its log to the bucket meanwhile), return its exit record."""
-        self._agent_log.parent.mkdir(parents=True, exist_ok=True)
+        self.agent_log.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
         command = [sys.executable, "-m", "nascloud", "agent", self.job_url, "--instance-id", self.me.instance_id,
                    "--work-dir", str(self.root / "work" / "search")]
-        with open(self._agent_log, "ab") as out:
+        with open(self.agent_log, "ab") as out:
             agent = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      cwd=self.root)
         while True:
@@ -153,7 +159,7 @@ class Governor:
 
     def _upload_log(self) -> None:
         try:
-            self.bucket.put_log(self.me.instance_id, self._agent_log)
+            self.bucket.put_log(self.me.instance_id, self.agent_log)
         except NascloudError as error:
             log.warning("could not upload the agent's log: %s", error)
 
@@ -201,6 +207,7 @@ def halt_now(reason: str) -> None:
         if (bucket.exit_record() or {}).get("status") not in FINAL:
             bucket.write_exit("budget", reason, governor.me.instance_id)
         Governance(bucket, governor.me.instance_id).end("budget")
+        bucket.put_log(governor.me.instance_id, governor.agent_log)
     except NascloudError as error:
         log.warning("could not close the ledger entry: %s", error)
     governor.halt(reason)

@@ -90,9 +90,9 @@ def status(
     """Jobs, their spend against budget and estimate, instances, and recent alerts."""
     from nascloud.observer import all_summaries, render_summaries, summary
 
-    summaries = [summary(_open(job))] if job else all_summaries()
+    summaries = [summary(_open(job))] if job is not None else all_summaries()
     if as_json:
-        typer.echo(json.dumps(summaries[0] if job else summaries, indent=2))
+        typer.echo(json.dumps(summaries[0] if job is not None else summaries, indent=2))
     else:
         render_summaries(summaries)
 
@@ -145,9 +145,14 @@ def resume(
     """Continue a stopped job (at its budget, deadline, by `stop`, or halted) from its last snapshot."""
     from nascloud import launching
     from nascloud.budget import parse_budget_change
+    from nascloud.job import check_field
 
     bucket = _open(job)
     usd = parse_budget_change(budget, bucket.budget().get("usd")) if budget is not None else None
+    if usd is not None:
+        check_field("budget.usd", usd, "--budget")
+    if max_hours is not None:
+        check_field("budget.max_hours", max_hours, "--max-hours")
     launching.resume(bucket, usd, max_hours)
     if detach:
         typer.echo(f"job {bucket.bundle().job_id} resumed; `nascloud watch {bucket.bundle().job_id}` follows it")
