@@ -23,7 +23,6 @@ the budget or deadline they were computed against, so `resume --budget +USD` re-
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
@@ -180,14 +179,6 @@ def check_thresholds(values: Iterable[Any], name: str = "budget.alerts") -> tupl
         raise UsageError(f"{name}: thresholds must increase without repeats, e.g. 0.5,0.8,1.0; "
                          f"got {','.join(f'{n:g}' for n in numbers)}")
     return tuple(numbers)
-
-
-def parse_thresholds(text: str, name: str = "--alerts") -> tuple[float, ...]:
-    """`0.5,0.8,1.0` (or percentages `50%,80%,100%`) -> checked fractions."""
-    values: list[Any] = []
-    for part in (p.strip() for p in text.split(",")):
-        values.append(float(part[:-1]) / 100 if re.fullmatch(r"[0-9.]+%", part) else part)
-    return check_thresholds(values, name)
 
 
 def parse_budget_change(text: str, current: Optional[float]) -> float:

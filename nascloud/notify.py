@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
 
-from nascloud.errors import UsageError
-
 TIMEOUT_SECONDS = 5.0
 
 
@@ -23,15 +21,6 @@ TIMEOUT_SECONDS = 5.0
 class Delivery:
     ok: bool
     error: Optional[str] = None  # one line, without the URL
-
-
-def check_webhook(url: str) -> str:
-    """An http(s) URL with a host; the message names the problem but not the URL itself."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError("budget.webhook must be an http(s) URL, e.g. a Slack incoming webhook "
-                         "(https://hooks.slack.com/services/...)")
-    return url
 
 
 def send_webhook(url: str, text: str, timeout: float = TIMEOUT_SECONDS) -> Delivery:

@@ -245,21 +245,18 @@ def test_bad_budgets_are_usage_errors(text, current, message):
     assert str(error.value) == message and error.value.exit_code == 2
 
 
-@pytest.mark.parametrize("text,message", [
-    ("0.8,0.5,1.0", "--alerts: thresholds must increase without repeats, e.g. 0.5,0.8,1.0; got 0.8,0.5,1"),
-    ("0.5,0.5", "--alerts: thresholds must increase without repeats, e.g. 0.5,0.8,1.0; got 0.5,0.5"),
-    ("0.5,-0.8", "--alerts: -0.8 must be a positive fraction of the budget, e.g. 0.5,0.8,1.0"),
-    ("half,1", "--alerts: 'half' is not a number; give fractions like 0.5,0.8,1.0"),
+@pytest.mark.parametrize("alerts,message", [
+    ((0.8, 0.5, 1.0), "budget.alerts: thresholds must increase without repeats, e.g. 0.5,0.8,1.0; got 0.8,0.5,1"),
+    ((0.5, 0.5), "budget.alerts: thresholds must increase without repeats, e.g. 0.5,0.8,1.0; got 0.5,0.5"),
+    ((0.5, -0.8), "budget.alerts: -0.8 must be a positive fraction of the budget, e.g. 0.5,0.8,1.0"),
+    (("half", 1), "budget.alerts: 'half' is not a number; give fractions like 0.5,0.8,1.0"),
 ])
-def test_bad_thresholds_are_usage_errors(text, message):
+def test_bad_thresholds_are_usage_errors(alerts, message):
     with pytest.raises(UsageError) as error:
-        budget.parse_thresholds(text)
-    assert str(error.value) == message and "\n" not in message
+        BudgetConfig(budget_usd=3.0, alerts=alerts)
+    assert str(error.value) == message and error.value.exit_code == 2
 
 
-def test_thresholds_as_percentages_and_config_validation():
-    assert budget.parse_thresholds("50%, 80%,1.2") == (0.5, 0.8, 1.2)
+def test_config_validation():
     with pytest.raises(UsageError, match="budget.usd must be a positive number of dollars"):
         BudgetConfig(budget_usd=-3.0)
-    with pytest.raises(UsageError, match="budget.alerts: thresholds must increase"):
-        BudgetConfig(budget_usd=3.0, alerts=(1.0, 0.5))
