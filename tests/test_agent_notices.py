@@ -4,6 +4,7 @@ the budget and the deadline; a failed trial is recorded and never confused with 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import threading
@@ -125,9 +126,16 @@ def test_budget_deadline_and_stop_request_in_the_bucket_stop_before_any_compute(
     url = make_bundle(tmp_path, "digits-cap-5f5f5f", budget={"usd": 5})
     store = store_of(url)
     setup(store, time.time())
-    run = run_agent(url, tmp_path / "work")
+    # A TensorFlow that leaves a mark when imported, first on the path: a stop before any compute never
+    # imports it (the import alone takes seconds of a billed instance).
+    shim, marker = tmp_path / "shim", tmp_path / "tensorflow-imported"
+    (shim / "tensorflow").mkdir(parents=True)
+    (shim / "tensorflow" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError\n")
+    path = os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))
+    run = run_agent(url, tmp_path / "work", PYTHONPATH=path)
     assert run.code == code, run.log
     assert store.get_json("agent/exit.json")["status"] == status
+    assert not marker.exists(), run.log
     assert "restored snapshot" not in run.log and store.list() == []  # nothing restored, nothing trained
 
 
@@ -210,3 +218,33 @@ def test_the_space_constraints_pin_autokeras_names():
     assert space["image_block/res_net_block_1/pretrained"].value is False
     table = constraints(SearchSection(task="structured_data_classification", space={"num_layers": [2, 3]}))
     assert {p.name: p.values for p in table.space}["structured_data_block/dense_block_1/num_layers"] == [2, 3]
+
+
+def test_the_space_constraints_use_the_names_autokeras_declares():
+    """A constraint takes effect only under the exact name AutoKeras' block declares (else KerasTuner adds
+    it as one more, unused, hyperparameter). The blocks are built here as a trial builds them: each in a
+    fresh session, so AutoKeras numbers its inner blocks from 1 (res_net_block_1)."""
+    import autokeras as ak
+    import keras
+    import keras_tuner
+
+    from nascloud.agent.search import IMAGE_BLOCK, TABLE_BLOCK, constraints
+    from nascloud.job import SearchSection
+
+    def declared(block, shape: tuple) -> set:
+        keras.backend.clear_session()
+        hp = keras_tuner.HyperParameters()
+        block.build(hp, keras.Input(shape))
+        return {p.name for p in hp.space}
+
+    def ours(**search) -> set:
+        return {p.name for p in constraints(SearchSection(**search)).space}
+
+    for block_type in ("vanilla", "resnet", "xception", "efficient"):
+        autokeras_names = declared(ak.ImageBlock(block_type=block_type, name=IMAGE_BLOCK), (8, 8, 1))
+        pinned = ours(space={"block_type": [block_type]})
+        assert pinned and pinned <= autokeras_names, (block_type, pinned - autokeras_names)
+    assert "image_block/block_type" in ours(space={"block_type": ["vanilla", "resnet"]})
+    assert "image_block/block_type" in declared(ak.ImageBlock(name=IMAGE_BLOCK), (8, 8, 1))
+    table = ours(task="structured_data_classification")
+    assert table and table <= declared(ak.StructuredDataBlock(name=TABLE_BLOCK), (3,))

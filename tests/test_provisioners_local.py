@@ -123,8 +123,10 @@ def test_an_unknown_instance_reads_terminated(local):
 @requires_sshd
 def test_an_instance_whose_sshd_died_reads_failed(local):
     instance = local.launch(JOB, None, SPEC)
-    pid = int(Path(local.ssh_target(instance).key_path).exists() and
-              (local.home / "instances" / instance.instance_id / "sshd" / "sshd.pid").read_text())
+    pid_file = local.home / "instances" / instance.instance_id / "sshd" / "sshd.pid"
+    assert pid_file.exists(), pid_file
+    pid = int(pid_file.read_text())
+    assert pid > 0, pid  # kill 0 (or a negative pid) would signal the test run's own process group
     subprocess.run(["kill", "-9", str(pid)], check=True)
     deadline = time.monotonic() + 5
     while local.status([instance])[instance.instance_id] != State.FAILED and time.monotonic() < deadline:
