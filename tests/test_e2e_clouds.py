@@ -91,3 +91,127 @@ def test_gcp_an_instance_that_cannot_use_its_bucket_ends_its_group_with_the_reas
     assert "cannot use the job's bucket gs://nascloud-nowhere/jobs/digits-gcp-0badb0" in found.reason
     gcp.delete(job_id)
     assert_nothing_left_gce(gcp_env, job_id)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def launch_on_the_hypervisor(spec, monkeypatch, tmp_path) -> str:
+    """`launch` as the user's machine runs it, returning once the groups exist. The machines the hypervisor
+    plays have no GPU: the offer (priced as the catalog's GPU instance) says so, or the agent would refuse."""
+    from nascloud import launching
+
+    monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
+    chosen = launching.choose_offer
+    monkeypatch.setattr(launching, "choose_offer", lambda *args: {**chosen(*args), "gpu": None})
+    return launching.launch(spec, force=True).url
+
+
+def reclaim_mid_search_and_finish(url: str, hosts: Hypervisor, reclaim) -> dict:
+    """Reclaim the live instance during a trial's epochs the way the clouds do (a notice in the metadata,
+    then the machine goes); the group's replacement must finish the search. Returns the timings from the
+    reclaim: to the replacement's host starting, and to its agent's first heartbeat."""
+    from nascloud.jobbucket import JobBucket
+
+    job = JobBucket.open(url)
+    wait_for(lambda: (job.progress().get("running") or {}).get("epoch", 0) >= 1, 600, "a trial's first epoch",
+             interval=0.5)
+    (first,) = hosts.live()
+    me = first.machine.instance_id
+    first.machine.metadata.notice()
+
+    def noticed() -> bool:
+        """The agent took its snapshot and stopped, and the governor uploaded its log (what the chain
+        check reads: a log cut short by the reclaim would hide the snapshot the replacement restores)."""
+        record, sid = job.exit_record() or {}, job.progress().get("snapshot_id")
+        found = job.store.objects.get(f"logs/{me}.log")
+        return (record.get("status"), record.get("instance_id")) == ("preempted", me) and bool(found) and \
+            f"snapshot {sid} committed" in found[0].decode()
+
+    wait_for(noticed, 120, "the agent to act on the notice")
+    reclaimed_at = time.time()
+    reclaim(me)
+    hosts.wait_for(lambda found: len([h for h in found.values() if h.ended_at is None]) == 1 and first.ended_at,
+                   120, "the group's replacement")
+    (second,) = hosts.live()
+    wait_for(lambda: (job.heartbeat() or {}).get("instance_id") == second.machine.instance_id, 600,
+             "the replacement's agent to heartbeat", interval=0.2)
+    heartbeat_at = time.time()
+    final = wait_for(lambda: (job.exit_record() or {}).get("status") in ("finished", "failed", "budget") and
+                     job.exit_record(), 900, "the job to end", interval=1)
+    assert final["status"] == "finished", (final, hosts.console(second.machine.instance_id)[-3000:])
+    hosts.wait_for(lambda found: all(h.ended_at for h in found.values()), 120, "the last host to power off")
+    return {"replacement_host_s": round(second.started_at - reclaimed_at, 2),
+            "agent_heartbeat_again_s": round(heartbeat_at - reclaimed_at, 2)}
+
+
+def observe(url: str, tmp_path: Path) -> dict:
+    """One observer command from a machine that never saw the job: `status` by the bucket URL (it also
+    deletes what costs nothing once the job is over)."""
+    import json
+
+    shown = subprocess.run([sys.executable, "-m", "nascloud", "status", url, "--json"], capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "NASCLOUD_HOME": str(tmp_path / "elsewhere")})
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    return json.loads(shown.stdout)
+
+
+def check_the_search(url: str, status: dict) -> None:
+    from nascloud.jobbucket import JobBucket
+    from tests.fixtures.search import check_chain
+
+    assert status["status"] == "finished" and status["progress"]["trials_done"] == SEARCH["max_trials"]
+    assert [e["end_reason"] for e in status["instances"]] == ["preempted", "finished"], status["instances"]
+    assert [(g["size"], g["live"]) for g in status["groups"] or []] in ([], [(0, 0)])
+    job = JobBucket.open(url)
+    logs = [job.store.objects.get(f"logs/{e.instance_id}.log") for e in job.ledger()]
+    assert all(logs), [e.instance_id for e, found in zip(job.ledger(), logs) if not found]  # uploaded as it ran
+    report = check_chain([found[0].decode() for found in logs])
+    assert report.problems == [] and len(report.completed) == SEARCH["max_trials"], report  # each trial once
+
+
+def test_aws_a_spot_reclaim_mid_search_the_group_replaces_it_and_nothing_is_left(
+        moto_reset, ec2_quotas, hypervisor_env, monkeypatch, tmp_path, record_property):
+    import boto3
+
+    ec2_quotas["L-3819A6DF"] = 8.0  # G spot vCPUs: preflight reads the account's quota
+    boto3.client("s3").create_bucket(Bucket="nascloud-e2e")
+    with Hypervisor(hypervisor_env, host_env(), moto_machines()) as hosts:
+        url = launch_on_the_hypervisor(aws_job("s3://nascloud-e2e/jobs"), monkeypatch, tmp_path)
+        timings = reclaim_mid_search_and_finish(url, hosts, preempt_ec2)
+    status = observe(url, tmp_path)
+    check_the_search(url, status)
+    job_id = url.rsplit("/", 1)[1]
+    assert sorted(assert_nothing_left_aws(job_id)) == sorted(e["instance_id"] for e in status["instances"])
+    record_property("timings", timings)
+    print("aws", timings)
+
+
+def test_gcp_a_preemption_mid_search_the_group_recreates_the_vm_and_nothing_is_left(
+        gcp_env, hypervisor_env, monkeypatch, tmp_path, record_property):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials())
+    client.lookup_bucket("nascloud-e2e") or client.create_bucket("nascloud-e2e")  # the server is shared
+
+    def preempt(instance_id: str) -> None:
+        with gcp_env.lock:
+            name = next(vm["name"] for vm in gcp_env.instances.values() if vm["id"] == instance_id)
+        gcp_env.preempt(name)
+
+    with Hypervisor(hypervisor_env, host_env(), gce_machines(gcp_env)) as hosts:
+        url = launch_on_the_hypervisor(gcp_job("gs://nascloud-e2e/jobs"), monkeypatch, tmp_path)
+        timings = reclaim_mid_search_and_finish(url, hosts, preempt)
+    status = observe(url, tmp_path)
+    check_the_search(url, status)
+    assert_nothing_left_gce(gcp_env, url.rsplit("/", 1)[1])
+    record_property("timings", timings)
+    print("gcp", timings)
