@@ -1,22 +1,21 @@
 """The money: what a job has cost, what it will cost, and when to stop it. Pure functions, no I/O.
 
-API for the watch loop (call once per tick, with the tick's own clock):
+API for the instance (the agent calls it at every heartbeat, with its own clock):
 
-    config = BudgetConfig.for_job(job, tick_seconds=settings.poll_seconds)   # once per job row read
-    tick = budget.evaluate(state.instances(job_id), Progress.of(progress_json, epochs),
-                           config, fired_alerts, now)
+    config = BudgetConfig.for_bundle(bundle, budget_record, tick_seconds=heartbeat)
+    tick = budget.evaluate(ledger_entries, Progress.of(progress_json, epochs), config, fired_alerts, now,
+                           extra_usd=bucket_charges)
     for alert in tick.alerts:            # new ones only; each fires once, in order
-        state.add_event(job_id, "alert", alert.message, now, alert.data())   # alert.key -> fired_alerts
-        notify.send_webhook(url, alert.message)
-    if tick.stop != "none":              # "budget" | "deadline": final snapshot, terminate, exit 3
-        orchestrator.stop(tick.stop)     # tick.reason says why, in one line
+        bucket.add_event("alert", alert.message, alert.data(), once=alert.key)   # and the webhook
+    if tick.stop != "none":              # "budget" | "deadline": final snapshot, group to 0, power off
+        ...                              # tick.reason says why, in one line
     summary["money"] = tick.as_dict()    # spend, burn, projection, P(over), time left: status --json, dashboard
 
-The ledger is the instance rows (`InstanceRow` or anything with launched_at, ended_at, price_per_hour):
-each span is billed from the provider's launch time to its end (or now) at the price at its launch,
-with the cloud's minimum and per-second after it; history is never re-priced. The bucket's storage and
-requests (`storage_charge`, `request_charges`) come in as `extra_usd`. `fired_alerts` is the
-set of `Alert.key`s already sent, `{e.data["key"] for e in state.events(job_id, "alert")}`; keys carry
+The ledger is the bucket's entries (`jobbucket.LedgerEntry`, or anything with launched_at, ended_at,
+price_per_hour): each span is billed from the provider's launch time to its end (or now) at the price at
+its launch, with the cloud's minimum and per-second after it; history is never re-priced. The bucket's
+storage and requests (`storage_charge`, `request_charges`) come in as `extra_usd`. `fired_alerts` is the
+set of `Alert.key`s already sent (`JobBucket.fired()`); keys carry
 the budget or deadline they were computed against, so `resume --budget +USD` re-arms them.
 """
 
@@ -221,19 +220,18 @@ class BudgetConfig:
         return None if self.max_hours is None else self.started_at + self.max_hours * 3600
 
     @classmethod
-    def for_job(cls, job: Any, tick_seconds: float, shutdown_seconds: float = SHUTDOWN_SECONDS) -> "BudgetConfig":
-        """From a job row (state.JobRow): its budget and deadline, and its bundle's spec and estimate."""
-        spec = job.bundle["spec"]
-        estimate = job.estimate or {}
+    def for_bundle(cls, bundle: Any, budget: Mapping[str, Any], tick_seconds: float,
+                   shutdown_seconds: float = SHUTDOWN_SECONDS) -> "BudgetConfig":
+        """From the job's bundle (nascloud.bundle.Bundle) and the budget record in force (budget.json)."""
+        spec = bundle.spec
+        estimate = bundle.estimate or {}
         work = estimate.get("work_hours")  # pure training time on the offer's GPU
-        trials = spec["search"]["max_trials"]
-        interval = job.bundle.get("interval_minutes")
-        return cls(budget_usd=job.budget_usd, alerts=tuple(spec["budget"]["alerts"]), max_hours=job.max_hours,
-                   started_at=job.created_at, tick_seconds=tick_seconds, shutdown_seconds=shutdown_seconds,
-                   interruptions_per_hour=spec["compute"].get("interruptions_per_hour")
+        return cls(budget_usd=budget.get("usd"), alerts=tuple(spec.budget.alerts), max_hours=budget.get("max_hours"),
+                   started_at=bundle.created_at, tick_seconds=tick_seconds, shutdown_seconds=shutdown_seconds,
+                   interruptions_per_hour=spec.compute.interruptions_per_hour
                    or estimate.get("interruptions_per_hour") or 0.0,
-                   interval_hours=interval / 60 if interval else None,
-                   trial_seconds_hint=work * 3600 / trials if work else None)
+                   interval_hours=bundle.interval_minutes / 60 if bundle.interval_minutes else None,
+                   trial_seconds_hint=work * 3600 / spec.search.max_trials if work else None)
 
 
 # ---- alerts and the tick ---------------------------------------------------------------------
