@@ -194,7 +194,7 @@ def requests(group: GroupSpec, image: str, subnets: list[str], security_group: O
 def job_requests(groups: list[GroupSpec], bucket: str, prefix: str, cidr: Optional[str]) -> dict:
     """The per-job requests (identity, firewall) as the APIs receive them."""
     job_id = groups[0].job_id
-    name, tags = _name(job_id), [t for t in _tags(groups[0]) if t["Key"] != GROUP_TAG]
+    name, tags = _name(job_id), [t for t in _tags(groups[0]) if t["Key"] not in (GROUP_TAG, "Name")]
     made = {
         "CreateRole": {"RoleName": name, "AssumeRolePolicyDocument": json.dumps(TRUST_POLICY), "Tags": tags},
         "PutRolePolicy": {"RoleName": name, "PolicyName": "job",
@@ -417,7 +417,7 @@ class AwsProvisioner:
 
     def _ensure_key_pair(self, ec2, job_id: str) -> str:
         key = ensure_key(keys_dir(self.home, job_id) / "id_ed25519", _name(job_id))
-        self._ensure(lambda **p: ec2.import_key_pair(**p), {
+        self._ensure(ec2.import_key_pair, {
             "KeyName": _name(job_id), "PublicKeyMaterial": key.public_line.encode(),
             "TagSpecifications": [{"ResourceType": "key-pair", "Tags": [{"Key": JOB_TAG, "Value": job_id}]}]},
             "InvalidKeyPair.Duplicate", "importing the job's SSH key")
@@ -519,16 +519,16 @@ class AwsProvisioner:
         name = group_name(job_id, group)
         for region in sorted(self.regions):
             client = self._client("autoscaling", region)
-            try:
-                if reason:
-                    client.create_or_update_tags(Tags=[{"ResourceId": name, "ResourceType": "auto-scaling-group",
-                                                        "Key": REASON_TAG, "Value": reason[:256],
-                                                        "PropagateAtLaunch": False}])
-                client.set_desired_capacity(AutoScalingGroupName=name, DesiredCapacity=size, HonorCooldown=False)
-            except Exception as error:
-                if _code(error) == "ValidationError" and "not found" in str(error).lower():
-                    continue  # a missing group is success
-                raise _error(error, f"resizing {name}") from None
+            if not self._call("describing the group", client.describe_auto_scaling_groups,
+                              AutoScalingGroupNames=[name])["AutoScalingGroups"]:
+                continue  # a missing group is success
+            # The resize first: it is what stops the bill.
+            self._call(f"resizing {name}", client.set_desired_capacity, AutoScalingGroupName=name,
+                       DesiredCapacity=size, HonorCooldown=False)
+            if reason:
+                self._call(f"noting why {name} was resized", client.create_or_update_tags, Tags=[{
+                    "ResourceId": name, "ResourceType": "auto-scaling-group", "Key": REASON_TAG,
+                    "Value": reason[:256], "PropagateAtLaunch": False}])
 
     def delete(self, job_id: str, tries: int = 60) -> None:
         name = _name(job_id)
