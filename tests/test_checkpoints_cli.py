@@ -36,13 +36,13 @@ def test_list_and_pull_a_job_by_url_and_by_id(tmp_path):
     table = nascloud("checkpoints", "list", url).stdout.splitlines()
     assert table[0].split()[:2] == ["SNAPSHOT", "CREATED"] and table[2].startswith(second)
 
-    # A job id the local state knows stands for its bucket URL.
-    from nascloud.state import State
+    # A job id this machine's job cache knows stands for its bucket URL.
+    from nascloud.state import JobCache
 
     home = tmp_path / "home"
     env = {**os.environ, "NASCLOUD_HOME": str(home)}
     home.mkdir()
-    State(home / "state.db").add_job("digits-1a2b3c", "digits", url, {}, None, None, None, now=0.0)
+    JobCache(home / "jobs.db").remember("digits-1a2b3c", "digits", url, created_at=0.0)
     pulled = nascloud("checkpoints", "pull", "digits-1a2b3c", str(tmp_path / "mine"), "--snapshot", first, env=env)
     assert pulled.returncode == 0, pulled.stderr
     assert pulled.stdout.strip() == f"restored snapshot {first} (1 files, 14 B) into {tmp_path / 'mine'}"
@@ -50,9 +50,10 @@ def test_list_and_pull_a_job_by_url_and_by_id(tmp_path):
 
     unknown = nascloud("checkpoints", "list", "nosuch-job", env=env)
     assert unknown.returncode == 2
-    assert unknown.stderr.startswith("Error: no job 'nosuch-job' in ")
-    assert "or pass the job's bucket URL" in unknown.stderr
+    assert unknown.stderr.startswith("Error: no job 'nosuch-job' launched from this machine (recent: digits-1a2b3c)")
+    assert "give its bucket URL" in unknown.stderr and len(unknown.stderr.splitlines()) == 1
 
+    (tmp_path / "bucket/other").mkdir()  # a job's folder (launch made it) with no snapshot in it yet
     empty = nascloud("checkpoints", "pull", f"file://{tmp_path}/bucket/other", str(tmp_path / "x"))
     assert (empty.returncode, empty.stderr) == (1, f"Error: file://{tmp_path}/bucket/other has no snapshot yet: "
                                                     "the job has not checkpointed; try again later\n")
