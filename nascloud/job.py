@@ -147,7 +147,6 @@ class CheckpointSection(_Section):
     bucket: str = "file://./nascloud-bucket"
     interval_minutes: Union[Literal["auto"], float] = "auto"  # auto: Young/Daly from the offer
     keep: Number("a whole number", ge=1, le=100, whole=True) = 3
-    lease_minutes: float = Field(30.0, gt=0)  # the agent's dead-man's switch
 
     @field_validator("interval_minutes", mode="before")
     @classmethod

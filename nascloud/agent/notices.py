@@ -1,4 +1,4 @@
-"""Stop requests for the running search: SIGTERM, cloud preemption notices, lease/budget/deadline.
+"""Stop requests for the running search: SIGTERM, cloud preemption notices, stop request/budget/deadline.
 
 Every stop arrives as one exception, `StopRequested`, raised in the main thread. It derives from
 KeyboardInterrupt on purpose: KerasTuner catches `Exception` around a trial and would mark the trial
@@ -25,7 +25,7 @@ GCE_METADATA_URL = "http://metadata.google.internal/computeMetadata/v1"
 class StopRequested(KeyboardInterrupt):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
-        self.reason = reason  # preempted | budget | deadline | lease_lapsed
+        self.reason = reason  # preempted | stopped | budget | deadline
         self.message = message
 
 

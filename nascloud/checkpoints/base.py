@@ -47,7 +47,7 @@ class CheckpointStore(Protocol):
         """Snapshots kept for this job, oldest first."""
 
     def put_json(self, name: str, value: dict) -> None:
-        """A small object beside the snapshots (agent/heartbeat.json, lease.json, ...), overwritten."""
+        """A small object beside the snapshots (agent/heartbeat.json, budget.json, ...), overwritten."""
 
     def get_json(self, name: str) -> Optional[dict]:
         """The small object, or None if it does not exist."""
