@@ -139,7 +139,10 @@ class LocalProvisioner:
 
     def groups(self, job_id: str) -> list[Group]:
         folder = self.root / "groups" / job_id
-        found = sorted(p for p in folder.iterdir() if (p / "group.json").exists()) if folder.exists() else []
+        try:
+            found = sorted(p for p in folder.iterdir() if (p / "group.json").exists())
+        except FileNotFoundError:  # never created, or deleted by an observer meanwhile
+            return []
         return [self._group(p) for p in found]
 
     def _group(self, folder: Path) -> Group:

@@ -267,7 +267,9 @@ def test_stop_from_another_machine_ends_a_running_job_with_its_final_snapshot(cl
     assert record["status"] == "stopped" and record["instance_id"].startswith("local-")  # the agent's own record
     assert bucket(url).progress()["snapshot_id"]
     wait_for(lambda: not running_hosts(cli.home), 30, "every host to end")
-    assert json.loads(cli.run("status", url, "--json", home=fresh).stdout)["status"] == "stopped"
+    shown = cli.run("status", url, "--json", home=fresh)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["status"] == "stopped"
 
 
 def test_an_agent_that_dies_at_start_fails_the_job_at_once_with_the_reason(cli):
