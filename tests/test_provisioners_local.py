@@ -1,186 +1,177 @@
-"""The local provider: real processes, a real private sshd per instance, preempted by killing them all."""
+"""The local provider's group engine: a detached supervisor that keeps its size in hosts, replaces a lost one,
+records each host's end with its own time, obeys resize and exits at 0. Hosts run a stand-in for the
+bootstrap here (a `sleep`, an `exit`, a Python that asks who it is), so no search runs; the real bootstrap
+on a local host is tests/test_e2e_local.py's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from nascloud import remote
-from nascloud.job import parse_job
-from nascloud.provisioners import Instance, State, get_provisioner
+from nascloud.provisioners import State, get_provisioner
 from nascloud.provisioners.local import LocalProvisioner, instance_pids
-from tests.fixtures.servers import requires_sshd
+from tests.fixtures.search import make_bundle
 
-SPEC = parse_job({"name": "digits-quick"})
-JOB = "digits-quick-1a2b3c"
+JOB = "engine-1a2b3c"
 
 
-def _running(pid: int) -> bool:
-    """True while pid is a live process (a zombie is dead)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    """The job's group specs as launch makes them, at size 0 so that nothing boots until a test says what."""
+    from nascloud import launching
+    from nascloud.jobbucket import JobBucket
+
+    url = make_bundle(tmp_path_factory.mktemp("engine"), JOB)
+    return [dataclasses.replace(s, size=0) for s in launching.group_specs(JobBucket.open(url).bundle())]
+
+
+def wait_for(predicate, what: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def supervisors(folder: Path) -> list[int]:
+    """Live supervisor processes of the group folder (a zombie's cmdline reads empty)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if (entry / "cmdline").read_bytes().split(b"\0")[-3:-1] == [b"supervise", str(folder).encode()]:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+class Engine:
+    """A local provider under tmp_path with the job's group created at size 0."""
+
+    def __init__(self, root: Path, specs):
+        self.provider = LocalProvisioner(root=root)
+        self.specs = specs
+        self.folder = root / "groups" / JOB / "search"
+        self.provider.create_groups(specs)
+
+    def run(self, script: str, size: int = 1) -> None:
+        """Give the group's hosts `script` instead of the bootstrap, then set its size."""
+        path = self.folder / "group.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "script": script}))
+        self.provider.resize(JOB, "search", size)
+
+    def group(self):
+        [group] = self.provider.groups(JOB)
+        return group
+
+    def hosts(self, state: State) -> list:
+        return [h for h in self.group().instances if h.state == state]
 
 
 @pytest.fixture
-def local(tmp_path):
-    provisioner = get_provisioner("local", home=tmp_path / "home", price_per_hour=0.25)
-    yield provisioner
-    provisioner.terminate(provisioner.list_owned())
+def engine(tmp_path, specs):
+    made = Engine(tmp_path / "local", specs)
+    yield made
+    made.provider.resize(JOB, "search", 0)
+    wait_for(lambda: not supervisors(made.folder), "the supervisor to exit")
+    assert all(instance_pids(h.instance_id) == [] for g in made.provider.groups(JOB) for h in g.instances)
 
 
-@requires_sshd
-def test_launch_is_idempotent_and_reached_over_ssh_with_a_pinned_key(local):
-    first = local.launch(JOB, None, SPEC)
-    assert local.launch(JOB, None, SPEC) == first
-    assert local.list_owned(JOB) == [first]
-    assert first.extra["python"] == sys.executable and first.extra["price_per_hour"] == 0.25
-    target = local.ssh_target(first)
-    assert target.host == "127.0.0.1" and target.host_key.startswith("ssh-ed25519 ")
-    assert Path(target.key_path).stat().st_mode & 0o777 == 0o600
-
-    # Another process (the CLI) reads the same instances from the state files.
-    other = subprocess.run(
-        [sys.executable, "-c", "import sys; from nascloud.provisioners.local import LocalProvisioner as L; "
-         "p = L(sys.argv[1]); print([i.instance_id for i in p.list_owned()], p.status(p.list_owned()))",
-         str(local.home)], capture_output=True, text=True, check=True)
-    assert other.stdout.strip() == f"['{first.instance_id}'] {{'{first.instance_id}': <State.RUNNING: 'running'>}}"
-
-    conn = remote.connect(target, first)
-    try:
-        code, output = conn.run("pwd; test -f ../ready && echo bootstrapped")
-        assert (code, output.split()) == (0, [first.extra["workdir"], "bootstrapped"])
-        assert conn.run("exit 7") == (7, "")
-        assert conn.run("echo started; sleep 30", timeout=0.5) == (124, "started\n")
-    finally:
-        conn.close()
+def test_creating_the_groups_twice_makes_one_group_any_process_finds(engine):
+    engine.provider.create_groups(engine.specs)
+    fresh = get_provisioner("local", root=engine.provider.root)  # another process's view, from the same root
+    [group] = fresh.groups(JOB)
+    assert (group.job_id, group.name, group.size, group.instances) == (JOB, "search", 0, ())
+    assert fresh.job_url(group) == engine.specs[0].tags["nascloud-job-url"]  # gc judges it by its bucket
+    assert [g.job_id for g in fresh.list_owned()] == [JOB]
+    assert fresh.groups("other-000000") == []
+    wait_for(lambda: not supervisors(engine.folder), "the size-0 group's supervisor to exit")
 
 
-@requires_sshd
-def test_preempt_kills_every_process_of_the_instance_even_detached_ones(local, tmp_path):
-    instance = local.launch(JOB, None, SPEC)
-    conn = remote.connect(local.ssh_target(instance), instance)
-    pid = conn.start_detached("sleep 300", "sleep.log")
-    (tmp_path / "in.txt").write_text("payload")
-    conn.put_file(tmp_path / "in.txt", "copied.txt")
-    conn.get_file("copied.txt", tmp_path / "back.txt")
-    conn.close()
-    assert (tmp_path / "back.txt").read_text() == "payload"
-    assert Path(instance.extra["workdir"], "copied.txt").exists()
-    assert _running(pid)  # it outlived the SSH connection
+def test_the_supervisor_replaces_a_preempted_host_and_the_provider_records_its_end(engine):
+    # A host whose process left its session is still the host's: the preemption takes it too.
+    engine.run("setsid sleep 600 & exec sleep 600")
+    first = wait_for(lambda: engine.group().live, "a host")[0]
+    assert first.state == State.RUNNING and first.launched_at <= time.time()
+    wait_for(lambda: len(instance_pids(first.instance_id)) == 2, "the host's two processes")
 
-    local.preempt(instance)
-    assert not _running(pid)
-    assert local.status([instance]) == {instance.instance_id: State.PREEMPTED}
-    with pytest.raises(remote.UnreachableError, match="cannot reach"):
-        remote.connect(local.ssh_target(instance), instance, attempts=2, delay=0.05)
+    before = time.time()
+    engine.provider.preempt(first)
+    after = time.time()
+    assert instance_pids(first.instance_id) == []
+    [ended] = engine.hosts(State.PREEMPTED)
+    assert ended.instance_id == first.instance_id and before <= ended.ended_at <= after
 
-    # Recovery is the same call as the first launch: a new instance with a fresh directory.
-    second = local.launch(JOB, None, SPEC)
-    assert second.instance_id != instance.instance_id
-    assert not Path(second.extra["workdir"], "copied.txt").exists()
-    local.terminate([second])
-    local.terminate([second, instance])  # twice, and an already preempted one: no error
-    assert local.status([instance, second]) == {instance.instance_id: State.PREEMPTED,
-                                                second.instance_id: State.TERMINATED}
-    local.release(JOB)
-    local.release(JOB)
-    assert not (local.home / "keys" / JOB).exists()
-    assert not list((local.home / "instances").iterdir())
+    second = wait_for(lambda: engine.group().live, "the replacement")[0]
+    assert second.instance_id != first.instance_id and second.launched_at >= ended.ended_at
+    assert instance_pids(second.instance_id) and len(engine.group().live) == 1
 
 
-def test_without_sshd_processes_run_directly_and_are_preempted(tmp_path):
-    local = LocalProvisioner(home=tmp_path / "home", use_ssh=False)
-    instance = local.launch(JOB, None, SPEC)
-    assert local.ssh_target(instance) is None
-    conn = remote.connect(None, instance)
-    assert conn.run("pwd") == (0, instance.extra["workdir"] + "\n")
-    pid = conn.start_detached("echo hello; sleep 300", "agent.log")
-    deadline = time.monotonic() + 10
-    while "hello" not in Path(instance.extra["workdir"], "agent.log").read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _running(pid)
-    local.preempt(instance)
-    assert not _running(pid)
-    assert local.status([instance]) == {instance.instance_id: State.PREEMPTED}
-    assert local.list_owned(JOB) == []
+def test_a_host_whose_bootstrap_exits_reads_terminated_with_its_end(engine):
+    engine.run("exit 3")
+    ended = wait_for(lambda: engine.hosts(State.TERMINATED), "a host to end")[0]
+    assert ended.launched_at <= ended.ended_at <= time.time()
+    assert instance_pids(ended.instance_id) == []
 
 
-def test_an_unknown_instance_reads_terminated(local):
-    unknown = Instance(instance_id="local-00000000", job_id=JOB, cloud="local", region="local", zone=None,
-                       instance_type="local", spot=True, launched_at=0.0)
-    assert local.status([unknown]) == {"local-00000000": State.TERMINATED}
-    local.terminate([unknown])
+def test_resize_to_0_ends_every_host_and_the_supervisor_exits(engine):
+    engine.run("sleep 600", size=2)
+    live = wait_for(lambda: len(engine.group().live) == 2 and engine.group().live, "two hosts")
+    engine.provider.resize(JOB, "search", 0, reason="the bucket is not writable")
+    wait_for(lambda: not supervisors(engine.folder), "the supervisor to exit")
+    group = engine.group()
+    assert (group.size, group.reason, group.live) == (0, "the bucket is not writable", [])
+    assert sorted(h.instance_id for h in engine.hosts(State.TERMINATED)) == sorted(h.instance_id for h in live)
+    assert all(h.ended_at >= h.launched_at for h in group.instances)
+    assert all(instance_pids(h.instance_id) == [] for h in live)
 
 
-@requires_sshd
-def test_an_instance_whose_sshd_died_reads_failed(local):
-    instance = local.launch(JOB, None, SPEC)
-    pid_file = local.home / "instances" / instance.instance_id / "sshd" / "sshd.pid"
-    assert pid_file.exists(), pid_file
-    pid = int(pid_file.read_text())
-    assert pid > 0, pid  # kill 0 (or a negative pid) would signal the test run's own process group
-    subprocess.run(["kill", "-9", str(pid)], check=True)
-    deadline = time.monotonic() + 5
-    while local.status([instance])[instance.instance_id] != State.FAILED and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert local.status([instance]) == {instance.instance_id: State.FAILED}
+def test_delete_removes_the_folders_only_once_nothing_lives(engine):
+    engine.run("sleep 600")
+    wait_for(lambda: engine.group().live, "a host")
+    engine.provider.delete(JOB)
+    assert engine.group().live  # a running group is left alone
+    engine.provider.resize(JOB, "search", 0)
+    wait_for(lambda: not supervisors(engine.folder), "the supervisor to exit")
+    engine.provider.delete(JOB)
+    assert not (engine.provider.root / "groups" / JOB).exists() and engine.provider.groups(JOB) == []
+    engine.provider.delete(JOB)  # what is gone is quietly gone
+    engine.provider.resize(JOB, "search", 1)  # a missing group is success, and nothing starts
+    assert engine.provider.list_owned() == []
 
 
-def test_dry_run_describes_the_local_instance():
+def test_a_host_knows_who_it_is_ends_its_group_and_powers_itself_off(engine):
+    # What the governor does at the end: whoami, resize to 0, power off (its own processes, itself last).
+    engine.run(f"""{sys.executable} -c '
+import json
+from nascloud.provisioners.local import LocalProvisioner
+provider = LocalProvisioner(root="{engine.provider.root}")
+me = provider.whoami("{JOB}", "search")
+open("whoami.json", "w").write(json.dumps([me.instance_id, me.state.value, me.launched_at, me.spot]))
+provider.resize("{JOB}", "search", 0, reason="finished")
+provider.power_off()
+print("still running after power_off")
+'""")
+    wait_for(lambda: not supervisors(engine.folder), "the host to power off and the supervisor to exit")
+    [host] = engine.group().instances
+    folder = engine.folder / "hosts" / host.instance_id
+    assert json.loads((folder / "whoami.json").read_text()) == [host.instance_id, "running", host.launched_at, True]
+    assert host.state == State.TERMINATED and host.ended_at >= host.launched_at
+    assert "still running" not in (folder / "console.log").read_text()
+    assert engine.group().reason == "finished"
+
+
+def test_dry_run_describes_the_local_group():
+    from nascloud.job import parse_job
     from nascloud.provisioners.local import launch_request
 
-    request = launch_request(JOB, None, SPEC.with_overrides(compute={"price_per_hour": 0.5}))
+    request = launch_request(JOB, {"price_per_hour": 0.5}, parse_job({"name": "engine"}))
     assert (request["cloud"], request["python"], request["price_per_hour"]) == ("local", sys.executable, 0.5)
-
-
-def test_the_package_dry_run_takes_the_launch_record_dict_for_each_cloud():
-    from nascloud.provisioners import launch_request
-
-    record = {"cloud": "aws", "region": "us-east-1", "zone": None, "instance_type": "g4dn.xlarge", "gpu": "T4",
-              "gpu_count": 1, "spot": True, "price_per_hour": 0.21}
-    spec = parse_job({"name": "digits-t4", "compute": {"cloud": "aws", "ssh_cidr": "203.0.113.7/32"},
-                      "checkpoint": {"bucket": "s3://bkt/jobs"}})
-    run = launch_request(spec, record)["RunInstances"]
-    assert (run["InstanceType"], run["InstanceMarketOptions"]["MarketType"]) == ("g4dn.xlarge", "spot")
-    assert "NASCLOUD_JOB_URL=s3://bkt/jobs/digits-t4-xxxxxx" in run["UserData"]
-    gcp = spec.with_overrides(compute={"cloud": "gcp", "zone": "us-central1-a"},
-                              checkpoint={"bucket": "gs://bkt"})
-    body = launch_request(gcp, {**record, "cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4",
-                                "gpu_count": 2}, job_id="digits-t4-abcdef")["instances.insert"]
-    assert body["guestAccelerators"][0]["acceleratorCount"] == 2
-    assert body["labels"]["nascloud-job"] == "digits-t4-abcdef"
-    assert launch_request(SPEC, {"cloud": "local", "spot": True})["cloud"] == "local"
-
-
-@pytest.mark.parametrize("use_ssh", [pytest.param(True, marks=requires_sshd), False])
-def test_a_preemption_while_the_instance_boots_leaves_nothing_running(tmp_path, use_ssh):
-    local = LocalProvisioner(home=tmp_path / "home", use_ssh=use_ssh)
-    instances = local.home / "instances"
-    stop = threading.Event()
-
-    def preempt_as_soon_as_it_exists():
-        while not stop.is_set():
-            for state in instances.glob("*/state.json"):
-                local.preempt(Instance(**json.loads(state.read_text())["instance"]))
-                return
-            time.sleep(0.001)
-
-    reclaimer = threading.Thread(target=preempt_as_soon_as_it_exists)
-    reclaimer.start()
-    try:
-        instance = local.launch(JOB, None, SPEC)  # no error: a reclaim during boot is a normal event
-    finally:
-        stop.set()
-        reclaimer.join()
-    assert local.status([instance]) == {instance.instance_id: State.PREEMPTED}
-    assert local.list_owned(JOB) == []
-    assert instance_pids(instance.instance_id) == []
-
+    assert request["inbound_ports"] == [] and request["group"]["size"] == 1
