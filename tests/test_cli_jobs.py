@@ -1,22 +1,33 @@
 """The job commands' answers to bad input, as a user sees them: an exit code and one `Error: ...` line,
-no traceback, and nothing launched or removed that should not be. Fast: no search runs here."""
+no traceback, and nothing launched, stopped or removed that should not be; and `gc`, which judges each
+group nascloud made by its own job's bucket. Fast: no search runs here (a host runs `sleep`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from nascloud.checkpoints import open_store
-from nascloud.job import load_job
-from nascloud.provisioners.local import LocalProvisioner
-from nascloud.state import State
+from nascloud.jobbucket import JobBucket
+from nascloud.provisioners.local import LocalProvisioner, instance_pids
+from tests.fixtures.search import make_bundle
 from tests.fixtures.servers import free_port
-from tests.test_e2e_local import JOB, Cli, cli  # noqa: F401  (cli is the fixture)
+from tests.test_e2e_local import JOB, Cli, cli, wait_for  # noqa: F401  (cli is the fixture)
+from tests.test_provisioners_local import run_group
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+JOB_COMMANDS = [("status",), ("watch",), ("logs",), ("stop",), ("resume",), ("results",), ("drill",)]
+
+
+@pytest.fixture(autouse=True)
+def this_home(cli, monkeypatch):
+    """Groups made here belong to the cli's home, so that its fixture ends their hosts with the test."""
+    monkeypatch.setenv("NASCLOUD_HOME", str(cli.home))
 
 
 def error_of(done) -> str:
@@ -27,31 +38,44 @@ def error_of(done) -> str:
     return lines[0]
 
 
-def add_job(cli: Cli, status: str) -> tuple[str, str]:
-    """A job recorded as launch records it (bundle in a file:// bucket), now at status; (job_id, job_url)."""
+def refused(done) -> str:
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    return error_of(done)
+
+
+def make_job(cli: Cli, job_id: str) -> JobBucket:
+    """A job as launch leaves it in its bucket (bundle, data set, budget record), but no group yet: what a
+    machine that never saw it finds by its URL."""
+    return JobBucket.open(make_bundle(cli.workdir, job_id, budget={"usd": 5}))
+
+
+def with_group(cli: Cli, job: JobBucket, size: int) -> LocalProvisioner:
+    """The job's search group on the local provider that `cli`'s commands use, at `size` hosts that sleep."""
     from nascloud import launching
 
-    spec = load_job(cli.write_job())
-    cli.home.mkdir(exist_ok=True)
-    state = State(cli.home / "state.db")
-    job_id = launching.create_job(state, spec, launching.choose_offer(spec, None), None, 0.01)
-    state.set_job(job_id, status=status)
-    return job_id, state.job(job_id).job_url
+    provider = LocalProvisioner(root=cli.home / "local")
+    provider.create_groups([dataclasses.replace(s, size=0) for s in launching.group_specs(job.bundle())])
+    if size:
+        run_group(provider, job.bundle().job_id, "sleep 600", size)
+        wait_for(lambda: len(provider.groups(job.bundle().job_id)[0].live) == size, 30, "the group's hosts")
+    return provider
 
+
+def live_ids(provider: LocalProvisioner, job_id: str) -> set[str]:
+    return {i.instance_id for g in provider.groups(job_id) for i in g.live}
+
+
+# --- launch -------------------------------------------------------------------------------------------
 
 def test_launch_with_an_invalid_job_file_names_the_field(cli):
     path = cli.workdir / "bad.yaml"
-    path.write_text(JOB.format(trials=0, epochs=3, budget=5, bucket=cli.workdir / "bucket"))
-    done = cli.run("launch", str(path))
-    assert done.returncode == 2
-    assert "search.max_trials" in error_of(done)
+    path.write_text(JOB.format(trials=0, epochs=3, budget=5, bucket=cli.workdir / "bucket", webhook=""))
+    assert "search.max_trials" in refused(cli.run("launch", str(path)))
     assert json.loads(cli.run("status", "--json").stdout) == []
 
 
 def test_a_file_bucket_for_aws_says_which_buckets_fit(cli):
-    done = cli.run("launch", str(cli.write_job()), "--cloud", "aws")
-    assert done.returncode == 2
-    message = error_of(done)
+    message = refused(cli.run("launch", str(cli.write_job()), "--cloud", "aws"))
     assert "file://" in message and "s3://" in message and "aws" in message
 
 
@@ -72,20 +96,17 @@ def test_aws_without_credentials_fails_before_anything_exists(cli, no_aws):
     assert json.loads(cli.run("status", "--json").stdout) == []
 
 
-@pytest.mark.parametrize("command", [("launch", str(EXAMPLES / "digits-aws-t4-spot.yaml")),
+@pytest.mark.parametrize("command", [("launch", str(EXAMPLES / "digits-aws-t4-spot.yaml"), "--bucket", "s3://bkt/nascloud"),
                                      ("checkpoints", "list", "s3://my-bucket/nascloud")])
 def test_an_aws_profile_that_does_not_exist_is_named(cli, no_aws, command):
-    done = cli.run(*command, extra_env={**no_aws, "AWS_PROFILE": "typo-profile"})
-    assert done.returncode == 2
-    message = error_of(done)
+    message = refused(cli.run(*command, extra_env={**no_aws, "AWS_PROFILE": "typo-profile"}))
     assert "typo-profile" in message and "AWS_PROFILE" in message
 
 
 def test_a_budget_below_the_estimate_is_refused_unless_forced(cli, no_aws):
     aws_job = str(EXAMPLES / "digits-aws-t4-spot.yaml")
-    refused = cli.run("launch", aws_job, "--bucket", "s3://bucket/nascloud", "--budget", "0.01", extra_env=no_aws)
-    assert refused.returncode == 2
-    message = error_of(refused)
+    message = refused(cli.run("launch", aws_job, "--bucket", "s3://bucket/nascloud", "--budget", "0.01",
+                              extra_env=no_aws))
     assert "P50 cost $" in message and "$0.01" in message and "--force" in message
     # Forced, it goes past the estimate to the next check (the credentials, here).
     forced = cli.run("launch", aws_job, "--bucket", "s3://bucket/nascloud", "--budget", "0.01", "--force",
@@ -93,74 +114,103 @@ def test_a_budget_below_the_estimate_is_refused_unless_forced(cli, no_aws):
     assert forced.returncode == 1 and "credentials" in error_of(forced)
 
 
-@pytest.mark.parametrize("example, request_key, fields", [
-    ("digits-aws-t4-spot.yaml", "RunInstances", ("InstanceType", "UserData")),
-    ("digits-gcp-spot.yaml", "instances.insert", ("machineType", "labels")),
+@pytest.mark.parametrize("example, template_of, fields", [
+    ("digits-aws-t4-spot.yaml", lambda r: r["CreateLaunchTemplate"]["LaunchTemplateData"], ("InstanceType", "UserData")),
+    ("digits-gcp-spot.yaml", lambda r: r["instanceTemplates.insert"][0]["properties"], ("machineType", "labels")),
 ])
-def test_dry_run_prints_the_cloud_request_without_network_or_credentials(cli, no_aws, example, request_key, fields):
+def test_dry_run_prints_the_cloud_request_without_network_or_credentials(cli, no_aws, example, template_of, fields):
     done = cli.run("launch", str(EXAMPLES / example), "--dry-run",
                    extra_env={**no_aws, "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent"})
     assert done.returncode == 0, done.stderr
-    request = json.loads(done.stdout)[request_key]
-    assert all(request[field] for field in fields)
+    template = template_of(json.loads(done.stdout))
+    assert all(template[field] for field in fields)
     assert json.loads(cli.run("status", "--json").stdout) == []
 
 
-@pytest.mark.parametrize("command", ["status", "logs", "stop", "results"])
-def test_an_unknown_job_lists_the_recent_ones(cli, command):
-    job_id, _ = add_job(cli, "finished")
-    done = cli.run(command, "nosuchjob")
-    assert done.returncode == 2
-    message = error_of(done)
-    assert "nosuchjob" in message and job_id in message
+# --- the job commands on a job that cannot do what they ask -------------------------------------------
+
+def test_an_unknown_job_lists_the_recent_ones_and_a_url_without_a_bundle_says_so(cli):
+    job = make_job(cli, "digits-e2e-aaaaaa")
+    assert cli.run("status", job.url).returncode == 0  # a job looked at here is one this machine knows
+    empty = cli.workdir / "bucket" / "nojob-000000"
+    empty.mkdir()
+    for command in [*JOB_COMMANDS, ("checkpoints", "list")]:
+        message = refused(cli.run(*command, "nosuchjob"))
+        assert "nosuchjob" in message and "digits-e2e-aaaaaa" in message, (command, message)
+    for command in JOB_COMMANDS:
+        message = refused(cli.run(*command, f"file://{empty}"))
+        assert f"file://{empty} has no bundle/job.json" in message, (command, message)
+
+
+def test_a_job_that_has_ended_cannot_be_stopped_resumed_or_drilled_and_has_no_results_yet(cli):
+    job = make_job(cli, "digits-e2e-bbbbbb")
+    job.write_exit("finished", "search finished", "local-00000000")
+    assert "has already ended; nothing to stop" in refused(cli.run("stop", job.url))
+    assert "has finished; see `nascloud results" in refused(cli.run("resume", job.url))
+    assert "has no instance training now to preempt" in refused(cli.run("drill", job.url))
+    assert "has no results yet" in refused(cli.run("results", job.url))
+    assert job.exit_record()["status"] == "finished" and job.stop_request() is None  # nothing written
+
+
+def test_a_running_job_is_not_resumed_and_a_booting_one_is_not_drilled(cli):
+    job = make_job(cli, "digits-e2e-cccccc")
+    provider = with_group(cli, job, size=1)
+    hosts = live_ids(provider, job.bundle().job_id)
+    assert "is launching; `nascloud stop` it first" in refused(cli.run("resume", job.url))
+    # Its host has not reported training yet: a drill would time nothing.
+    assert "has no instance training now to preempt" in refused(cli.run("drill", job.url))
+    assert live_ids(provider, job.bundle().job_id) == hosts  # nobody preempted
 
 
 @pytest.mark.parametrize("budget", ["-5", "abc"])
 def test_resume_refuses_a_budget_that_is_not_a_positive_amount(cli, budget):
-    job_id, _ = add_job(cli, "budget")
-    done = cli.run("resume", job_id, "--budget", budget)
-    assert done.returncode == 2
-    assert budget in error_of(done)
-    assert cli.status(job_id)["status"] == "budget"  # nothing changed
+    job = make_job(cli, "digits-e2e-dddddd")
+    job.write_exit("budget", "the budget is spent", "local-00000000")
+    before = job.budget()
+    assert budget in refused(cli.run("resume", job.url, "--budget", budget))
+    assert job.budget() == before and job.exit_record()["status"] == "budget"  # nothing changed
 
 
-def put_lease(job_url: str, age_seconds: float) -> None:
-    open_store(job_url).put_json("lease.json", {"renewed_at": time.time() - age_seconds, "ttl_seconds": 600})
+# --- gc -----------------------------------------------------------------------------------------------
 
+def test_gc_collects_ended_empty_and_silent_groups_and_never_one_whose_agent_beats(cli, monkeypatch):
+    now = time.time()
+    jobs = {name: make_job(cli, f"digits-e2e-{name}") for name in ("ended", "empty", "silent", "beating", "booting")}
+    providers = {name: with_group(cli, job, size=0 if name == "empty" else 1) for name, job in jobs.items()}
+    jobs["ended"].write_exit("finished", "search finished", "local-00000000")
+    jobs["silent"].store.put_json("agent/heartbeat.json", {"time": now - 7200, "phase": "searching"})
+    jobs["beating"].store.put_json("agent/heartbeat.json", {"time": now, "phase": "searching"})
+    # "booting": its agent has not reported yet (no heartbeat at all).
+    kept = {name: live_ids(providers[name], jobs[name].bundle().job_id) for name in ("beating", "booting")}
 
-def test_gc_removes_only_instances_whose_job_is_over_or_whose_lease_lapsed(cli):
-    provisioner = LocalProvisioner(home=cli.home / "local", use_ssh=False)
-    spec = load_job(cli.write_job())
+    # Judged from a machine that never saw these jobs: only each group's own bucket URL says whose it is.
+    monkeypatch.setenv("NASCLOUD_HOME", str(cli.workdir.parent / "elsewhere"))
+    from nascloud import launching
 
-    def job_with_instance(status: str, lease_age: float | None) -> str:
-        job_id, job_url = add_job(cli, status)
-        if lease_age is not None:
-            put_lease(job_url, lease_age)
-        return provisioner.launch(job_id, None, spec).instance_id
+    provider = LocalProvisioner(root=cli.home / "local")
+    garbage = {group.job_id: why for group, why in launching.find_garbage(provider)}
+    assert garbage == {"digits-e2e-ended": "its job is finished", "digits-e2e-empty": "it is at size 0",
+                       "digits-e2e-silent": "its agent has been silent for 120 min"}
 
-    finished = job_with_instance("finished", None)
-    lapsed = job_with_instance("running", lease_age=3600)
-    fresh = job_with_instance("running", lease_age=5)
-    # Another machine's job: this database does not know it, the instance carries its job_url (as a
-    # cloud instance's tags do) and its lease is fresh.
-    stranger = provisioner.launch("other-dddddd", None, spec).instance_id
-    record_path = cli.home / "local" / "instances" / stranger / "state.json"
-    record = json.loads(record_path.read_text())
-    stranger_url = f"file://{cli.workdir / 'elsewhere' / 'other-dddddd'}"
-    record["instance"]["extra"]["job_url"] = stranger_url
-    record_path.write_text(json.dumps(record))
-    put_lease(stranger_url, 5)
-
-    kept = {fresh, stranger}
-    declined = cli.run("gc", input="n\n")
+    # This home's job cache never saw them either.
+    declined = subprocess.run([sys.executable, "-m", "nascloud", "gc"], input="n\n", env=cli.env, cwd=cli.workdir,
+                              capture_output=True, text=True, timeout=120)
     assert declined.returncode == 1
-    listed = {line.split()[0] for line in declined.stdout.splitlines() if line.startswith("local-")}
-    assert listed == {finished, lapsed}, declined.stdout
-    assert "job is finished" in declined.stdout and "lease lapsed 60 min ago" in declined.stdout
-    assert {i.instance_id for i in provisioner.list_owned()} == {finished, lapsed} | kept
+    assert "group search of job digits-e2e-silent (1 running): its agent has been silent for 120 min" in declined.stdout
+    assert sum(line.startswith("group search of job") for line in declined.stdout.splitlines()) == 3
 
     removed = cli.run("gc", "--yes")
     assert removed.returncode == 0, removed.stderr
-    assert "removed 2 instance(s)" in removed.stdout
-    assert {i.instance_id for i in provisioner.list_owned()} == kept
+    assert "removed 3 group(s)" in removed.stdout
+    for name in ("ended", "silent"):
+        wait_for(lambda: not live_ids(provider, jobs[name].bundle().job_id), 30, f"the {name} group's hosts to end")
+    assert all(instance_pids(i.instance_id) == [] for name in ("ended", "silent")
+               for g in provider.groups(jobs[name].bundle().job_id) for i in g.instances)
+    for name, hosts in kept.items():
+        assert live_ids(provider, jobs[name].bundle().job_id) == hosts, name  # untouched
+        assert provider.groups(jobs[name].bundle().job_id)[0].size == 1
+
+    # What is left of the collected groups costs nothing and goes with the next gc.
+    cli.run("gc", "--yes")
+    assert sorted(g.job_id for g in provider.list_owned()) == ["digits-e2e-beating", "digits-e2e-booting"]
     assert cli.run("gc", "--yes").stdout.strip() == "nothing to collect"

@@ -16,6 +16,7 @@ import pytest
 from nascloud.provisioners import State, get_provisioner
 from nascloud.provisioners.local import LocalProvisioner, instance_pids
 from tests.fixtures.search import make_bundle
+from tests.test_e2e_local import wait_for
 
 JOB = "engine-1a2b3c"
 
@@ -30,16 +31,6 @@ def specs(tmp_path_factory):
     return [dataclasses.replace(s, size=0) for s in launching.group_specs(JobBucket.open(url).bundle())]
 
 
-def wait_for(predicate, what: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def supervisors(folder: Path) -> list[int]:
     """Live supervisor processes of the group folder (a zombie's cmdline reads empty)."""
     found = []
@@ -52,6 +43,13 @@ def supervisors(folder: Path) -> list[int]:
     return found
 
 
+def run_group(provider: LocalProvisioner, job_id: str, script: str, size: int = 1) -> None:
+    """Give the search group's hosts `script` instead of the bootstrap, then set the group's size."""
+    path = provider.root / "groups" / job_id / "search" / "group.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "script": script}))
+    provider.resize(job_id, "search", size)
+
+
 class Engine:
     """A local provider under tmp_path with the job's group created at size 0."""
 
@@ -62,10 +60,7 @@ class Engine:
         self.provider.create_groups(specs)
 
     def run(self, script: str, size: int = 1) -> None:
-        """Give the group's hosts `script` instead of the bootstrap, then set its size."""
-        path = self.folder / "group.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "script": script}))
-        self.provider.resize(JOB, "search", size)
+        run_group(self.provider, JOB, script, size)
 
     def group(self):
         [group] = self.provider.groups(JOB)
@@ -80,7 +75,7 @@ def engine(tmp_path, specs):
     made = Engine(tmp_path / "local", specs)
     yield made
     made.provider.resize(JOB, "search", 0)
-    wait_for(lambda: not supervisors(made.folder), "the supervisor to exit")
+    wait_for(lambda: not supervisors(made.folder), 30, "the supervisor to exit", 0.05)
     assert all(instance_pids(h.instance_id) == [] for g in made.provider.groups(JOB) for h in g.instances)
 
 
@@ -92,15 +87,15 @@ def test_creating_the_groups_twice_makes_one_group_any_process_finds(engine):
     assert fresh.job_url(group) == engine.specs[0].tags["nascloud-job-url"]  # gc judges it by its bucket
     assert [g.job_id for g in fresh.list_owned()] == [JOB]
     assert fresh.groups("other-000000") == []
-    wait_for(lambda: not supervisors(engine.folder), "the size-0 group's supervisor to exit")
+    wait_for(lambda: not supervisors(engine.folder), 30, "the size-0 group's supervisor to exit", 0.05)
 
 
 def test_the_supervisor_replaces_a_preempted_host_and_the_provider_records_its_end(engine):
     # A host whose process left its session is still the host's: the preemption takes it too.
     engine.run("setsid sleep 600 & exec sleep 600")
-    first = wait_for(lambda: engine.group().live, "a host")[0]
+    first = wait_for(lambda: engine.group().live, 30, "a host", 0.05)[0]
     assert first.state == State.RUNNING and first.launched_at <= time.time()
-    wait_for(lambda: len(instance_pids(first.instance_id)) == 2, "the host's two processes")
+    wait_for(lambda: len(instance_pids(first.instance_id)) == 2, 30, "the host's two processes", 0.05)
 
     before = time.time()
     engine.provider.preempt(first)
@@ -109,23 +104,23 @@ def test_the_supervisor_replaces_a_preempted_host_and_the_provider_records_its_e
     [ended] = engine.hosts(State.PREEMPTED)
     assert ended.instance_id == first.instance_id and before <= ended.ended_at <= after
 
-    second = wait_for(lambda: engine.group().live, "the replacement")[0]
+    second = wait_for(lambda: engine.group().live, 30, "the replacement", 0.05)[0]
     assert second.instance_id != first.instance_id and second.launched_at >= ended.ended_at
     assert instance_pids(second.instance_id) and len(engine.group().live) == 1
 
 
 def test_a_host_whose_bootstrap_exits_reads_terminated_with_its_end(engine):
     engine.run("exit 3")
-    ended = wait_for(lambda: engine.hosts(State.TERMINATED), "a host to end")[0]
+    ended = wait_for(lambda: engine.hosts(State.TERMINATED), 30, "a host to end", 0.05)[0]
     assert ended.launched_at <= ended.ended_at <= time.time()
     assert instance_pids(ended.instance_id) == []
 
 
 def test_resize_to_0_ends_every_host_and_the_supervisor_exits(engine):
     engine.run("sleep 600", size=2)
-    live = wait_for(lambda: len(engine.group().live) == 2 and engine.group().live, "two hosts")
+    live = wait_for(lambda: len(engine.group().live) == 2 and engine.group().live, 30, "two hosts", 0.05)
     engine.provider.resize(JOB, "search", 0, reason="the bucket is not writable")
-    wait_for(lambda: not supervisors(engine.folder), "the supervisor to exit")
+    wait_for(lambda: not supervisors(engine.folder), 30, "the supervisor to exit", 0.05)
     group = engine.group()
     assert (group.size, group.reason, group.live) == (0, "the bucket is not writable", [])
     assert sorted(h.instance_id for h in engine.hosts(State.TERMINATED)) == sorted(h.instance_id for h in live)
@@ -135,11 +130,11 @@ def test_resize_to_0_ends_every_host_and_the_supervisor_exits(engine):
 
 def test_delete_removes_the_folders_only_once_nothing_lives(engine):
     engine.run("sleep 600")
-    wait_for(lambda: engine.group().live, "a host")
+    wait_for(lambda: engine.group().live, 30, "a host", 0.05)
     engine.provider.delete(JOB)
     assert engine.group().live  # a running group is left alone
     engine.provider.resize(JOB, "search", 0)
-    wait_for(lambda: not supervisors(engine.folder), "the supervisor to exit")
+    wait_for(lambda: not supervisors(engine.folder), 30, "the supervisor to exit", 0.05)
     engine.provider.delete(JOB)
     assert not (engine.provider.root / "groups" / JOB).exists() and engine.provider.groups(JOB) == []
     engine.provider.delete(JOB)  # what is gone is quietly gone
@@ -159,7 +154,7 @@ provider.resize("{JOB}", "search", 0, reason="finished")
 provider.power_off()
 print("still running after power_off")
 '""")
-    wait_for(lambda: not supervisors(engine.folder), "the host to power off and the supervisor to exit")
+    wait_for(lambda: not supervisors(engine.folder), 30, "the host to power off and the supervisor to exit", 0.05)
     [host] = engine.group().instances
     folder = engine.folder / "hosts" / host.instance_id
     assert json.loads((folder / "whoami.json").read_text()) == [host.instance_id, "running", host.launched_at, True]
