@@ -12,7 +12,7 @@ import ipaddress
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
@@ -221,8 +221,45 @@ def parse_job(data: object, source: str = "job file") -> JobSpec:
         raise UsageError(f"{source}: {_describe(error)}") from None
 
 
-def load_job(path: str | Path) -> JobSpec:
-    path = Path(path)
+def load_job(path: str | Path, settings: Sequence[str] = ()) -> JobSpec:
+    """The job file, then `--set KEY=VALUE` settings over it (each validated as the file is)."""
+    spec = _read_job(Path(path))
+    return with_settings(spec, settings) if settings else spec
+
+
+def with_settings(spec: JobSpec, settings: Sequence[str]) -> JobSpec:
+    """`--set search.max_trials=40`: a dotted path into the job file and a value as YAML reads it. A bad path
+    or value is a usage error naming the setting."""
+    data = spec.model_dump()
+    paths = []
+    for setting in settings:
+        path, equals, text = setting.partition("=")
+        if not equals or not path:
+            raise UsageError(f"--set expects KEY=VALUE, like search.max_trials=40; got {setting!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UsageError(f"--set {path}: {text!r} is not a value (write it as in the job file)") from None
+        *sections, field = path.split(".")
+        node = data
+        for depth, key in enumerate(sections):
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {path}: {'.'.join(sections[:depth + 1])} is a value, not a section")
+        node[field] = value
+        paths.append(path)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as error:
+        where = ".".join(str(p) for p in error.errors()[0]["loc"])
+        # The setting the error is about: the one whose path leads to (or from) the failing field.
+        path = next((p for p in paths if p == where or where.startswith(p + ".") or p.startswith(where + ".")),
+                    None)
+        message = _describe(error).split(": ", 1)[1]
+        raise UsageError(f"--set {path or where}: {message}") from None
+
+
+def _read_job(path: Path) -> JobSpec:
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -15,11 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 from nascloud.errors import CloudError, NascloudError, UsageError
+from nascloud.formats import per_hour
 from nascloud.job import JobSpec
 
 BUCKET_SCHEMES = {"local": ("file://", "s3://", "gs://"), "aws": ("s3://",), "gcp": ("gs://",)}
@@ -105,67 +106,132 @@ def group_specs(bundle) -> list:
                       bundle.spec, tags) for g in bundle.groups]
 
 
-def dry_run(spec: JobSpec, price_per_hour: Optional[float]) -> dict:
-    """The exact requests the cloud would receive for the job's groups; no credentials, no network."""
-    from nascloud.provisioners import launch_request
+@dataclass(frozen=True)
+class Quote:
+    """What a launch would spend, found without credentials or network: the offer and the estimate on it."""
 
-    check_bucket_suits(spec)
-    return launch_request(spec, choose_offer(spec, price_per_hour))
+    spec: JobSpec
+    offer: dict
+    estimate: dict
+    interval_minutes: float
+
+    @property
+    def over_budget(self) -> bool:
+        return bool(self.spec.budget.usd) and self.estimate["cost_usd"]["p50"] > self.spec.budget.usd
 
 
-def launch(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool = False):
-    """Launch a job: every check that costs nothing, then the bundle (job, data set once by content, wheel for
-    clouds, budget record) in the bucket and the job's groups. Returns the job's bucket; from here on the
-    instances govern the job, and this machine is only an observer."""
-    from nascloud.agent.data import check_data_source, pack_dataset
-    from nascloud.budget import request_charges
-    from nascloud.bundle import Bundle, OfferRecord
-    from nascloud.checkpoints import job_url as job_prefix_url, open_store, parse_url
+def quote(spec: JobSpec, price_per_hour: Optional[float] = None) -> Quote:
     from nascloud.estimating import estimate_for_offer
-    from nascloud.jobbucket import JobBucket
-    from nascloud.paths import nascloud_home
-    from nascloud.pricing import load_catalog
-    from nascloud.provisioners import provisioner_for
-    from nascloud.state import JobCache
 
     check_bucket_suits(spec)
     offer = choose_offer(spec, price_per_hour)
-    check_data_source(spec.search)
     estimate, interval_minutes = estimate_for_offer(spec, offer)
     if spec.checkpoint.interval_minutes != "auto":
         interval_minutes = spec.checkpoint.interval_minutes
-    if spec.budget.usd and estimate["cost_usd"]["p50"] > spec.budget.usd and not force:
+    return Quote(spec, offer, estimate, interval_minutes)
+
+
+def dry_run(spec: JobSpec, price_per_hour: Optional[float]) -> tuple[Quote, dict]:
+    """What the launch would spend, and the exact requests the cloud would receive for the job's groups;
+    no credentials, no network."""
+    from nascloud.provisioners import launch_request
+
+    found = quote(spec, price_per_hour)
+    return found, launch_request(spec, found.offer)
+
+
+PLACEHOLDER_BUCKET = "YOUR-BUCKET"  # what the examples' job files say until the user sets theirs
+
+
+@dataclass
+class Prepared:
+    """A launch checked, priced and preflighted, with nothing created yet: what `launch` shows (and, on a
+    cloud, asks about) before it spends. `launch(prepared)` then creates the job."""
+
+    quote: Quote
+    bundle: object  # nascloud.bundle.Bundle, not yet in the bucket
+    packed: Path  # the data set, packed in scratch
+    scratch: tempfile.TemporaryDirectory
+    provisioner: object
+
+    @property
+    def costs_money(self) -> bool:
+        return self.bundle.offer.cloud != "local"
+
+
+def prepare(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool = False) -> Prepared:
+    """Every check that costs nothing (a bad job file, a bucket that does not suit the provider or is the
+    examples' placeholder, a missing data set, a budget the estimate already exceeds, the provider's
+    preflight of quota, names and the bucket), then the job's bundle, ready to write."""
+    from nascloud.agent.data import check_data_source, pack_dataset
+    from nascloud.provisioners import provisioner_for
+
+    if PLACEHOLDER_BUCKET.lower() in spec.checkpoint.bucket.lower():
+        raise UsageError(f"checkpoint.bucket {spec.checkpoint.bucket} is the example's placeholder; set your own "
+                         "bucket in the job file or with --bucket (e.g. --bucket s3://my-bucket/nascloud)")
+    found = quote(spec, price_per_hour)
+    estimate = found.estimate
+    if found.over_budget and not force:
         raise UsageError(
             f"the estimate's P50 cost ${estimate['cost_usd']['p50']:.2f} (P90 ${estimate['cost_usd']['p90']:.2f}, "
             f"{estimate['wall_hours']['p50']:.1f} h) already exceeds the budget ${spec.budget.usd:.2f}; "
             "raise --budget, shrink the search, or pass --force")
-    job_id = new_job_id(spec)
-    job_url = job_prefix_url(spec.checkpoint.bucket, job_id)
-    record = OfferRecord.model_validate({k: v for k, v in offer.items() if k in OfferRecord.model_fields})
-    with tempfile.TemporaryDirectory(prefix="nascloud-data-") as scratch:
-        packed = pack_dataset(spec.search, Path(scratch))
-        bundle = Bundle(job_id=job_id, job_url=job_url, created_at=time.time(), spec=spec, offer=record,
-                        data=f"data/{packed.name}", interval_minutes=interval_minutes,
-                        bucket_rates=load_catalog().bucket_rates(parse_url(job_url).scheme), estimate=estimate,
-                        local_root=str((nascloud_home() / "local").resolve()) if record.cloud == "local" else None)
-        provisioner = provisioner_for(bundle)
-        provisioner.preflight(group_specs(bundle))  # quota, names, the bucket: before anything is created
+    check_data_source(spec.search)
+    scratch = tempfile.TemporaryDirectory(prefix="nascloud-data-")
+    packed = pack_dataset(spec.search, Path(scratch.name))
+    bundle = new_bundle(found, new_job_id(spec), f"data/{packed.name}")
+    provisioner = provisioner_for(bundle)
+    provisioner.preflight(group_specs(bundle))  # quota, names, the bucket: before anything is created
+    return Prepared(found, bundle, packed, scratch, provisioner)
+
+
+def new_bundle(found: Quote, job_id: str, data: str):
+    """The bundle of a job about to launch on the quote's offer (data: its data set's object name)."""
+    from nascloud.bundle import Bundle, OfferRecord
+    from nascloud.checkpoints import job_url as job_prefix_url, parse_url
+    from nascloud.paths import nascloud_home
+    from nascloud.pricing import load_catalog
+
+    job_url = job_prefix_url(found.spec.checkpoint.bucket, job_id)
+    record = OfferRecord.model_validate({k: v for k, v in found.offer.items() if k in OfferRecord.model_fields})
+    return Bundle(job_id=job_id, job_url=job_url, created_at=time.time(), spec=found.spec, offer=record, data=data,
+                  interval_minutes=found.interval_minutes, estimate=found.estimate,
+                  bucket_rates=load_catalog().bucket_rates(parse_url(job_url).scheme),
+                  local_root=str((nascloud_home() / "local").resolve()) if record.cloud == "local" else None)
+
+
+def launch(prepared: Prepared):
+    """Launch a prepared job: the bundle (job, data set once by content, wheel for clouds, budget record) in
+    the bucket and the job's groups. Returns the job's bucket; from here on the instances govern the job,
+    and this machine is only an observer."""
+    from nascloud.budget import request_charges
+    from nascloud.checkpoints import open_store
+    from nascloud.jobbucket import JobBucket
+    from nascloud.state import JobCache
+
+    bundle, spec, record = prepared.bundle, prepared.bundle.spec, prepared.bundle.offer
+    job_id, job_url = bundle.job_id, bundle.job_url
+    with prepared.scratch:
         store = open_store(job_url)
         if not store.exists(bundle.data):
-            store.put_file(bundle.data, packed)
+            store.put_file(bundle.data, prepared.packed)
     if record.cloud != "local":
         built = build_wheel()
         bundle = bundle.model_copy(update={"wheel": f"bundle/{built.name}"})
         store.put_file(bundle.wheel, built)
+    if spec.compute.ssh_cidr:  # opt-in SSH: the instances authorize this machine's key (its public half)
+        from nascloud.provisioners.common import job_keys
+
+        bundle = bundle.model_copy(update={"ssh_public_key": job_keys(None, job_id).public_line})
     store.put_json("bundle/job.json", bundle.to_json())
     bucket = JobBucket(store)
     bucket.set_budget(spec.budget.usd, spec.budget.max_hours)
     JobCache().remember(job_id, spec.name, job_url, bundle.created_at)
     bucket.add_event("created", f"job {job_id} created on {record.cloud} {record.instance_type} at "
-                                f"${record.price_per_hour:.4f}/h; state in {job_url}")
+                                f"{per_hour(record.price_per_hour)}; state in {job_url}")
     requests = asdict(store.requests)  # the bundle's uploads open the job's bucket charges
     bucket.put_charge("launch", request_charges(requests, bundle.bucket_rates), requests)
-    provisioner.create_groups(group_specs(bundle))
+    prepared.provisioner.create_groups(group_specs(bundle))
     bucket.add_event("groups", f"group {', '.join(g.name for g in bundle.groups)} created; "
                                "the instances govern the job from here")
     return bucket
@@ -219,6 +285,32 @@ def resume(bucket, budget_usd: Optional[float], max_hours: Optional[float]) -> N
     prov.create_groups(group_specs(bundle))  # the groups a finished stop deleted
     for group in bundle.groups:
         prov.resize(bundle.job_id, group.name, group.size)
+
+
+def holdings(bucket) -> tuple[str, int, int]:
+    """(status, objects, bytes): what `rm` would delete, and whether it may (not while the job can run)."""
+    from nascloud.observer import SHOWN_FINAL, groups, job_status
+
+    status, _ = job_status(bucket, groups(bucket))
+    if status not in SHOWN_FINAL:
+        job_id = bucket.bundle().job_id
+        raise UsageError(f"job {job_id} is {status}; `nascloud stop {job_id}` it first, then remove it")
+    found = bucket.store.objects.list("")
+    return status, len(found), sum(o.size for o in found)
+
+
+def remove(bucket) -> None:
+    """Delete an ended job: what its provider still keeps of it, every object under its prefix, and this
+    machine's record of it. The bundle goes last, so an interrupted remove can be run again."""
+    from nascloud.observer import provisioner
+    from nascloud.state import JobCache
+
+    job_id = bucket.bundle().job_id
+    provisioner(bucket).delete(job_id)
+    objects = bucket.store.objects
+    for info in sorted(objects.list(""), key=lambda o: o.key == "bundle/job.json"):
+        objects.delete(info.key)
+    JobCache().forget(job_id)
 
 
 def results(bucket, folder: Path) -> Optional[dict]:

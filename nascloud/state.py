@@ -40,6 +40,9 @@ class JobCache:
     def remember(self, job_id: str, name: str, job_url: str, created_at: float) -> None:
         self.db.execute("INSERT OR REPLACE INTO known_jobs VALUES (?, ?, ?, ?)", (job_id, name, job_url, created_at))
 
+    def forget(self, job_id: str) -> None:
+        self.db.execute("DELETE FROM known_jobs WHERE job_id = ?", (job_id,))
+
     def jobs(self) -> list[KnownJob]:
         return [KnownJob(**dict(r)) for r in self.db.execute("SELECT * FROM known_jobs ORDER BY created_at")]
 

@@ -111,7 +111,7 @@ def launch_on_the_hypervisor(spec, monkeypatch, tmp_path) -> str:
     monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
     chosen = launching.choose_offer
     monkeypatch.setattr(launching, "choose_offer", lambda *args: {**chosen(*args), "gpu": None})
-    return launching.launch(spec, force=True).url
+    return launching.launch(launching.prepare(spec, force=True)).url
 
 
 def reclaim_mid_search_and_finish(url: str, hosts: Hypervisor, reclaim) -> dict:

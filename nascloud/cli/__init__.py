@@ -30,7 +30,7 @@ def _fail(message: str, code: int) -> None:
 
 def main() -> None:
     try:
-        result = app(standalone_mode=False)
+        result = app(prog_name="nascloud", standalone_mode=False)
     except NascloudError as error:
         _fail(str(error), error.exit_code)
     except cli_errors.NoArgsIsHelpError as error:

@@ -9,11 +9,11 @@ from typing import Optional
 
 import typer
 
-from nascloud.cli.app import app
+from nascloud.cli.app import Typer, app
 from nascloud.errors import NascloudError, UsageError
 
-checkpoints_app = typer.Typer(help="A job's search-state snapshots in its bucket: list them, pull one.",
-                              no_args_is_help=True)
+checkpoints_app = Typer(help="A job's search-state snapshots in its bucket: list them, pull one.",
+                        no_args_is_help=True)
 app.add_typer(checkpoints_app, name="checkpoints")
 
 JOB_HELP = ("A job id (or name) known to this machine, or the job's bucket URL: file:///path/JOB, "
@@ -50,7 +50,7 @@ def _size(n: float) -> str:
 
 @checkpoints_app.command("list")
 def list_snapshots(
-    job_or_url: str = typer.Argument(..., metavar="JOB_OR_URL", help=JOB_HELP),
+    job_or_url: str = typer.Argument(..., metavar="JOB", help=JOB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of snapshots, oldest first."),
 ) -> None:
     """List a job's kept snapshots, oldest first: id, time, files, size, and whether HEAD's chain holds it."""
@@ -73,7 +73,7 @@ def list_snapshots(
 
 @checkpoints_app.command("pull")
 def pull(
-    job_or_url: str = typer.Argument(..., metavar="JOB_OR_URL", help=JOB_HELP),
+    job_or_url: str = typer.Argument(..., metavar="JOB", help=JOB_HELP),
     directory: Path = typer.Argument(..., metavar="DIR", help="Made exactly equal to the snapshot "
                                      "(files not in it are removed)."),
     snapshot: Optional[str] = typer.Option(None, "--snapshot", help="This snapshot id instead of the "

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from nascloud.cli.app import app
+from nascloud.cli.app import SETTINGS, app, ask_first
 
 JOB_HELP = "Job id or name launched here, or the job's bucket URL (file://.../JOB-ID, s3://..., gs://...)."
 
@@ -39,41 +39,67 @@ def _follow(bucket) -> int:
 
 @app.command()
 def launch(
-    job_file: Path = typer.Argument(..., help="The job YAML (see examples/)."),
+    job_file: Path = typer.Argument(..., metavar="JOB.yaml", help="The job file (see examples/)."),
+    settings: Optional[list[str]] = SETTINGS,
     cloud: Optional[str] = typer.Option(None, help="local | aws | gcp (overrides compute.cloud)."),
     bucket: Optional[str] = typer.Option(None, help="file://DIR, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX."),
     budget: Optional[float] = typer.Option(None, help="Hard budget in USD (overrides budget.usd)."),
     max_hours: Optional[float] = typer.Option(None, help="Deadline on the job's wall time, in hours."),
     price_per_hour: Optional[float] = typer.Option(
         None, help="Price used for the ledger and the cap instead of the catalog's (rehearse a budget on local)."),
-    detach: bool = typer.Option(False, help="Return at once; the job runs by itself either way."),
-    dry_run: bool = typer.Option(False, help="Print, as JSON, the exact requests the cloud would receive; spend nothing."),
-    force: bool = typer.Option(False, help="Launch even if the estimate's P50 already exceeds the budget."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="On a cloud, spend without asking first."),
+    detach: bool = typer.Option(False, "--detach", help="Return at once; the job runs by itself either way."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print, as JSON, the exact requests the cloud would "
+                                 "receive (and what it would spend, on stderr); spend nothing."),
+    force: bool = typer.Option(False, "--force", help="Launch even if the estimate's P50 already exceeds the budget."),
 ) -> int:
     """Run the search on a group of (spot) instances that replaces a preempted one and stops at the budget,
-    all without this machine; then follow it live (Ctrl-C leaves it running)."""
+    all without this machine; then follow it live (Ctrl-C leaves it running). On a cloud it says what it is
+    about to spend and asks first."""
     from nascloud import launching
     from nascloud.job import load_job
 
-    spec = load_job(job_file).with_overrides(compute={"cloud": cloud, "price_per_hour": price_per_hour},
-                                             checkpoint={"bucket": bucket},
-                                             budget={"usd": budget, "max_hours": max_hours})
+    spec = load_job(job_file, settings).with_overrides(compute={"cloud": cloud, "price_per_hour": price_per_hour},
+                                                       checkpoint={"bucket": bucket},
+                                                       budget={"usd": budget, "max_hours": max_hours})
     if dry_run:
-        typer.echo(json.dumps(launching.dry_run(spec, price_per_hour), indent=2))
+        quote, request = launching.dry_run(spec, price_per_hour)
+        typer.echo("\n".join(["dry run, nothing launched:", *_spending(quote)]), err=True)
+        typer.echo(json.dumps(request, indent=2))
         return 0
-    job = launching.launch(spec, price_per_hour, force)
-    bundle = job.bundle()
-    estimate = bundle.estimate or {}
-    typer.echo(f"job {bundle.job_id}: {bundle.offer.cloud} {bundle.offer.instance_type} at "
-               f"${bundle.offer.price_per_hour:.4f}/h; state in {job.url}")
-    if estimate:
-        typer.echo(f"estimate: ${estimate['cost_usd']['p50']:.2f} (P90 ${estimate['cost_usd']['p90']:.2f}), "
-                   f"{estimate['wall_hours']['p50']:.2f} h")
+    prepared = launching.prepare(spec, price_per_hour, force)
+    if prepared.costs_money and not yes:
+        ask_first(_spending(prepared.quote), "Launch, and start spending?",
+                  f"a launch on {spec.compute.cloud} spends money")
+    job = launching.launch(prepared)
+    job_id = prepared.bundle.job_id
+    typer.echo(f"job {job_id}: {' '.join(_spending(prepared.quote)[:2])}; state in {job.url}")
     if detach:
-        typer.echo(f"the job runs by itself; `nascloud watch {bundle.job_id}` follows it, "
-                   f"`nascloud stop {bundle.job_id}` stops it")
+        typer.echo(f"the job runs by itself; `nascloud watch {job_id}` follows it, `nascloud stop {job_id}` stops it")
         return 0
     return _follow(job)
+
+
+def _spending(quote) -> list[str]:
+    """What a launch will spend, one line each: offer and price, estimate, budget, bucket."""
+    from nascloud.formats import dollars, duration, per_hour
+    from nascloud.launching import PLACEHOLDER_BUCKET
+
+    offer, estimate, spec = quote.offer, quote.estimate, quote.spec
+    market = "spot" if offer.get("spot") else "on-demand"
+    where = ("this machine (local provider)" if offer["cloud"] == "local" else
+             f"{offer['cloud']} {offer['instance_type']} ({offer.get('gpu') or 'no GPU'}, {market}) in {offer['region']}")
+    deadline = f", deadline {duration(spec.budget.max_hours)}" if spec.budget.max_hours else ""
+    bucket = spec.checkpoint.bucket
+    return [
+        f"{where} at {per_hour(offer['price_per_hour'])}",
+        f"estimate {dollars(estimate['cost_usd']['p50'])} (P90 {dollars(estimate['cost_usd']['p90'])}) in "
+        f"{duration(estimate['wall_hours']['p50'])}"
+        + (" (over the budget: launch refuses it without --force)" if quote.over_budget else ""),
+        f"budget {dollars(spec.budget.usd) if spec.budget.usd else 'none'}{deadline}",
+        f"bucket {bucket}" + (" (the example's placeholder: set your own)"
+                              if PLACEHOLDER_BUCKET.lower() in bucket.lower() else ""),
+    ]
 
 
 @app.command()
@@ -140,7 +166,7 @@ def resume(
     job: str = typer.Argument(..., help=JOB_HELP),
     budget: Optional[str] = typer.Option(None, help="New budget: +USD adds to it, USD sets it."),
     max_hours: Optional[float] = typer.Option(None, help="New deadline on the job's wall time, in hours."),
-    detach: bool = typer.Option(False, help="Return at once; the job runs by itself either way."),
+    detach: bool = typer.Option(False, "--detach", help="Return at once; the job runs by itself either way."),
 ) -> int:
     """Continue a stopped job (at its budget, deadline, by `stop`, or halted) from its last snapshot."""
     from nascloud import launching
@@ -182,6 +208,26 @@ def results(
         typer.echo(json.dumps(board, indent=2))
     else:
         render_leaderboard(board, folder)
+
+
+@app.command()
+def rm(
+    job: str = typer.Argument(..., help=JOB_HELP),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking."),
+) -> None:
+    """Delete an ended job: its data in the bucket (snapshots, results, ledger, logs) and this machine's record
+    of it, after saying how much it holds. A running job must be stopped first."""
+    from nascloud import launching
+    from nascloud.cli.checkpoints import _size
+
+    bucket = _open(job)
+    job_id = bucket.bundle().job_id
+    status, count, size = launching.holdings(bucket)
+    if not yes:
+        ask_first([f"job {job_id} ({status}) holds {count} objects, {_size(size)}, in {bucket.url}"],
+                  "Delete them all?", f"rm deletes job {job_id}'s data")
+    launching.remove(bucket)
+    typer.echo(f"removed job {job_id}: {count} objects, {_size(size)}")
 
 
 @app.command()

@@ -12,8 +12,9 @@ from typing import Optional
 
 import typer
 
-from nascloud.cli.app import app
+from nascloud.cli.app import SETTINGS, app
 from nascloud.errors import UsageError
+from nascloud.formats import dollars, per_hour, significant
 
 # Options the three commands share, declared once (the flags are the job file's fields).
 GPU = typer.Option(None, help="Only this GPU (T4, V100, A10G, L4, A100...); with --hours, the hours are on it.")
@@ -39,10 +40,6 @@ def _console():
 
     # Piped or captured output gets room for the whole table instead of rich's 80 columns.
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
-def _money(value: float) -> str:
-    return f"${value:,.2f}"
 
 
 def _hours(value: float) -> str:
@@ -83,7 +80,7 @@ def prices(
         speed = catalog.gpus.get(o.gpu)
         table.add_row(o.cloud, o.region, o.zone or "-", o.instance_type,
                       f"{o.gpu_count}×{o.gpu}" if o.gpu_count > 1 else o.gpu, f"{o.vcpus:g}", f"{o.memory_gib:g}",
-                      f"{o.on_demand:.4g}", f"{o.spot:.4g}" if o.spot is not None else "-",
+                      significant(o.on_demand), significant(o.spot) if o.spot is not None else "-",
                       f"{speed.speed:g}{'*' if speed.basis == 'estimated' else ''}" if speed else "?", o.as_of)
     console = _console()
     console.print(table)
@@ -103,10 +100,12 @@ def _refresh(cloud: str, catalog_dir: Optional[Path]) -> None:
     refresh.write_offers(offers, catalog_dir / f"{cloud}.csv")
 
 
-def _load_job(job: Optional[Path]):
+def _load_job(job: Optional[Path], settings: Optional[list[str]]):
     from nascloud.job import load_job
 
-    return load_job(job) if job else None
+    if settings and not job:
+        raise UsageError("--set changes a job file's fields: give the job file too (e.g. examples/digits-local.yaml)")
+    return load_job(job, settings or ()) if job else None
 
 
 # The numeric flags and the job-file field each one sets: a flag is checked by its field's rule.
@@ -129,7 +128,7 @@ def _check_flags(hours: Optional[float], **flags) -> None:
             check_field(FLAG_FIELDS[flag], value, flag)
 
 
-def _prepare(job, gpu, cloud, region, spot, hours, trials, epochs, samples, seconds_per_epoch, price_per_hour,
+def _prepare(job, settings, gpu, cloud, region, spot, hours, trials, epochs, samples, seconds_per_epoch, price_per_hour,
              interruptions_per_hour, checkpoint_minutes, budget, catalog_dir):
     """Job file + flags -> (catalog, resolved workload, options, assumptions, budget). Flags win."""
     from nascloud import estimating
@@ -138,7 +137,7 @@ def _prepare(job, gpu, cloud, region, spot, hours, trials, epochs, samples, seco
     _check_flags(hours=hours, trials=trials, epochs=epochs, samples=samples, seconds_per_epoch=seconds_per_epoch,
                  price_per_hour=price_per_hour, interruptions_per_hour=interruptions_per_hour,
                  checkpoint_minutes=checkpoint_minutes, budget=budget)
-    spec = _load_job(job)
+    spec = _load_job(job, settings)
     catalog = load_catalog(catalog_dir)
     compute = spec.compute if spec else None
     if compute:
@@ -158,13 +157,14 @@ def _prepare(job, gpu, cloud, region, spot, hours, trials, epochs, samples, seco
     return spec, resolved, options, estimating.assumptions_for(checkpoint_minutes, spec), budget
 
 
-JOB_ARG = typer.Argument(None, help="A job YAML: the workload, compute and budget come from it; flags override.",
-                         show_default=False)
+JOB_ARG = typer.Argument(None, metavar="JOB.yaml", show_default=False,
+                         help="A job file: the workload, compute and budget come from it; flags override.")
 
 
 @app.command()
 def estimate(
     job: Optional[Path] = JOB_ARG,
+    settings: Optional[list[str]] = SETTINGS,
     gpu: Optional[str] = GPU,
     cloud: Optional[str] = CLOUD,
     region: Optional[str] = REGION,
@@ -188,7 +188,7 @@ def estimate(
     from nascloud import estimating
 
     spec, resolved, options, assumptions, budget = _prepare(
-        job, gpu, cloud, region, spot, hours, trials, epochs, samples, seconds_per_epoch, price_per_hour,
+        job, settings, gpu, cloud, region, spot, hours, trials, epochs, samples, seconds_per_epoch, price_per_hour,
         interruptions_per_hour, checkpoint_minutes, budget, catalog_dir)
     ranking = estimating.rank_options(resolved.workload, options, assumptions, budget)
     if plot:
@@ -214,8 +214,8 @@ def _render_estimates(resolved, ranking, budget, top, plot, chosen_interval: boo
         o = e.option
         table.add_row(str(i), o.offer.cloud, o.offer.region, o.offer.instance_type,
                       f"{o.offer.gpu_count}×{o.offer.gpu}" if o.offer.gpu_count > 1 else o.offer.gpu, o.kind,
-                      f"{o.price_per_hour:.4g}", _hours(e.wall_hours.p50), _hours(e.wall_hours.p90),
-                      _money(e.cost_usd.p50), _money(e.cost_usd.p90), _money(e.extras_usd.mean),
+                      significant(o.price_per_hour), _hours(e.wall_hours.p50), _hours(e.wall_hours.p90),
+                      dollars(e.cost_usd.p50), dollars(e.cost_usd.p90), dollars(e.extras_usd.mean),
                       f"{e.expected_preemptions:.2f}", *([f"{e.p_over_budget:.0%}"] if budget else []))
     console = _console()
     console.print(table)
@@ -268,6 +268,7 @@ def _plot(estimates, path: Path) -> None:
 @app.command()
 def plan(
     job: Optional[Path] = JOB_ARG,
+    settings: Optional[list[str]] = SETTINGS,
     budget: Optional[float] = typer.Option(None, help="USD to split into stages (default: the job's budget.usd)."),
     gpu: Optional[str] = GPU,
     cloud: Optional[str] = CLOUD,
@@ -288,7 +289,7 @@ def plan(
     from nascloud import cost, estimating
 
     spec, resolved, options, assumptions, budget = _prepare(
-        job, gpu, cloud, region, spot, None, trials, epochs, samples, seconds_per_epoch, price_per_hour,
+        job, settings, gpu, cloud, region, spot, None, trials, epochs, samples, seconds_per_epoch, price_per_hour,
         interruptions_per_hour, None, budget, catalog_dir)
     if budget is None:
         raise UsageError("plan needs a budget: give --budget USD or set budget.usd in the job file")
@@ -302,19 +303,51 @@ def plan(
     from rich.table import Table
 
     offer = best.offer
-    table = Table("stage", "runs", "cost", "P90", "wall per run", "buys", "job-file overrides",
-                  title=f"Plan for {_money(budget)} on {offer.cloud} {offer.instance_type} ({offer.gpu}, {best.kind}, "
-                        f"${best.price_per_hour:.4g}/h)")
+    from rich.table import Column
+
+    table = Table("stage", "runs", "cost", "P90", "wall per run", "buys",
+                  Column("launch JOB.yaml with (one line a run)", no_wrap=True),
+                  title=f"Plan for {dollars(budget)} on {offer.cloud} {offer.instance_type} ({offer.gpu}, {best.kind}, "
+                        f"{per_hour(best.price_per_hour)})")
     for s in result.stages:
-        overrides = "; ".join(", ".join(f"{k}={v}" for k, v in run.items()) for run in s.runs)
-        table.add_row(s.name, str(len(s.runs)), _money(s.mean_usd), _money(s.estimate.total_usd.p90 * len(s.runs)),
+        overrides = "\n".join(" ".join(f"--set {k}={v}" for k, v in run.items()) for run in s.runs)
+        table.add_row(s.name, str(len(s.runs)), dollars(s.mean_usd), dollars(s.estimate.total_usd.p90 * len(s.runs)),
                       _hours(s.estimate.wall_hours.p50), s.buys, overrides)
-    table.add_row("reserve", "", _money(result.reserve_usd), "", "", "the P90 spread of the stages above: "
+    table.add_row("reserve", "", dollars(result.reserve_usd), "", "", "the P90 spread of the stages above: "
                   "preemptions and slow trials", "")
     console = _console()
     console.print(table)
     if result.unallocated_usd > 0.005:
-        console.print(f"Unallocated: {_money(result.unallocated_usd)}: the job's search fits with room to spare; "
+        console.print(f"Unallocated: {dollars(result.unallocated_usd)}: the job's search fits with room to spare; "
                       "raise search.max_trials (or --trials) to spend it on a wider search.")
     for note in resolved.notes:
         console.print(f"Note: {note}")
+
+
+@app.command()
+def check(
+    job: Optional[Path] = typer.Argument(None, metavar="JOB.yaml", show_default=False,
+                                         help="The job file whose launch to check (else --cloud and --bucket)."),
+    settings: Optional[list[str]] = SETTINGS,
+    cloud: Optional[str] = typer.Option(None, help="aws | gcp (overrides compute.cloud)."),
+    bucket: Optional[str] = typer.Option(None, help="s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (overrides "
+                                         "checkpoint.bucket)."),
+) -> int:
+    """Check what a launch needs from the cloud before any money moves: credentials, the offer and GPU quota,
+    the bucket reachable and writable. One line each; exit 1 when any fails."""
+    from nascloud.checking import check as check_launch
+    from nascloud.job import parse_job
+
+    spec = _load_job(job, settings)
+    if spec is None:
+        if not (cloud and bucket):
+            raise UsageError("check needs a cloud and a bucket to try: give --cloud aws|gcp and --bucket URL, "
+                             "or a job file")
+        spec = parse_job({"name": "nascloud-check"})
+    spec = spec.with_overrides(compute={"cloud": cloud}, checkpoint={"bucket": bucket})
+    if spec.compute.cloud == "local":
+        raise UsageError("the local provider needs no credentials, quota or bucket check; give --cloud aws or gcp")
+    answers = check_launch(spec)
+    for answer in answers:
+        typer.echo(f"{'ok' if answer.ok else 'FAIL':<4}  {answer.what}: {answer.detail}")
+    return 0 if all(answer.ok for answer in answers) else 1

@@ -1,0 +1,32 @@
+"""How money and durations read wherever a user sees it (tables, the live view, events, errors): one format each."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+
+def per_hour(usd: Optional[float]) -> str:
+    """A price per hour to four significant digits: $0.2147/h, $36.00/h, $0/h."""
+    return "-" if usd is None else f"${significant(usd)}/h"
+
+
+def significant(number: float) -> str:
+    """Four significant digits, never in exponent form (a price column under a "$/h" header)."""
+    if number == 0:
+        return "0"
+    decimals = max(0, 3 - math.floor(math.log10(abs(number))))
+    return f"{number:,.{decimals}f}"
+
+
+def dollars(usd: Optional[float]) -> str:
+    """An amount spent or budgeted, to the cent: $1,234.56."""
+    return "-" if usd is None else f"${usd:,.2f}"
+
+
+def duration(hours: Optional[float]) -> str:
+    """A wall time to the minute: 22 min, 1 h 52 min."""
+    if hours is None:
+        return "-"
+    minutes = round(hours * 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"

@@ -1,0 +1,269 @@
+"""The conventions every command keeps, as a user meets them: --version, -h, shell completion, one notation
+for arguments, an example in every help, a cloud launch that says what it will spend and asks first,
+`--set` validated like the job file, and `nascloud check`. Fast: no search runs here."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import re
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from nascloud.cli import main
+from nascloud.cli.app import EXAMPLES
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = ROOT / "examples"
+AWS_JOB = str(EXAMPLES_DIR / "digits-aws-t4-spot.yaml")
+LOCAL_JOB = str(EXAMPLES_DIR / "digits-local.yaml")
+SPOT_G_QUOTA = "L-3819A6DF"  # All G and VT Spot Instance Requests, in vCPUs
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    """`nascloud ARGS` in this process, stdin not a terminal; returns (exit code, stdout, stderr)."""
+    monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NASCLOUD_CATALOG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["nascloud", *map(str, args)])
+        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+        with pytest.raises(SystemExit) as stop:
+            main()
+        out = capsys.readouterr()
+        return stop.value.code or 0, out.out, out.err
+
+    return run
+
+
+def one_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("Error: ") and "Traceback" not in err, err
+    return lines[-1]
+
+
+def commands() -> list[list[str]]:
+    """Every visible command path, from the application itself (a new command is covered without a list)."""
+    from typer.main import get_command
+
+    from nascloud.cli.app import app
+
+    found = []
+
+    def walk(group, path):
+        for name in group.list_commands(None):
+            command = group.get_command(None, name)
+            if command.hidden:
+                continue
+            if hasattr(command, "list_commands"):
+                walk(command, [*path, name])
+            else:
+                found.append([*path, name])
+
+    walk(get_command(app), [])
+    return found
+
+
+# ---- --version, -h, completion ------------------------------------------------------------------------
+
+def test_version_prints_the_installed_version(cli):
+    assert cli("--version") == (0, f"nascloud {version('nascloud')}\n", "")
+
+
+@pytest.mark.parametrize("path", [[], ["launch"], ["checkpoints", "pull"]])
+def test_dash_h_is_help(cli, path):
+    short, long = cli(*path, "-h"), cli(*path, "--help")
+    assert short == long and short[0] == 0 and short[1].startswith("Usage: nascloud")
+
+
+def test_every_command_has_an_example_and_one_argument_notation(cli):
+    found = commands()
+    assert {" ".join(path) for path in found} == set(EXAMPLES)  # no example for a command that is gone
+    for path in found:
+        code, out, _ = cli(*path, "--help")
+        assert code == 0
+        usage = out.splitlines()[0]
+        # Arguments read JOB or JOB.yaml, [JOB] when optional: upper case, never {job} beside [job].
+        assert not re.search(r"[{}]", usage) and re.fullmatch(r"Usage: [a-z ]+ \[OPTIONS\]( \[?[A-Z][A-Za-z._]*\]?)*",
+                                                              usage), usage
+        example = out.split("Example:\n", 1)[1].strip()
+        assert example == EXAMPLES[" ".join(path)] and example.startswith("nascloud " + " ".join(path))
+        # A flag is the one a user types: --detach, not --detach / --no-detach.
+        pairs = re.findall(r"--[a-z-]+ / --[a-z-]+|--[a-z-]+/--[a-z-]+", out)
+        assert set(pairs) <= {"--spot / --on-demand"}, (path, pairs)  # two choices, each a flag
+
+
+def test_the_command_list_shows_each_description_whole(cli):
+    code, out, _ = cli("--help")
+    listing = " ".join(out.split("Commands:", 1)[1].split())
+    assert code == 0 and "..." not in listing
+    assert "Run the search on a group of (spot) instances that replaces a preempted one and stops at the budget, " \
+           "all without this machine; then follow it live (Ctrl-C leaves it running)." in listing
+
+
+def test_completion_scripts_and_completing_a_command(tmp_path):
+    def nascloud(*args, **env):
+        # Typer's switch for naming the shell instead of detecting the one that runs these tests.
+        return subprocess.run([sys.executable, "-m", "nascloud", *args], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "HOME": str(tmp_path),
+                                   "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1", **env})
+
+    bash = nascloud("--show-completion", "bash")
+    assert bash.returncode == 0
+    assert "complete -o default -F _nascloud_completion nascloud" in bash.stdout
+    assert "_NASCLOUD_COMPLETE=complete_bash" in bash.stdout
+    assert "compdef _nascloud_completion nascloud" in nascloud("--show-completion", "zsh").stdout
+    # What the script asks nascloud for, nascloud answers: `nascloud la<TAB>` completes to launch.
+    assert nascloud(_NASCLOUD_COMPLETE="complete_bash", COMP_WORDS="nascloud la", COMP_CWORD="1").stdout.split() \
+        == ["launch"]
+    installed = nascloud("--install-completion", "bash")
+    assert installed.returncode == 0, installed.stderr
+    assert "_nascloud_completion" in (tmp_path / ".bash_completions" / "nascloud.sh").read_text()
+    assert ".bash_completions/nascloud.sh" in (tmp_path / ".bashrc").read_text()
+
+
+# ---- --set ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["estimate", LOCAL_JOB], ["plan", LOCAL_JOB, "--budget", "50"],
+                                     ["launch", LOCAL_JOB, "--dry-run"]])
+@pytest.mark.parametrize("setting, named", [("search.max_trails=40", "--set search.max_trails: unknown field"),
+                                            ("search.max_trials=0", "--set search.max_trials: must be"),
+                                            ("name.first=x", "--set name.first: name is a value"),
+                                            ("max_trials", "--set expects KEY=VALUE")])
+def test_a_bad_setting_is_a_usage_error_naming_it(cli, command, setting, named):
+    code, out, err = cli(*command, "--set", setting)
+    assert code == 2 and out == ""
+    assert named in one_error(err)
+
+
+def trials(out: str) -> int:
+    """The trials of `estimate --json`'s workload ("40 trials × 3 epochs × ...")."""
+    return int(re.match(r"(\d+) trials", json.loads(out)["workload"]["description"]).group(1))
+
+
+def test_settings_change_the_job_as_its_file_would(cli):
+    def work(*settings):
+        code, out, err = cli("estimate", LOCAL_JOB, "--json", *settings)
+        assert code == 0, err
+        return trials(out)
+
+    assert work() == 3
+    assert work("--set", "search.max_trials=40", "--set", "search.space.block_type=[vanilla, resnet]") == 40
+
+
+def test_the_runs_plan_prints_paste_into_set(cli, tmp_path):
+    code, out, err = cli("plan", AWS_JOB, "--budget", "40")
+    assert code == 0, err
+    runs = re.findall(r"(?:--set \S+=\S+ ?)+", out)
+    assert len(runs) >= 3
+    for run in runs:
+        settings = run.split()
+        code, out, err = cli("estimate", AWS_JOB, *settings, "--json")
+        assert code == 0, (run, err)
+        asked = next(s.split("=")[1] for s in settings[1::2] if s.startswith("search.max_trials="))
+        assert trials(out) == int(asked)
+
+
+# ---- launch: what it will spend, and asking first on a cloud --------------------------------------------
+
+def test_dry_run_says_what_it_would_spend_on_stderr_beside_the_json(cli):
+    code, out, err = cli("launch", AWS_JOB, "--dry-run")
+    assert code == 0
+    assert json.loads(out)["CreateAutoScalingGroup"]
+    lines = err.splitlines()
+    assert lines[0] == "dry run, nothing launched:"
+    assert re.fullmatch(r"aws g4dn\.xlarge \(T4, spot\) in us-east-1 at \$0\.\d{4}/h", lines[1])
+    assert re.fullmatch(r"estimate \$\d+\.\d\d \(P90 \$\d+\.\d\d\) in \d+ min", lines[2])
+    assert lines[3] == "budget $25.00, deadline 12 h 00 min"
+    assert lines[4] == "bucket s3://YOUR-BUCKET/nascloud (the example's placeholder: set your own)"
+
+
+def test_the_examples_placeholder_bucket_is_refused(cli):
+    code, _, err = cli("launch", AWS_JOB)
+    assert code == 2 and "YOUR-BUCKET" in one_error(err) and "--bucket" in one_error(err)
+
+
+@pytest.fixture
+def aws_bucket(moto_reset, ec2_quotas):
+    """An S3 bucket in the session's moto server, in an account whose spot G-family quota allows a T4
+    instance; returns its URL and a count of what it holds."""
+    ec2_quotas[SPOT_G_QUOTA] = 8
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="nascloud-conventions")
+    return "s3://nascloud-conventions/jobs", lambda: s3.list_objects_v2(Bucket="nascloud-conventions").get("KeyCount")
+
+
+def test_a_cloud_launch_without_a_terminal_refuses_unless_yes(cli, aws_bucket):
+    url, held = aws_bucket
+    code, out, err = cli("launch", AWS_JOB, "--bucket", url)
+    assert code == 2 and out == ""
+    assert "--yes" in one_error(err) and "no terminal" in one_error(err)
+    # What it would have spent was said first, on stderr.
+    assert "aws g4dn.xlarge (T4, spot) in us-east-1 at $" in err and f"bucket {url}" in err
+    assert held() == 0 and boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"] == []
+
+
+def test_a_cloud_launch_asks_on_a_terminal_and_no_launches_nothing(aws_bucket, moto_server, tmp_path):
+    url, held = aws_bucket
+    controller, terminal = pty.openpty()
+    done = subprocess.Popen([sys.executable, "-m", "nascloud", "launch", AWS_JOB, "--bucket", url],
+                            stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NASCLOUD_HOME": str(tmp_path / "home")})
+    os.close(terminal)
+    os.write(controller, b"n\n")
+    out, err = done.communicate(timeout=120)
+    os.close(controller)
+    assert done.returncode == 1, err
+    assert "Launch, and start spending? [y/N]" in err and "nothing done" in err and out.strip() == ""
+    assert held() == 0
+
+
+def test_the_local_provider_costs_nothing_and_never_asks(monkeypatch, tmp_path):
+    from nascloud import launching
+    from nascloud.job import load_job
+
+    monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert launching.prepare(load_job(LOCAL_JOB)).costs_money is False
+
+
+# ---- nascloud check ---------------------------------------------------------------------------------------
+
+def test_check_says_each_thing_a_launch_needs_in_one_line(cli, aws_bucket):
+    url, held = aws_bucket
+    code, out, err = cli("check", "--cloud", "aws", "--bucket", url)
+    assert code == 0, out + err
+    assert out.splitlines() == [
+        "ok    credentials: aws accepts them in us-east-1",
+        "ok    offer and GPU quota: g4dn.xlarge (T4, spot) in us-east-1: the type, its zones and your GPU quota "
+        "allow the job's group",
+        f"ok    bucket: {url} is reachable and writable",
+    ]
+    assert held() == 0  # the probe is gone
+
+
+def test_check_names_each_failure_and_exits_1(cli, aws_bucket, ec2_quotas):
+    ec2_quotas[SPOT_G_QUOTA] = 0  # no spot G-family vCPUs, as in a new account
+    code, out, _ = cli("check", AWS_JOB, "--set", "checkpoint.bucket=s3://no-such-bucket-here/jobs")
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("ok    credentials")
+    assert lines[1].startswith("FAIL  offer and GPU quota: ") and "no-such-bucket-here" in lines[1]
+    assert lines[2].startswith("FAIL  bucket: ") and "no-such-bucket-here" in lines[2]
+    code, out, _ = cli("check", AWS_JOB, "--bucket", aws_bucket[0])
+    assert code == 1 and re.search(r"FAIL  offer and GPU quota: .*quota.*0 vCPUs", out), out
+
+
+def test_check_without_a_cloud_or_bucket_says_what_to_give(cli):
+    code, _, err = cli("check")
+    assert code == 2 and "--cloud" in one_error(err) and "--bucket" in one_error(err)
