@@ -191,11 +191,14 @@ def test_laptop_gone_two_preemptions_the_group_recovers_and_the_webhook_hears_ea
 
     # 1. While it boots: the host exists, its agent has not reported yet.
     preempt("while it boots")
-    # 2. At a random moment of the second trial.
+    # 2. At a random moment of the second trial, by a fire drill from another machine.
     wait_for(lambda: bucket(url).progress().get("trials_done", 0) >= 1 and bucket(url).progress().get("running"),
              300, "the second trial")
     time.sleep(random.uniform(0, 1.5))
-    preempt("in the second trial")
+    victim = live_host(cli, url)
+    drilled = cli.run("drill", url, home=cli.workdir.parent / "elsewhere", timeout=300)
+    assert drilled.returncode == 0 and "training again" in drilled.stdout, drilled.stdout + drilled.stderr
+    preempted.append(victim.instance_id)
 
     final = wait_for(lambda: ended(url), 600, "the job to end", interval=1)
     assert final["status"] == "finished", final
@@ -281,3 +284,34 @@ def test_an_agent_that_dies_at_start_fails_the_job_at_once_with_the_reason(cli):
     status = json.loads(cli.run("status", url, "--json").stdout)
     assert status["status"] == "failed" and "without a new snapshot or epoch" in status["reason"]
     assert len(status["instances"]) == 1  # one boot: the group was ended, not left to retry for ever
+
+
+def test_a_bucket_the_instance_cannot_write_halts_the_job_with_the_reason_and_resume_continues(cli):
+    url = cli.launch(cli.write_job(trials=2, epochs=100))
+    wait_for(lambda: (bucket(url).progress().get("running") or {}).get("epoch", 0) >= 1, 300, "training")
+    assert cli.run("stop", url, timeout=300).returncode == 0
+    wait_for(lambda: not running_hosts(cli.home), 30, "every host to end")
+    # The ledger's folder becomes a file: every write under it fails for real (ENOTDIR), as a bucket whose
+    # permissions changed would refuse the instance.
+    ledger = cli.workdir / "bucket" / url.rsplit("/", 1)[1] / "ledger"
+    saved = {p.name: p.read_bytes() for p in ledger.iterdir()}
+    for path in ledger.iterdir():
+        path.unlink()
+    ledger.rmdir()
+    ledger.write_text("not a folder")
+    resumed = cli.run("resume", url, "--detach")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    halted = wait_for(lambda: (g := group(cli, url)) and g.size == 0 and g.reason and g, 120, "the group to end")
+    assert "cannot use the job's bucket" in halted.reason
+    wait_for(lambda: not running_hosts(cli.home), 30, "every host to end")
+    shown = cli.run("status", url)
+    assert shown.returncode == 0 and "halted" in shown.stdout and "cannot use the job's bucket" in shown.stdout
+
+    ledger.unlink()  # fixed: the job continues where it stopped
+    ledger.mkdir()
+    for name, data in saved.items():
+        (ledger / name).write_bytes(data)
+    resumed = cli.run("resume", url, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert bucket(url).progress()["trials_done"] == 2
+    assert check_chain(agent_logs(url)).problems == []
