@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 from nascloud.errors import NascloudError
 from nascloud.jobbucket import FINAL, JobBucket, heartbeat_seconds
@@ -37,6 +37,7 @@ class Governor:
         env = dict(os.environ if env is None else env)
         self.job_id, self.group, self.job_url = env["NASCLOUD_JOB_ID"], env["NASCLOUD_GROUP"], env["NASCLOUD_JOB_URL"]
         self.root = Path(env.get("NASCLOUD_ROOT") or ".")
+        self.cloud, self.ssh = env["NASCLOUD_CLOUD"], env.get("NASCLOUD_SSH") == "1"
         self.provisioner = instance_provisioner(env)
         self.me = self.provisioner.whoami(self.job_id, self.group)
         self.groups = [self.group]
@@ -44,7 +45,7 @@ class Governor:
         self.governance = None
 
     # -- ends -----------------------------------------------------------------------------------
-    def halt(self, reason: str) -> None:
+    def halt(self, reason: str) -> NoReturn:
         """Every group of the job to 0, then this machine off. The group records why (the observer's view
         when the bucket itself is what failed)."""
         log.info("ending the job's groups and this machine: %s", reason)
@@ -54,8 +55,9 @@ class Governor:
             except Exception as error:  # noqa: BLE001  the power-off must happen whatever the API says
                 log.warning("could not resize group %s to 0: %s", group, error)
         self.provisioner.power_off()
+        raise SystemExit(0)  # the machine is going down (and its group at 0 ends it anyway): do nothing more
 
-    def end(self, status: str, message: str) -> None:
+    def end(self, status: str, message: str) -> NoReturn:
         log.info("the job ends here: %s: %s", status, message)
         try:
             self.governance.conclude(status, message)
@@ -78,6 +80,10 @@ class Governor:
         except NascloudError as error:
             self.halt(f"the instance cannot use the job's bucket {self.job_url}: {error}; fix its permissions or "
                       "the bucket, then `nascloud resume`")
+        if self.ssh:  # opt-in (compute.ssh_cidr), early: a boot that goes wrong later is what one debugs
+            from nascloud.agent.ssh import open_ssh
+
+            open_ssh(self.bucket, self.me.instance_id, self.cloud, self.root)
         try:
             listed = [i for g in self.provisioner.groups(self.job_id) for i in g.instances]
             self.bucket.reconcile(listed, time.time(), skip=self.me.instance_id)
