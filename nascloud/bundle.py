@@ -80,6 +80,9 @@ class Bundle(_Record):
     bucket_rates: dict = {}  # storage and request rates of the bucket (billing.csv), for the ledger
     estimate: Optional[dict] = None  # the estimate made before launch, for estimate vs actual
     local_root: Optional[str] = None  # local provider: where its groups and hosts live (absolute)
+    # compute.ssh_cidr jobs: the public half of the launching machine's client key, for the instances to
+    # authorize (the private half never leaves that machine; `nascloud ssh` uses it there)
+    ssh_public_key: Optional[str] = None
 
     @property
     def name(self) -> str:

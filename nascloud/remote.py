@@ -1,182 +1,148 @@
-"""Running commands on an instance: paramiko with the instance's pinned host key, or a local shell in
-the instance's directory when the local provider runs without SSH (target None).
+"""`nascloud ssh JOB`: the launching machine's end of the opt-in SSH for debugging (compute.ssh_cidr).
 
-Every command runs in the instance's working directory (Instance.extra["workdir"]) when it names one,
-otherwise in the SSH user's home.
+Nothing in the job needs SSH; an instance without ssh_cidr has no inbound port. With it, the instance
+makes or uses a host key of its own and publishes the public half at hosts/<instance-id>.json in the job's
+bucket (nascloud/agent/ssh.py). This end pins exactly that key (paramiko's RejectPolicy; OpenSSH with a
+known_hosts of that key alone and StrictHostKeyChecking=yes) and authenticates with the job's client key,
+whose private half never left the machine that launched the job.
 """
 
 from __future__ import annotations
 
+import base64
 import os
-import shlex
+import shutil
 import socket
-import subprocess
-import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import BinaryIO, NoReturn, Optional
 
-from nascloud.errors import CloudError, NascloudError
-from nascloud.provisioners.base import Instance, SshTarget
-
-# The local provider marks every process of an instance with this variable so it can kill them all.
-INSTANCE_ENV = "NASCLOUD_LOCAL_INSTANCE"
+from nascloud.errors import CloudError, NascloudError, UsageError
 
 
 class HostKeyError(NascloudError):
-    """The host answered with a key other than the one pinned for it: possibly not our instance."""
+    """The host answered with a key other than the one its instance published: possibly not our instance."""
 
 
-class UnreachableError(CloudError):
-    """Nothing answered on the instance's SSH address within the retries."""
+@dataclass(frozen=True)
+class HostRecord:
+    """What an instance publishes for SSH: its host key (public half only) and where it listens."""
+
+    host_key: str  # "ssh-ed25519 AAAA..."
+    address: str
+    port: int
+    user: str
+
+    @staticmethod
+    def object_name(instance_id: str) -> str:
+        return f"hosts/{instance_id}.json"
+
+    def publish(self, bucket, instance_id: str) -> None:
+        bucket.store.put_json(self.object_name(instance_id), asdict(self))
+
+    @classmethod
+    def read(cls, bucket, instance_id: str) -> Optional["HostRecord"]:
+        record = bucket.store.get_json(cls.object_name(instance_id))
+        return cls(**record) if record else None
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
 
 
-class Remote(Protocol):
-    def run(self, cmd: str, timeout: float = 60.0) -> tuple[int, str]:
-        """Exit code and combined stdout+stderr; 124 and what was printed if it ran past timeout."""
-
-    def start_detached(self, cmd: str, log_path: str) -> int:
-        """Start cmd so it outlives this connection, output to log_path; returns its pid."""
-
-    def put_file(self, local: Path, remote: str) -> None: ...
-
-    def get_file(self, remote: str, local: Path) -> None: ...
-
-    def close(self) -> None: ...
+@dataclass(frozen=True)
+class Target:
+    instance_id: str
+    host: HostRecord
+    key_path: Path  # the job's client key on this machine
 
 
-def _detached_line(cmd: str, log_path: str) -> str:
-    # `;` not `&&`: `cd X && setsid ... &` would background the cd too and keep the channel open.
-    return (f"setsid nohup bash -c {shlex.quote(cmd)} > {shlex.quote(log_path)} 2>&1 < /dev/null & "
-            "echo $!")
+def find_target(bucket) -> Target:
+    """The job's running instance, as it published itself for SSH, and this machine's key for it."""
+    from nascloud.observer import groups
+    from nascloud.provisioners.common import keys_dir
+
+    bundle = bucket.bundle()
+    job_id = bundle.job_id
+    if not bundle.spec.compute.ssh_cidr or not bundle.ssh_public_key:
+        raise UsageError(f"job {job_id} was launched without SSH (its instances have no inbound port); to debug "
+                         "over SSH, set compute.ssh_cidr (e.g. 203.0.113.7/32) in the job file and launch it")
+    key_path = keys_dir(None, job_id) / "id_ed25519"
+    if not key_path.exists():
+        raise UsageError(f"job {job_id}'s SSH key is not on this machine ({key_path}); run `nascloud ssh` on "
+                         "the machine that launched the job")
+    found = groups(bucket)
+    if found is None:
+        raise CloudError(f"cannot list job {job_id}'s instances from its provider now; try again")
+    live = sorted((i for g in found for i in g.live), key=lambda i: i.launched_at or 0)
+    if not live:
+        raise CloudError(f"job {job_id} has no running instance to reach (see `nascloud status {job_id}`)")
+    instance_id = live[-1].instance_id
+    host = HostRecord.read(bucket, instance_id)
+    if host is None:
+        raise CloudError(f"instance {instance_id} has not published its SSH host key yet "
+                         f"({HostRecord.object_name(instance_id)}, written at boot); try again in a minute")
+    return Target(instance_id, host, key_path)
 
 
-class SshRemote:
-    def __init__(self, client, workdir: Optional[str]):
-        self._client = client
-        self._workdir = workdir
-
-    def _in_workdir(self, cmd: str) -> str:
-        return f"cd {shlex.quote(self._workdir)} || exit 97; {cmd}" if self._workdir else cmd
-
-    def run(self, cmd: str, timeout: float = 60.0) -> tuple[int, str]:
-        channel = self._client.get_transport().open_session()
-        channel.set_combine_stderr(True)
-        channel.settimeout(1.0)
-        channel.exec_command(self._in_workdir(cmd))
-        output = bytearray()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                chunk = channel.recv(65536)
-            except socket.timeout:
-                chunk = None
-            if chunk:
-                output.extend(chunk)
-            elif chunk == b"":  # end of output: wait for the exit status without spinning
-                if channel.status_event.wait(0.1):
-                    break
-            if time.monotonic() > deadline:
-                channel.close()
-                return 124, output.decode(errors="replace")
-        return channel.recv_exit_status(), output.decode(errors="replace")
-
-    def start_detached(self, cmd: str, log_path: str) -> int:
-        code, output = self.run(_detached_line(cmd, log_path), timeout=30)
-        if code != 0 or not output.strip().isdigit():
-            raise CloudError(f"could not start `{cmd}` on the instance: {output.strip()[-200:]}")
-        return int(output.strip())
-
-    def _sftp(self):
-        sftp = self._client.open_sftp()
-        if self._workdir:
-            sftp.chdir(self._workdir)
-        return sftp
-
-    def put_file(self, local: Path, remote: str) -> None:
-        with self._sftp() as sftp:
-            sftp.put(str(local), remote)
-
-    def get_file(self, remote: str, local: Path) -> None:
-        with self._sftp() as sftp:
-            sftp.get(remote, str(local))
-
-    def close(self) -> None:
-        self._client.close()
-
-
-class LocalRemote:
-    """The local provider without sshd: commands run here, in the instance's directory, marked as the
-    instance's processes."""
-
-    def __init__(self, instance: Instance):
-        self._dir = Path(instance.extra["workdir"])
-        self._env = {**os.environ, INSTANCE_ENV: instance.instance_id}
-
-    def run(self, cmd: str, timeout: float = 60.0) -> tuple[int, str]:
-        try:
-            done = subprocess.run(["bash", "-c", cmd], cwd=self._dir, env=self._env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-        except subprocess.TimeoutExpired as expired:
-            return 124, (expired.output or b"").decode(errors="replace")
-        return done.returncode, done.stdout.decode(errors="replace")
-
-    def start_detached(self, cmd: str, log_path: str) -> int:
-        with open(self._dir / log_path, "ab") as log:
-            process = subprocess.Popen(["bash", "-c", cmd], cwd=self._dir, env=self._env, stdin=subprocess.DEVNULL,
-                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        return process.pid
-
-    def put_file(self, local: Path, remote: str) -> None:
-        (self._dir / remote).write_bytes(Path(local).read_bytes())
-
-    def get_file(self, remote: str, local: Path) -> None:
-        Path(local).write_bytes((self._dir / remote).read_bytes())
-
-    def close(self) -> None:
-        pass
-
-
-def _pinned_client(target: SshTarget):
-    import base64
-
+def connect(target: Target):
+    """A paramiko client on the instance that accepts only the published host key."""
     import paramiko
 
-    if not target.host_key:
-        raise HostKeyError(f"no host key is pinned for {target.host}:{target.port}; refusing to connect unverified")
-    key_type, data = target.host_key.split()[:2]
+    host = target.host
+    key_type, data = host.host_key.split()[:2]
     client = paramiko.SSHClient()
-    name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
-    client.get_host_keys().add(name, key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(data)))
+    client.get_host_keys().add(host.known_hosts_name, key_type,
+                               paramiko.PKey.from_type_string(key_type, base64.b64decode(data)))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    where = f"{host.address}:{host.port}"
+    try:
+        client.connect(host.address, port=host.port, username=host.user, key_filename=str(target.key_path),
+                       look_for_keys=False, allow_agent=False, timeout=10, banner_timeout=10, auth_timeout=10)
+    except paramiko.BadHostKeyException:
+        client.close()
+        raise HostKeyError(f"{where} presented a host key other than the one instance {target.instance_id} "
+                           f"published ({HostRecord.object_name(target.instance_id)}); not connecting: it may "
+                           "not be your instance") from None
+    except paramiko.AuthenticationException:
+        client.close()
+        raise CloudError(f"{host.user}@{where} refused the job's SSH key {target.key_path}") from None
+    except (paramiko.SSHException, OSError) as error:
+        client.close()
+        raise CloudError(f"cannot reach instance {target.instance_id} at {where} over SSH ({error}); check that "
+                         "it runs and that compute.ssh_cidr admits this machine's address") from None
     return client
 
 
-def connect(target: Optional[SshTarget], instance: Instance, attempts: int = 10, delay: float = 3.0) -> Remote:
-    """A Remote on the instance. SSH retries a bounded number of times while the host boots: refused or
-    silent ports, and a host key other than the pinned one (a cloud host shows its image's key until the
-    bootstrap installs ours; the check happens before authentication, so retrying sends nothing).
-    Raises HostKeyError if the last answer was a wrong key, UnreachableError if nothing answered."""
-    if target is None:
-        return LocalRemote(instance)
-    import paramiko
+def run(target: Target, command: str, out: BinaryIO) -> int:
+    """Run command on the instance, its output (stdout and stderr) to out as it comes; its exit code."""
+    client = connect(target)
+    try:
+        channel = client.get_transport().open_session()
+        channel.set_combine_stderr(True)
+        channel.exec_command(command)
+        while chunk := channel.recv(65536):
+            out.write(chunk)
+            out.flush()
+        return channel.recv_exit_status()
+    except (socket.error, EOFError) as error:
+        raise CloudError(f"the SSH session to instance {target.instance_id} broke: {error}") from None
+    finally:
+        client.close()
 
-    last: Exception | None = None
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(delay)
-        client = _pinned_client(target)
-        try:
-            client.connect(target.host, port=target.port, username=target.user, key_filename=target.key_path,
-                           look_for_keys=False, allow_agent=False, timeout=10, banner_timeout=10, auth_timeout=10)
-            return SshRemote(client, instance.extra.get("workdir"))
-        except (paramiko.BadHostKeyException, paramiko.SSHException, OSError) as error:
-            client.close()
-            last = error
-            if isinstance(error, paramiko.AuthenticationException):
-                raise CloudError(f"{target.user}@{target.host}:{target.port} refused the job's SSH key "
-                                 f"{target.key_path}; the instance was not set up with it") from None
-    if isinstance(last, paramiko.BadHostKeyException) or "not found in known_hosts" in str(last):
-        raise HostKeyError(f"{target.host}:{target.port} presented a host key other than the one pinned for "
-                           f"instance {instance.instance_id}; not connecting (it may not be your instance)")
-    raise UnreachableError(f"cannot reach {instance.instance_id} at {target.host}:{target.port} over SSH after "
-                           f"{attempts} tries ({last}); check that it is running and that the firewall allows you")
+
+def exec_shell(target: Target) -> NoReturn:
+    """Replace this process with OpenSSH's ssh to the instance, trusting only its published host key. The key
+    is checked here first, so a wrong one is refused with one line rather than OpenSSH's warning."""
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise UsageError("OpenSSH's ssh is not installed on this machine; install it, or run one command with "
+                         "`nascloud ssh JOB --command CMD`")
+    connect(target).close()
+    host = target.host
+    known_hosts = target.key_path.with_name("known_hosts")
+    known_hosts.write_text(f"{host.known_hosts_name} {' '.join(host.host_key.split()[:2])}\n")
+    os.execv(ssh, [ssh, "-i", str(target.key_path), "-p", str(host.port), "-o", "IdentitiesOnly=yes",
+                   "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+                   "-o", "StrictHostKeyChecking=yes", "-o", f"HostKeyAlgorithms={host.host_key.split()[0]}",
+                   f"{host.user}@{host.address}"])

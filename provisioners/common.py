@@ -3,7 +3,6 @@ and the bootstrap script. No cloud SDK is imported here."""
 
 from __future__ import annotations
 
-import base64
 import getpass
 import ipaddress
 import os
@@ -93,21 +92,15 @@ def keys_dir(home: Optional[Path], job_id: str) -> Path:
     return Path(home or nascloud_home()) / "keys" / job_id
 
 
-def job_keys(home: Optional[Path], job_id: str) -> tuple[KeyPair, KeyPair]:
-    """(client key, host key) of a job. The host key is generated here and installed on the instance by
-    the bootstrap, so the orchestrator pins it from the first connection (no trust on first use)."""
-    folder = keys_dir(home, job_id)
-    return (ensure_key(folder / "id_ed25519", f"nascloud-{job_id}"),
-            ensure_key(folder / "host_ed25519", f"nascloud-host-{job_id}"))
+def job_keys(home: Optional[Path], job_id: str) -> KeyPair:
+    """The job's SSH client key on the launching machine (compute.ssh_cidr jobs). Only its public half
+    leaves this machine (the bundle, for the instances to authorize). The host key is the instance's own:
+    it generates it and publishes the public half to the bucket, so nothing private rides in user data."""
+    return ensure_key(keys_dir(home, job_id) / "id_ed25519", f"nascloud-{job_id}")
 
 
 def remove_job_keys(home: Optional[Path], job_id: str) -> None:
     shutil.rmtree(keys_dir(home, job_id), ignore_errors=True)
-
-
-def host_key_line(pair: KeyPair) -> str:
-    """'ssh-ed25519 AAAA...' without the comment, the form SshTarget.host_key pins."""
-    return " ".join(pair.public_line.split()[:2])
 
 
 def default_owner() -> str:
@@ -167,19 +160,6 @@ def bootstrap_script(values: dict[str, str]) -> str:
     shebang, _, body = text.partition("\n")
     lines = [f"{key}={shlex.quote(value)}" for key, value in values.items()]
     return "\n".join([shebang, *lines, body])
-
-
-def cloud_bootstrap(cloud: str, job_url: str, gpu: Optional[str], host_key: Optional[KeyPair]) -> str:
-    """The script a cloud instance runs at first boot; host_key None renders a placeholder (dry run)."""
-    private = (base64.b64encode(host_key.private_path.read_bytes()).decode()
-               if host_key else "<generated at launch>")
-    return bootstrap_script({
-        "NASCLOUD_CLOUD": cloud,
-        "NASCLOUD_JOB_URL": job_url,
-        "NASCLOUD_ROOT": CLOUD_ROOT,
-        "NASCLOUD_GPU": gpu or "",
-        "NASCLOUD_HOST_KEY_B64": private,
-    })
 
 
 def offer_record(offer) -> dict:

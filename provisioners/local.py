@@ -33,6 +33,7 @@ from nascloud.provisioners.base import LIVE, Group, GroupSpec, Instance, State
 from nascloud.provisioners.common import bootstrap_script
 
 INSTANCE_ENV = "NASCLOUD_LOCAL_INSTANCE"  # marks every process of a local host
+SSHD_PID = "ssh/sshd.pid"  # in a host's folder: its opt-in sshd (nascloud/agent/ssh.py), which the mark misses
 POLL_SECONDS = 0.2
 
 
@@ -65,9 +66,10 @@ def instance_pids(instance_id: str) -> list[int]:
     return found
 
 
-def kill_host(instance_id: str, spare: Optional[int] = None) -> None:
+def kill_host(instance_id: str, host: Path, spare: Optional[int] = None) -> None:
     """SIGKILL every process of the host (but `spare`), until none is left: a process may fork while we
     sweep, and a SIGKILL takes effect a moment after it is sent."""
+    _kill_sshd(host)
     deadline = time.monotonic() + 5
     while (pids := [p for p in instance_pids(instance_id) if p != spare]) and time.monotonic() < deadline:
         for pid in pids:
@@ -75,6 +77,20 @@ def kill_host(instance_id: str, spare: Optional[int] = None) -> None:
                 os.kill(pid, signal.SIGKILL)
             _alive(pid)
         time.sleep(0.01)
+
+
+def _kill_sshd(host: Path) -> None:
+    """The host's opt-in sshd, by the pid it recorded: sshd's process title overwrites its environment,
+    mark included, and it clears its sessions' (they get the mark back by its SetEnv)."""
+    pid_file = host / SSHD_PID
+    try:
+        pid = int(pid_file.read_text())
+        if b"sshd" in Path(f"/proc/{pid}/cmdline").read_bytes():  # not a pid reused since
+            os.kill(pid, signal.SIGKILL)
+            _alive(pid)  # reap it if it is our own child
+    except (OSError, ValueError):
+        pass  # none, or already gone
+    pid_file.unlink(missing_ok=True)
 
 
 def _read(path: Path) -> Optional[dict]:
@@ -196,7 +212,7 @@ class LocalProvisioner:
             return
         with _locked(host):
             record = _read(host / "host.json")
-            kill_host(instance.instance_id)
+            kill_host(instance.instance_id, host)
             if State(record["state"]) in LIVE:
                 _write(host / "host.json", {**record, "state": "preempted", "ended_at": time.time()})
 
@@ -219,7 +235,7 @@ class LocalProvisioner:
     def power_off(self) -> None:
         """This host's processes end, this one last: its supervisor records the end and, at size 0, stops."""
         me = os.getpid()
-        kill_host(os.environ[INSTANCE_ENV], spare=me)
+        kill_host(os.environ[INSTANCE_ENV], Path(os.environ["NASCLOUD_ROOT"]), spare=me)
         os.kill(me, signal.SIGKILL)
 
 
@@ -253,7 +269,7 @@ class Supervisor:
     def _end_host(self, host: Path, state: str) -> None:
         with _locked(host):
             record = _read(host / "host.json")
-            kill_host(record["instance_id"])
+            kill_host(record["instance_id"], host)
             if State(record["state"]) in LIVE:
                 _write(host / "host.json", {**record, "state": state, "ended_at": time.time()})
         self.children.pop(record["instance_id"], None)

@@ -1,4 +1,4 @@
-"""`nascloud launch`, `status`, `watch`, `logs`, `stop`, `resume`, `results`, `drill`, `gc`.
+"""`nascloud launch`, `status`, `watch`, `logs`, `stop`, `resume`, `results`, `drill`, `ssh`, `gc`.
 
 Every command but launch takes a job id or name launched from this machine, or the job's bucket URL (from
 any machine). The laptop launches and observes; the job's instances govern it (nascloud/agent/governor.py).
@@ -237,6 +237,27 @@ def drill(job: str = typer.Argument(..., help=JOB_HELP)) -> None:
 
     seconds = launching.drill(_open(job))
     typer.echo(f"recovered: training again {seconds:.1f} s after the preemption")
+
+
+@app.command()
+def ssh(
+    job: str = typer.Argument(..., help=JOB_HELP),
+    command: Optional[str] = typer.Option(None, "--command", help="Run this on the instance, print its output "
+                                          "and exit with its exit code, instead of opening a shell."),
+) -> int:
+    """Debug a job launched with compute.ssh_cidr: a shell (OpenSSH) on its running instance, pinned to the
+    host key the instance published in the bucket; a key that differs is refused."""
+    import sys
+
+    from nascloud import remote
+
+    target = remote.find_target(_open(job))
+    if command is None:
+        remote.exec_shell(target)
+    code = remote.run(target, command, sys.stdout.buffer)
+    if code:
+        typer.echo(f"exit code {code}", err=True)
+    return code
 
 
 @app.command()
