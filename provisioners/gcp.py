@@ -62,6 +62,14 @@ def standard_template(job_id: str, group: str) -> str:
     return f"{group_name(job_id, group)}-standard"
 
 
+def _check_names(job_id: str, group: str) -> None:
+    """GCE names have at most 63 characters, a group's base instance name 58 (its VMs add "-xxxx")."""
+    longest = max(len(standard_template(job_id, group)) - 63, len(group_name(job_id, group)) - 58)
+    if longest > 0:
+        raise UsageError(f"the job's GCP names (e.g. {standard_template(job_id, group)}) exceed GCE's 63 characters; "
+                         f"shorten the job's name by {longest} character{'s' * (longest > 1)} (name in the job file)")
+
+
 def _of_job(name: str, job_id: str, parts: int) -> bool:
     """Whether a group's (parts=1) or its VM's (parts=2) name is this job's: group names have no '-', so
     another job whose id merely starts with this one's is not taken for it."""
@@ -332,6 +340,7 @@ class GcpProvisioner:
     def preflight(self, groups: list[GroupSpec]) -> None:
         for group in groups:
             offer = group.offer
+            _check_names(group.job_id, group.name)
             region = self._check_offer(offer)
             job_prefix(group.spec, group.job_id, "gs")
             if not self.service_account:  # the VM would boot, bill, and fail to reach the bucket
@@ -366,6 +375,7 @@ class GcpProvisioner:
         from google.cloud import compute_v1
 
         spec, job_id = group.spec, group.job_id
+        _check_names(job_id, group.name)
         region = self._check_offer(group.offer)
         cidr = ssh_cidr(spec, lambda: "") if spec.compute.ssh_cidr else None
         ssh_key = None

@@ -16,7 +16,7 @@ from nascloud.job import parse_job
 from nascloud.provisioners import State, get_provisioner
 from nascloud.provisioners.common import dry_run_group
 from nascloud.provisioners.gcp import launch_request
-from tests.fixtures.gce import assert_nothing_left_gce
+from tests.fixtures.gce import HttpError, assert_nothing_left_gce
 
 JOB = "digits-t4-4d5e6f"
 NAME = f"nascloud-{JOB}-search"
@@ -187,14 +187,30 @@ def test_bad_input_is_a_usage_error_with_nothing_made(gcp, gce, offer, message):
     assert_nothing_left_gce(gce, JOB)
 
 
-def test_a_group_the_server_refuses_fails_at_launch_with_nothing_left(gcp, gce):
-    long_job = "a-job-name-of-thirty-two-letters-1a2b3c"  # its on-demand template's name passes GCE's 63
-    with pytest.raises(CloudError, match="creating the instance template .*-standard failed: Invalid value for "
-                                         "field 'resource.name'") as raised:
-        gcp.create_groups([group(job_id=long_job)])
-    assert raised.value.exit_code == 1
+def test_a_group_the_server_refuses_fails_at_launch_with_nothing_left(gcp, gce, monkeypatch):
+    original = gce._instanceTemplates_insert
+
+    def refuse_standard(body, **rest):  # as GCE does for an identity without the permission
+        if body["name"].endswith("-standard"):
+            raise HttpError(403, "forbidden", "Required 'compute.instanceTemplates.create' permission")
+        return original(body=body, **rest)
+
+    monkeypatch.setattr(gce, "_instanceTemplates_insert", refuse_standard)
+    with pytest.raises(CloudError, match="^GCP refused creating the instance template .*-standard "
+                                         r"\(Required 'compute.instanceTemplates.create' permission\)") as raised:
+        gcp.create_groups([group()])
+    assert raised.value.exit_code == 1 and "\n" not in str(raised.value)
     assert gce.count("instanceTemplates.insert") == 2  # the first one was made, then deleted again
-    assert_nothing_left_gce(gce, long_job)
+    assert_nothing_left_gce(gce, JOB)
+
+
+def test_a_job_name_too_long_for_gce_is_refused_before_anything_is_made(gcp, gce):
+    long_job = "a-job-name-of-thirty-two-letters-1a2b3c"
+    with pytest.raises(UsageError, match=r"exceed GCE's 63 characters; shorten the job's name by 1 character "):
+        gcp.preflight([group(job_id=long_job)])
+    with pytest.raises(UsageError, match="exceed GCE's 63 characters"):
+        gcp.create_groups([group(job_id=long_job)])
+    assert gce.count("instanceTemplates.insert") == 0
 
 
 def test_preflight_refuses_a_vm_without_a_service_account_to_reach_the_bucket(gce, tmp_path, monkeypatch):
