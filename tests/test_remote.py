@@ -1,52 +1,110 @@
-"""nascloud.remote against real sshd hosts from the local provider: the pinned host key is enforced."""
+"""nascloud.remote (`nascloud ssh`'s library) against a real sshd, the one a local host opens
+(nascloud/agent/ssh.py): the published host key is pinned, only the job's client key is admitted, and
+find_target refuses, each in one line, what it cannot reach. The whole path through a launched job is
+tests/test_ssh_optin.py's."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
 
 import pytest
 
 from nascloud import remote
-from nascloud.errors import CloudError
-from nascloud.job import parse_job
-from nascloud.provisioners.local import LocalProvisioner
+from nascloud.errors import CloudError, UsageError
+from nascloud.jobbucket import JobBucket
+from nascloud.provisioners.common import ensure_key, job_keys
+from nascloud.provisioners.local import INSTANCE_ENV, LocalProvisioner, kill_host
+from tests.fixtures.search import make_bundle
 from tests.fixtures.servers import free_port, requires_sshd
+from tests.test_e2e_local import wait_for
+from tests.test_provisioners_local import run_group
 
-SPEC = parse_job({"name": "remote-test"})
+JOB = "remote-test-a1b2c3"
+HOST = "local-remote01"
 
 
 @pytest.fixture
-def two_hosts(tmp_path):
-    local = LocalProvisioner(home=tmp_path / "home", use_ssh=True)
-    hosts = [local.launch("remote-test-aaaaaa", None, SPEC), local.launch("remote-test-bbbbbb", None, SPEC)]
-    yield local, hosts
-    local.terminate(hosts)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def target(tmp_path, home, monkeypatch):
+    """A host's sshd as the governor opens it, admitting the job's key; the Target `nascloud ssh` builds."""
+    from nascloud.agent.ssh import local_sshd
+
+    monkeypatch.setenv(INSTANCE_ENV, HOST)  # what the host's processes carry (this process's /proc keeps none)
+    client = job_keys(None, JOB)
+    record = local_sshd(tmp_path / "host", HOST, client.public_line)
+    yield remote.Target(HOST, record, client.private_path)
+    kill_host(HOST, tmp_path / "host", spare=os.getpid())
 
 
 @requires_sshd
-def test_a_host_with_another_key_is_refused(two_hosts):
-    local, (ours, decoy) = two_hosts
-    pinned = local.ssh_target(ours)
-    # The decoy answers on its own port with its own host key; our pin must not accept it.
-    at_decoy = dataclasses.replace(pinned, port=local.ssh_target(decoy).port)
-    with pytest.raises(remote.HostKeyError, match=f"other than the one pinned for instance {ours.instance_id}"):
-        remote.connect(at_decoy, ours, attempts=2, delay=0.05)
-    with pytest.raises(remote.HostKeyError, match="no host key is pinned"):
-        remote.connect(dataclasses.replace(pinned, host_key=None), ours)
+def test_a_command_runs_as_the_host_with_its_output_and_exit_code(target):
+    out = io.BytesIO()
+    assert remote.run(target, "echo out; echo err >&2; echo $NASCLOUD_LOCAL_INSTANCE; exit 3", out) == 3
+    # stderr comes on its own stream: in the output, but not necessarily in order with stdout
+    assert sorted(out.getvalue().splitlines()) == sorted([b"out", b"err", HOST.encode()])
 
 
 @requires_sshd
-def test_a_key_the_host_does_not_know_is_refused(two_hosts):
-    local, (ours, other) = two_hosts
-    other_key = local.ssh_target(other).key_path
+def test_a_host_key_other_than_the_published_one_is_refused(target, tmp_path):
+    decoy = ensure_key(tmp_path / "decoy" / "key", "decoy").public_line
+    wrong = dataclasses.replace(target, host=dataclasses.replace(target.host, host_key=decoy))
+    with pytest.raises(remote.HostKeyError, match=f"other than the one instance {HOST} published"):
+        remote.run(wrong, "echo hi", io.BytesIO())
+    with pytest.raises(remote.HostKeyError):  # checked before OpenSSH would be started
+        remote.exec_shell(wrong)
+
+
+@requires_sshd
+def test_a_client_key_the_host_does_not_admit_is_refused(target, tmp_path):
+    other = ensure_key(tmp_path / "other" / "id_ed25519", "other").private_path
     with pytest.raises(CloudError, match="refused the job's SSH key"):
-        remote.connect(dataclasses.replace(local.ssh_target(ours), key_path=other_key), ours, attempts=1)
+        remote.run(dataclasses.replace(target, key_path=other), "echo hi", io.BytesIO())
 
 
-def test_nothing_listening_is_unreachable_after_bounded_retries(tmp_path):
-    local = LocalProvisioner(home=tmp_path / "home", use_ssh=False)
-    instance = local.launch("remote-test-cccccc", None, SPEC)
-    pinned = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeWY494FqoDPcVQiWN1itfle4RloVbuYR+e4Ai1bH0K"
-    target = remote.SshTarget("127.0.0.1", free_port(), "nobody", str(tmp_path / "none"), pinned)
-    with pytest.raises(remote.UnreachableError, match=r"after 3 tries"):
-        remote.connect(target, instance, attempts=3, delay=0.01)
+def test_nothing_listening_is_unreachable(tmp_path):
+    record = remote.HostRecord("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeWY494FqoDPcVQiWN1itfle4RloVbuYR+e4Ai1bH0K",
+                               "127.0.0.1", free_port(), "nobody")
+    with pytest.raises(CloudError, match="cannot reach instance i-1 at 127.0.0.1"):
+        remote.connect(remote.Target("i-1", record, tmp_path / "none"))
+
+
+def test_find_target_says_what_is_missing_and_finds_the_live_instance_s_record(tmp_path, home):
+    job = JobBucket.open(make_bundle(tmp_path, JOB))
+    with pytest.raises(UsageError, match="launched without SSH.*compute.ssh_cidr"):
+        remote.find_target(job)
+    bundle = job.bundle()
+    public = ensure_key(tmp_path / "elsewhere" / "id_ed25519", "launcher").public_line
+    opted = bundle.model_copy(update={"spec": bundle.spec.with_overrides(compute={"ssh_cidr": "127.0.0.1/32"}),
+                                      "ssh_public_key": public})
+    job.store.put_json("bundle/job.json", opted.to_json())
+    job = JobBucket.open(job.url)
+    with pytest.raises(UsageError, match="SSH key is not on this machine"):
+        remote.find_target(job)
+    job_keys(None, JOB)
+    with pytest.raises(CloudError, match="no running instance"):
+        remote.find_target(job)
+
+    from nascloud import launching
+
+    provider = LocalProvisioner(root=home / "local")
+    provider.create_groups([dataclasses.replace(s, size=0) for s in launching.group_specs(job.bundle())])
+    try:
+        run_group(provider, JOB, "sleep 600")
+        [live] = wait_for(lambda: provider.groups(JOB)[0].live, 30, "the host")
+        with pytest.raises(CloudError, match=f"instance {live.instance_id} has not published its SSH host key"):
+            remote.find_target(job)
+        record = remote.HostRecord("ssh-ed25519 AAAA", "127.0.0.1", 2222, "me")
+        record.publish(job, live.instance_id)
+        found = remote.find_target(job)
+        assert (found.instance_id, found.host, found.key_path) == (live.instance_id, record,
+                                                                   home / "keys" / JOB / "id_ed25519")
+    finally:
+        provider.resize(JOB, "search", 0)
+        wait_for(lambda: not provider.groups(JOB)[0].live, 30, "the host to end")

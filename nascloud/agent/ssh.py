@@ -37,7 +37,7 @@ def open_ssh(bucket, instance_id: str, cloud: str, root: Path) -> None:
         authorized = bucket.bundle().ssh_public_key
         if not authorized:
             raise NascloudError("the bundle has no ssh_public_key (launched by a nascloud without opt-in SSH)")
-        host = _local(root, instance_id, authorized) if cloud == "local" else _cloud(cloud, authorized)
+        host = local_sshd(root, instance_id, authorized) if cloud == "local" else _cloud(cloud, authorized)
         host.publish(bucket, instance_id)
         log.info("SSH open for debugging: %s@%s:%s, host key %s", host.user, host.address, host.port,
                  host.host_key[:40])
@@ -57,7 +57,7 @@ def _keygen(path: Path, comment: str) -> None:
 
 
 # --- local: a private sshd per host ---------------------------------------------------------------
-def _local(root: Path, instance_id: str, authorized: str) -> HostRecord:
+def local_sshd(root: Path, instance_id: str, authorized: str) -> HostRecord:
     """A private sshd on a free 127.0.0.1 port, with a host key made here and only the job's key admitted.
     It inherits the host's mark, and its sessions get it back (sshd clears their environment); its pid
     goes where the host's power-off finds it, since sshd's process title overwrites its environment."""
