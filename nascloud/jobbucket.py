@@ -9,6 +9,7 @@
     claims/<key>           create-only markers: an alert or notice fired once, whoever fires it
     agent/heartbeat.json, agent/progress.json, agent/exit.json    the agent's reports
     logs/<instance>.log    the agent's log on that instance
+    hosts/<instance>.json  opt-in SSH: the instance's own host key (public half), address and port
     results/               leaderboard.json, best_model.keras, labels.json
 
 The laptop's SQLite only caches which jobs it launched; everything here is the truth, so an observer on
@@ -21,6 +22,7 @@ import json
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -79,6 +81,29 @@ class JobBucket:
         self.store = store
         self.url = store.url
         self._bundle: Optional[Bundle] = None
+        self._views: Optional[dict] = None  # within reading(): the ledger, events and charges read so far
+
+    @contextmanager
+    def reading(self):
+        """One view of the job (a `status`, a tick of `watch`): the ledger, events and charges are listed and
+        read once, not once per figure that uses them (each is a request per object on S3/GCS). A write
+        through this object drops what it changes."""
+        self._views = {}
+        try:
+            yield self
+        finally:
+            self._views = None
+
+    def _viewed(self, what: str, read):
+        if self._views is None:
+            return read()
+        if what not in self._views:
+            self._views[what] = read()
+        return self._views[what]
+
+    def _changed(self, what: str) -> None:
+        if self._views is not None:
+            self._views.pop(what, None)
 
     @classmethod
     def open(cls, job_url: str, keep: int = 3) -> "JobBucket":
@@ -129,6 +154,9 @@ class JobBucket:
 
     # -- the ledger --------------------------------------------------------------------------
     def ledger(self) -> list[LedgerEntry]:
+        return list(self._viewed("ledger", self._read_ledger))
+
+    def _read_ledger(self) -> list[LedgerEntry]:
         entries = []
         for info in self.store.objects.list("ledger/"):
             record = self.store.get_json(info.key)
@@ -141,6 +169,7 @@ class JobBucket:
         return LedgerEntry(**record) if record else None
 
     def put_entry(self, entry: LedgerEntry) -> None:
+        self._changed("ledger")
         self.store.put_json(f"ledger/{entry.instance_id}.json", asdict(entry))
 
     def reconcile(self, instances, now: float, skip: Optional[str] = None) -> None:
@@ -179,14 +208,17 @@ class JobBucket:
         from nascloud.budget import request_charges
 
         rates = self.bundle().bucket_rates
-        total = 0.0
-        for info in self.store.objects.list("charges/"):
-            total += float((self.store.get_json(info.key) or {}).get("usd", 0.0))
+        total = self._viewed("charges", self._read_charges)
         for entry in self.ledger():
             total += sum(request_charges(counts, rates) for counts in entry.requests.values())
         return total
 
+    def _read_charges(self) -> float:
+        return sum(float((self.store.get_json(info.key) or {}).get("usd", 0.0))
+                   for info in self.store.objects.list("charges/"))
+
     def put_charge(self, source: str, usd: float, detail: dict) -> None:
+        self._changed("charges")
         self.store.put_json(f"charges/{source}.json", {"usd": usd, **detail, "updated_at": time.time()})
 
     def charge(self, source: str) -> Optional[dict]:
@@ -198,6 +230,7 @@ class JobBucket:
         recorded that key before. False when it had been."""
         if once is not None and not self.store.objects.put_if_absent(f"claims/{_key(once)}", b"1"):
             return False
+        self._changed("events")
         now = time.time()
         name = f"events/{int(now * 1000):013d}-{kind}-{secrets.token_hex(3)}.json"
         self.store.objects.put_if_absent(name, json.dumps(
@@ -205,6 +238,11 @@ class JobBucket:
         return True
 
     def events(self, after: str = "") -> list[Event]:
+        if self._views is None:
+            return self._read_events(after)
+        return [e for e in self._viewed("events", self._read_events) if e.name > after]
+
+    def _read_events(self, after: str = "") -> list[Event]:
         names = sorted(info.key for info in self.store.objects.list("events/") if info.key > after)
         found = []
         for name in names:

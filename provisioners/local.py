@@ -305,7 +305,8 @@ def launch_request(job_id: str, offer: dict, spec) -> dict:
     return {"cloud": "local", "job_id": job_id,
             "group": {"name": "search", "size": 1, "engine": "a detached supervisor process on this machine",
                       "hosts": "a fresh folder under NASCLOUD_HOME/local/groups running the bootstrap"},
-            "inbound_ports": [], "python": sys.executable, "gpu": spec.compute.gpu,
+            "inbound_ports": [{"port": "a free 127.0.0.1 port", "from": spec.compute.ssh_cidr}] if spec.compute.ssh_cidr
+            else [], "python": sys.executable, "gpu": spec.compute.gpu,
             "price_per_hour": offer.get("price_per_hour", 0.0)}
 
 
