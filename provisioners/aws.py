@@ -2,8 +2,8 @@
 
 What a job creates, all tagged nascloud-job / nascloud-owner / nascloud-job-url:
 - per job: an IAM role + instance profile nascloud-<job-id> (read/write the job's prefix, resize only the
-  job's own groups); with compute.ssh_cidr set, also a security group admitting 22/tcp from that CIDR and
-  the key pair of the job's SSH key (public half). Without ssh_cidr an instance has no inbound port at all.
+  job's own groups); with compute.ssh_cidr set, also a security group admitting 22/tcp from that CIDR (the
+  instance admits the bundle's public key itself: no key pair). Without ssh_cidr no inbound port at all.
 - per group: a launch template and an Auto Scaling group, both nascloud-<job-id>-<group>. The template
   holds the bootstrap (user data), IMDSv2 required, the instance profile and terminate-on-shutdown; the
   group spreads over the offer's instance types and its zones' default subnets, all spot with
@@ -27,8 +27,8 @@ from typing import Optional
 from nascloud.cloud_errors import one_line
 from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.provisioners.base import Group, GroupSpec, Instance, State
-from nascloud.provisioners.common import (bootstrap_script, default_owner, dry_run_group, ensure_key, job_prefix, keys_dir,
-                                          power_off, remove_job_keys, ssh_cidr)
+from nascloud.provisioners.common import (bootstrap_script, default_owner, dry_run_group, job_prefix, power_off,
+                                          remove_job_keys, ssh_cidr)
 
 # The Deep Learning Base AMI (NVIDIA driver, Ubuntu 22.04), found through AWS's public SSM parameter.
 DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
@@ -155,8 +155,7 @@ def _tags(group: GroupSpec) -> list[dict]:
     return [{"Key": k, "Value": str(v)[:256]} for k, v in tags.items()]  # 256: EC2's longest tag value
 
 
-def requests(group: GroupSpec, image: str, subnets: list[str], security_group: Optional[str],
-             key_name: Optional[str]) -> dict:
+def requests(group: GroupSpec, image: str, subnets: list[str], security_group: Optional[str]) -> dict:
     """Every request create_groups makes for one group, as the APIs receive them (the dry run prints them)."""
     name = group_name(group.job_id, group.name)
     offer, tags = group.offer, _tags(group)
@@ -170,8 +169,6 @@ def requests(group: GroupSpec, image: str, subnets: list[str], security_group: O
     }
     if security_group:
         template["SecurityGroupIds"] = [security_group]
-    if key_name:
-        template["KeyName"] = key_name
     spot = bool(offer.get("spot"))
     distribution = {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 0 if spot else 100}
     if spot:
@@ -216,8 +213,7 @@ def launch_request(job_id: str, offer, spec) -> dict:
     zones = _zone_ids(group.offer) or ["<every zone of the region>"]
     security = f"<id of security group {_name(job_id)}>" if spec.compute.ssh_cidr else None
     made = requests(group, spec.compute.image or f"<resolved at launch from SSM {DLAMI_PARAMETER}>",
-                    [f"<default subnet of zone {z}>" for z in zones], security,
-                    _name(job_id) if spec.compute.ssh_cidr else None)
+                    [f"<default subnet of zone {z}>" for z in zones], security)
     return {"cloud": "aws", "region": group.offer.get("region"),
             **job_requests([group], bucket.bucket, bucket.prefix, spec.compute.ssh_cidr), **made}
 
@@ -379,8 +375,7 @@ class AwsProvisioner:
             self._check_offer(ec2, group.offer)
             image = spec.compute.image or self._image(region)
             security_group = self._ensure_security_group(ec2, made) if cidr else None
-            key_name = self._ensure_key_pair(ec2, job_id) if cidr else None
-            found = requests(group, image, self._subnets(ec2, group.offer), security_group, key_name)
+            found = requests(group, image, self._subnets(ec2, group.offer), security_group)
             self._ensure(ec2.create_launch_template, found["CreateLaunchTemplate"],
                          "InvalidLaunchTemplateName.AlreadyExistsException", "creating the launch template")
             self._call(f"creating the Auto Scaling group {name}",
@@ -414,14 +409,6 @@ class AwsProvisioner:
                 raise CloudError(f"the Deep Learning AMI is not published in {region} ({DLAMI_PARAMETER}); "
                                  "give an AMI id as compute.image") from None
             raise _error(error, "looking up the Deep Learning AMI") from None
-
-    def _ensure_key_pair(self, ec2, job_id: str) -> str:
-        key = ensure_key(keys_dir(self.home, job_id) / "id_ed25519", _name(job_id))
-        self._ensure(ec2.import_key_pair, {
-            "KeyName": _name(job_id), "PublicKeyMaterial": key.public_line.encode(),
-            "TagSpecifications": [{"ResourceType": "key-pair", "Tags": [{"Key": JOB_TAG, "Value": job_id}]}]},
-            "InvalidKeyPair.Duplicate", "importing the job's SSH key")
-        return _name(job_id)
 
     def _ensure_security_group(self, ec2, made: dict) -> str:
         name = made["CreateSecurityGroup"]["GroupName"]
@@ -550,7 +537,6 @@ class AwsProvisioner:
             for group in self._call("describing security groups", ec2.describe_security_groups, Filters=[
                     {"Name": "group-name", "Values": [name]}])["SecurityGroups"]:
                 self._quiet(ec2.delete_security_group, {"GroupId": group["GroupId"]}, "InvalidGroup.NotFound")
-            self._quiet(ec2.delete_key_pair, {"KeyName": name}, "InvalidKeyPair.NotFound")
         iam = self._client("iam")
         for call, params in ((iam.remove_role_from_instance_profile, {"InstanceProfileName": name, "RoleName": name}),
                              (iam.delete_instance_profile, {"InstanceProfileName": name}),

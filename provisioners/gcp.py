@@ -30,15 +30,14 @@ from nascloud.cloud_errors import gcp_credentials_error, one_line
 from nascloud.cost import BOOT_DISK_GB
 from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.provisioners.base import Group, GroupSpec, Instance, State
-from nascloud.provisioners.common import (bootstrap_script, default_owner, dry_run_group, ensure_key, job_prefix,
-                                          keys_dir, power_off, remove_job_keys, ssh_cidr)
+from nascloud.provisioners.common import (bootstrap_script, default_owner, dry_run_group, job_prefix, power_off,
+                                          remove_job_keys, ssh_cidr)
 
 ENDPOINT_ENV = "NASCLOUD_GCE_ENDPOINT"
 METADATA_ENV = "NASCLOUD_GCE_METADATA_URL"
 METADATA_URL = "http://metadata.google.internal/computeMetadata/v1"
 # Deep Learning VM image family with CUDA and the NVIDIA driver installer; overridable with compute.image.
 DEFAULT_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
-SSH_USER = "nascloud"
 JOB_LABEL, OWNER_LABEL, GROUP_LABEL = "nascloud-job", "nascloud-owner", "nascloud-group"
 JOB_URL_KEY = "nascloud-job-url"  # metadata (labels cannot hold a URL): where `gc` finds the job's bucket
 ACCELERATORS = {"T4": "nvidia-tesla-t4", "V100": "nvidia-tesla-v100", "P100": "nvidia-tesla-p100",
@@ -135,8 +134,7 @@ def _scheduling(spot: bool, preemptible: bool) -> dict:
     return {"provisioningModel": "STANDARD", "automaticRestart": True, "onHostMaintenance": "TERMINATE"}
 
 
-def requests(group: GroupSpec, image: str, service_account: Optional[str], ssh_key: Optional[str],
-             cidr: Optional[str]) -> dict:
+def requests(group: GroupSpec, image: str, service_account: Optional[str], cidr: Optional[str]) -> dict:
     """Every request create_groups makes for one group, as the API receives it (the dry run prints them)."""
     offer, spec, job_id = group.offer, group.spec, group.job_id
     name = group_name(job_id, group.name)
@@ -146,8 +144,8 @@ def requests(group: GroupSpec, image: str, service_account: Optional[str], ssh_k
              {"key": JOB_URL_KEY, "value": job_prefix(spec, job_id, "gs").url}]
     if offer.get("gpu"):
         items.append({"key": "install-nvidia-driver", "value": "True"})
-    if ssh_key:  # the public half only: the host key is made on the instance and published to the bucket
-        items += [{"key": "ssh-keys", "value": ssh_key}, {"key": "block-project-ssh-keys", "value": "true"}]
+    if cidr:  # the instance admits only the bundle's key: no project-wide key may log in through port 22
+        items.append({"key": "block-project-ssh-keys", "value": "true"})
 
     def template(template_name: str, spot: bool) -> dict:
         properties = {
@@ -199,8 +197,7 @@ def launch_request(job_id: str, offer, spec) -> dict:
     group = dry_run_group("gcp", job_id, offer, spec)
     project = os.environ.get("NASCLOUD_GCP_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT") or "<your project>"
     account = os.environ.get("NASCLOUD_GCP_SERVICE_ACCOUNT") or "<NASCLOUD_GCP_SERVICE_ACCOUNT>"
-    made = requests(group, spec.compute.image or DEFAULT_IMAGE, account,
-                    f"{SSH_USER}:<the job's SSH public key>" if spec.compute.ssh_cidr else None, spec.compute.ssh_cidr)
+    made = requests(group, spec.compute.image or DEFAULT_IMAGE, account, spec.compute.ssh_cidr)
     return {"cloud": "gcp", "project": project, "region": _region(group.offer), **made,
             "service account binding": identity_binding(project, _region(group.offer), job_id, [group.name])}
 
@@ -378,11 +375,7 @@ class GcpProvisioner:
         _check_names(job_id, group.name)
         region = self._check_offer(group.offer)
         cidr = ssh_cidr(spec, lambda: "") if spec.compute.ssh_cidr else None
-        ssh_key = None
-        if cidr:
-            key = ensure_key(keys_dir(self.home, job_id) / "id_ed25519", f"nascloud-{job_id}")
-            ssh_key = f"{SSH_USER}:{key.public_line}"
-        made = requests(group, spec.compute.image or DEFAULT_IMAGE, self.service_account, ssh_key, cidr)
+        made = requests(group, spec.compute.image or DEFAULT_IMAGE, self.service_account, cidr)
         if cidr:
             self._insert("creating the firewall rule", "FirewallsClient", "firewall_resource",
                          made["firewalls.insert"], compute_v1.Firewall)

@@ -93,12 +93,17 @@ def test_gcp_an_instance_that_cannot_use_its_bucket_ends_its_group_with_the_reas
     assert_nothing_left_gce(gcp_env, job_id)
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2, hosts: Hypervisor = None):
+    """Poll predicate; with hosts, give up at once when every host has ended (nothing can change it now)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
+        if hosts and hosts.hosts and not hosts.live():
+            last = max(hosts.hosts.values(), key=lambda h: h.started_at)
+            raise AssertionError(f"every host ended while waiting for {what}; the last one's console:\n"
+                                 f"{hosts.console(last.machine.instance_id)[-3000:]}")
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
@@ -122,7 +127,7 @@ def reclaim_mid_search_and_finish(url: str, hosts: Hypervisor, reclaim) -> dict:
 
     job = JobBucket.open(url)
     wait_for(lambda: (job.progress().get("running") or {}).get("epoch", 0) >= 1, 600, "a trial's first epoch",
-             interval=0.5)
+             interval=0.5, hosts=hosts)
     (first,) = hosts.live()
     me = first.machine.instance_id
     first.machine.metadata.notice()
@@ -135,14 +140,14 @@ def reclaim_mid_search_and_finish(url: str, hosts: Hypervisor, reclaim) -> dict:
         return (record.get("status"), record.get("instance_id")) == ("preempted", me) and bool(found) and \
             f"snapshot {sid} committed" in found[0].decode()
 
-    wait_for(noticed, 120, "the agent to act on the notice")
+    wait_for(noticed, 120, "the agent to act on the notice", hosts=hosts)
     reclaimed_at = time.time()
     reclaim(me)
     hosts.wait_for(lambda found: len([h for h in found.values() if h.ended_at is None]) == 1 and first.ended_at,
                    120, "the group's replacement")
     (second,) = hosts.live()
     wait_for(lambda: (job.heartbeat() or {}).get("instance_id") == second.machine.instance_id, 600,
-             "the replacement's agent to heartbeat", interval=0.2)
+             "the replacement's agent to heartbeat", interval=0.2, hosts=hosts)
     heartbeat_at = time.time()
     final = wait_for(lambda: (job.exit_record() or {}).get("status") in ("finished", "failed", "budget") and
                      job.exit_record(), 900, "the job to end", interval=1)

@@ -124,14 +124,14 @@ def test_the_templates_read_back_carry_spot_terminate_the_accelerator_and_no_inb
         "us-central1-a", "us-central1-b"]  # the offer's zones: the group moves between them, not nascloud
 
 
-def test_ssh_cidr_adds_a_narrow_firewall_and_the_public_key_and_delete_removes_them(gcp, gce):
+def test_ssh_cidr_adds_a_narrow_firewall_and_delete_removes_it(gcp, gce):
     gcp.create_groups([group(job(ssh_cidr=CIDR))])
     (rule,) = gce.firewalls.values()
     properties = gce.templates[NAME]["properties"]
     assert (rule["sourceRanges"], rule["allowed"], rule["targetTags"]) == (
         [CIDR], [{"IPProtocol": "tcp", "ports": ["22"]}], properties["tags"]["items"])
     metadata = {item["key"]: item["value"] for item in properties["metadata"]["items"]}
-    assert metadata["ssh-keys"].startswith("nascloud:ssh-ed25519 ")
+    assert metadata["block-project-ssh-keys"] == "true" and "ssh-keys" not in metadata  # only the bundle's key
     gcp.delete(JOB)
     assert_nothing_left_gce(gce, JOB)
 
