@@ -30,3 +30,9 @@ def duration(hours: Optional[float]) -> str:
         return "-"
     minutes = round(hours * 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def trial_number(trial_id) -> str:
+    """The trial as every screen numbers it: 1 for the first (KerasTuner's ids count from 00)."""
+    text = str(trial_id)
+    return str(int(text) + 1) if text.isdigit() else text

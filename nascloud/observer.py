@@ -102,7 +102,11 @@ def summary(bucket: JobBucket, now: Optional[float] = None, tidy_up: bool = True
         "price_per_hour": bundle.offer.price_per_hour,
         "budget_usd": budget.get("usd"), "max_hours": budget.get("max_hours"),
         "spent_usd": round(tick.spent_usd, 6), "bucket_usd": round(bucket_usd, 6),
-        "money": {k: v for k, v in tick.as_dict().items() if k not in ("alerts", "stop", "reason")},
+        # An ended job burns nothing, whatever its last instance cost.
+        "money": {k: v for k, v in tick.as_dict().items() if k not in ("alerts", "stop", "reason")}
+        | ({"burn_usd_per_hour": 0.0, "projected_usd": tick.spent_usd, "remaining_hours": 0.0}
+           if status in SHOWN_FINAL else {}),
+        "alert_thresholds": list(bundle.spec.budget.alerts),
         "estimate": {"cost_usd": estimate.get("cost_usd"), "wall_hours": estimate.get("wall_hours")},
         "actual": {"cost_usd": round(tick.spent_usd, 6), "wall_hours": round((ended - bundle.created_at) / 3600, 4)},
         "instances": [{"instance_id": e.instance_id, "group": e.group, "zone": e.zone, "launched_at": e.launched_at,
@@ -112,7 +116,8 @@ def summary(bucket: JobBucket, now: Optional[float] = None, tidy_up: bool = True
                                               for g in found],
         "preemptions": sum(1 for e in ledger if e.end_reason in ("preempted", "lost")),
         # Until the agent reports, the job file says how many trials there will be.
-        "progress": {"max_trials": bundle.spec.search.max_trials, **bucket.progress()},
+        "progress": {"max_trials": bundle.spec.search.max_trials, "epochs": bundle.spec.search.epochs,
+                     **bucket.progress()},
         "alerts": [{"time": e.time, "message": e.message, **(e.data or {})} for e in bucket.events() if e.kind == "alert"],
     }
 
@@ -150,44 +155,118 @@ def follow(bucket: JobBucket, poll_seconds: float = 2.0) -> str:
             time.sleep(poll_seconds)
 
 
-def render_summaries(summaries: list[dict]) -> None:
+def render_summaries(summaries: list[dict], now: Optional[float] = None) -> None:
+    """`nascloud status`: a table, one row a job; where the table would not fit the terminal, a few lines a
+    job instead. The job id is never cut (it is what every other command takes); a pipe gets the table."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("job", "status", "trials", "best", "spent", "budget", "estimate P50", "preemptions")
-    for s in summaries:
-        progress = s["progress"]
-        estimate = (s["estimate"].get("cost_usd") or {}).get("p50")
-        table.add_row(
-            s["job_id"], s["status"],
-            f"{progress.get('trials_done', 0)}/{progress.get('max_trials', '?')}",
-            _fmt(progress.get("best_score")),
-            f"${s['spent_usd']:.2f}",
-            f"${s['budget_usd']:.2f}" if s["budget_usd"] else "-",
-            f"${estimate:.2f}" if estimate is not None else "-",
-            str(s["preemptions"]),
-        )
-    Console().print(table if summaries else "no jobs yet; start one with `nascloud launch JOB.yaml`")
+    now = now or time.time()
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    if not summaries:
+        console.print("no jobs yet; start one with `nascloud launch JOB.yaml`")
+        return
+    header = ("job", "status", "started", "cloud", "GPU", "region", "trials", "best", "spent", "budget",
+              "estimate P50", "preempt.")
+    rows = [_status_row(s, now) for s in summaries]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    if sum(widths) + 3 * len(widths) + 1 <= console.width:  # the cells and the table's borders and padding
+        table = Table(*header)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        for row in rows:
+            cells = dict(zip(header, row))
+            console.print(f"[bold]{cells['job']}[/bold]  {cells['status']}", soft_wrap=True)
+            console.print(f"  started {cells['started']} on {cells['cloud']} {cells['GPU']} in {cells['region']}")
+            console.print(f"  trials {cells['trials']}, best {cells['best']}; spent {cells['spent']} of "
+                          f"{cells['budget']} (estimate P50 {cells['estimate P50']}); "
+                          f"{cells['preempt.']} preemption(s)")
     for s in summaries:
         if s.get("reason") and s["status"] not in ("running", "launching"):
-            Console().print(f"{s['job_id']}: {s['reason']}")
+            console.print(f"{s['job_id']}: {s['reason']}", soft_wrap=True)
+
+
+def _status_row(s: dict, now: float) -> tuple[str, ...]:
+    from nascloud.formats import dollars
+
+    progress, offer = s["progress"], s.get("offer") or {}
+    estimate = ((s.get("estimate") or {}).get("cost_usd") or {}).get("p50")
+    local = offer.get("cloud") == "local"
+    return (s["job_id"], s["status"], _started(s.get("created_at"), now), offer.get("cloud") or "-",
+            offer.get("gpu") or ("CPU" if local else "-"), "-" if local else offer.get("region") or "-",
+            f"{progress.get('trials_done', 0)}/{progress.get('max_trials', '?')}", _fmt(progress.get("best_score")),
+            dollars(s["spent_usd"]), dollars(s["budget_usd"]) if s["budget_usd"] else "-",
+            dollars(estimate) if estimate is not None else "-", str(s["preemptions"]))
+
+
+def _started(created_at: Optional[float], now: float) -> str:
+    """The date and time a job started, and how long ago: 11-30 14:02 (3 d ago)."""
+    if created_at is None:
+        return "-"
+    minutes = max(0, int(now - created_at) // 60)
+    age = (f"{minutes} min" if minutes < 60 else f"{minutes // 60} h" if minutes < 48 * 60
+           else f"{minutes // 1440} d")
+    return f"{time.strftime('%m-%d %H:%M', time.localtime(created_at))} ({age} ago)"
 
 
 def render_leaderboard(board: dict, folder: Path) -> None:
+    """`nascloud results`: the trials, best first, with the searched hyperparameters in words and the best
+    model's accuracy on the held-out test set."""
     from rich.console import Console
     from rich.table import Table
 
+    from nascloud.formats import trial_number
+
     trials = board.get("trials", board if isinstance(board, list) else [])
-    table = Table("trial", "score", "status", "params", "seconds", "hyperparameters")
+    objective = board.get("objective") or "score"
+    best = board.get("best_trial_id")
+    test = board.get("test_accuracy")
+    table = Table("trial", objective, "test accuracy", "block", "depth", "kernel", "dropout", "optimizer",
+                  "params", "seconds", "")
     for trial in trials:
-        table.add_row(str(trial.get("trial_id")), _fmt(trial.get("score")), str(trial.get("status", "")),
-                      str(trial.get("parameters", "")), _fmt(trial.get("duration_seconds")),
-                      ", ".join(f"{k}={v}" for k, v in (trial.get("hyperparameters") or {}).items())[:80])
-    console = Console()
+        hp = readable_hyperparameters(trial.get("hyperparameters") or {})
+        is_best = trial.get("trial_id") == best
+        table.add_row(trial_number(trial.get("trial_id")), _fmt(trial.get("score")),
+                      _fmt(test) if is_best else "", hp["block"], hp["depth"], hp["kernel"], hp["dropout"],
+                      hp["optimizer"], f"{trial['parameters']:,}" if trial.get("parameters") else "-",
+                      f"{trial['duration_seconds']:.0f}" if trial.get("duration_seconds") is not None else "-",
+                      "★ best" if is_best else ("" if trial.get("status") == "COMPLETED"
+                                               else str(trial.get("status", "")).lower()),
+                      style="bold green" if is_best else "")
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     console.print(table)
+    if best is not None and test is not None:
+        console.print(f"best: trial {trial_number(best)}, test accuracy {test:.4f} on "
+                      f"{board.get('test_samples', '?')} held-out samples")
     model = folder / "best_model.keras"
     if model.exists():
         console.print(f"best model: {model} (labels: {folder / 'labels.json'})")
+
+
+# The block each AutoKeras block's hyperparameter path names (image_block/<this>_1/...).
+BLOCKS = {"conv_block": "vanilla", "res_net_block": "resnet", "xception_block": "xception",
+          "efficient_net_block": "efficient", "dense_block": "dense"}
+
+
+def readable_hyperparameters(values: dict) -> dict:
+    """AutoKeras' hyperparameter paths as the job file's space names them: block type, depth (blocks ×
+    layers), kernel size, dropout, and the optimizer with its learning rate; "-" where a trial had none."""
+    def last(name: str, inside: str = ""):
+        return next((v for k, v in values.items() if k.endswith("/" + name) and inside in k), None)
+
+    block = last("block_type") or next((label for path, label in BLOCKS.items()
+                                        if any(f"/{path}_" in k for k in values)), None)
+    blocks, layers = last("num_blocks"), last("num_layers")
+    depth = "×".join(str(v) for v in (blocks, layers) if v is not None)
+    body = next((f"/{path}_" for path in BLOCKS if any(f"/{path}_" in k for k in values)), "/")
+    optimizer = values.get("optimizer")
+    rate = values.get("learning_rate")
+    return {"block": str(block or "-"), "depth": depth or "-",
+            "kernel": str(last("kernel_size") or "-"),
+            "dropout": "-" if last("dropout", body) is None else f"{last('dropout', body):g}",
+            "optimizer": f"{optimizer}, lr {rate:g}" if optimizer and rate is not None else str(optimizer or "-")}
 
 
 def _fmt(value) -> str:

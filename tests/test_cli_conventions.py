@@ -267,3 +267,39 @@ def test_check_names_each_failure_and_exits_1(cli, aws_bucket, ec2_quotas):
 def test_check_without_a_cloud_or_bucket_says_what_to_give(cli):
     code, _, err = cli("check")
     assert code == 2 and "--cloud" in one_error(err) and "--bucket" in one_error(err)
+
+
+# ---- nascloud rm ------------------------------------------------------------------------------------------
+
+def test_rm_refuses_a_live_job_then_deletes_an_ended_one_after_saying_what_it_holds(cli, aws_bucket):
+    from nascloud import launching
+    from nascloud.checkpoints import open_store
+    from nascloud.jobbucket import JobBucket
+    from nascloud.job import load_job
+    from nascloud.provisioners import provisioner_for
+    from nascloud.state import JobCache
+
+    url, held = aws_bucket
+    spec = load_job(AWS_JOB, [f"checkpoint.bucket={url}", "compute.image=ami-03cf127a"])
+    bundle = launching.new_bundle(launching.quote(spec), "digits-aws-0a1b2c", "data/none")
+    store = open_store(bundle.job_url)
+    store.put_json("bundle/job.json", bundle.to_json())
+    JobBucket(store).add_event("created", "job created")
+    JobCache().remember(bundle.job_id, spec.name, bundle.job_url, bundle.created_at)
+    provisioner_for(bundle).create_groups(launching.group_specs(bundle))  # its group, at size 1
+
+    code, _, err = cli("rm", bundle.job_id, "--yes")
+    assert code == 2 and "nascloud stop digits-aws-0a1b2c" in one_error(err)
+    assert held() == 2
+
+    JobBucket(store).write_exit("stopped", "stopped by `nascloud stop`", "observer")
+    code, _, err = cli("rm", bundle.job_id)  # no terminal to ask on
+    assert code == 2 and "--yes" in one_error(err)
+    assert re.match(rf"job digits-aws-0a1b2c \(stopped\) holds 3 objects, [\d.]+ k?B, in {bundle.job_url}\n", err)
+    assert held() == 3
+
+    code, out, err = cli("rm", bundle.job_id, "--yes")
+    assert code == 0, err
+    assert re.fullmatch(r"removed job digits-aws-0a1b2c: 3 objects, [\d.]+ k?B\n", out)
+    assert held() == 0 and JobCache().jobs() == []
+    assert boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"] == []

@@ -98,7 +98,7 @@ class Governance:
     def conclude(self, status: str, message: str) -> None:
         """The job's final notice (finished, stopped, budget, deadline, failed): once, whoever reaches it."""
         total = self.spent()
-        text = f"{CONCLUSIONS.get(status, status)} (spent ${total:.2f}): {message}"
+        text = f"{CONCLUSIONS.get(status, status).format(job=self.bundle.job_id)} (spent ${total:.2f}): {message}"
         if self.bucket.add_event(status, text, {"spent_usd": total}, once=f"final:{status}:{self._epoch()}"):
             self.notify(text)
 
@@ -108,9 +108,9 @@ class Governance:
 
 
 CONCLUSIONS = {
-    "finished": "search finished; `nascloud results JOB` shows the leaderboard and the best model",
-    "stopped": "job stopped with a final snapshot; `nascloud resume JOB` continues it",
-    "budget": "stopped at the budget with a final snapshot; continue with `nascloud resume JOB --budget +USD`",
-    "deadline": "stopped at the deadline with a final snapshot; continue with `nascloud resume JOB --max-hours H`",
-    "failed": "the search failed; see `nascloud logs JOB --agent 50`",
+    "finished": "search finished; `nascloud results {job}` shows the leaderboard and the best model",
+    "stopped": "job stopped with a final snapshot; `nascloud resume {job}` continues it",
+    "budget": "stopped at the budget with a final snapshot; continue with `nascloud resume {job} --budget +USD`",
+    "deadline": "stopped at the deadline with a final snapshot; continue with `nascloud resume {job} --max-hours H`",
+    "failed": "the search failed; see `nascloud logs {job} --agent 50`",
 }

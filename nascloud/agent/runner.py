@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Optional
 from nascloud.agent import data as data_module
 from nascloud.agent.notices import Notices, StopRequested, fault_armed, fault_point, pollers, start_polling
 from nascloud.errors import NascloudError, StaleWriterError, UsageError
+from nascloud.formats import trial_number
 from nascloud.job import JobSpec
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ class Agent:
             "trials_failed": sum(r["status"] in ("FAILED", "INVALID") for r in rows),
             "running": self.running, "best_score": done[0]["score"] if done else None,
             "objective": self.search.objective, "trial_durations": [r["duration_seconds"] for r in done],
+            "trials": [{k: r[k] for k in ("trial_id", "status", "score", "duration_seconds")} for r in rows],
             "finished": finished, "snapshot_id": self.snapshot_id, "updated_at": time.time()})
 
     def exit_status(self, status: str, message: str) -> AgentResult:
@@ -193,18 +195,18 @@ class Agent:
     # -- search hooks ----------------------------------------------------------------------
     def trial_started(self, trial_id: str, epoch: int) -> None:
         self.running = {"trial_id": trial_id, "epoch": epoch}
-        log.info("trial %s starts at epoch %d", trial_id, epoch)
+        log.info("trial %s starts at epoch %d", trial_number(trial_id), epoch + 1)  # numbered as every screen
         self.progress()
 
     def epoch_ended(self, trial_id: str, epoch: int) -> None:
         self.running = {"trial_id": trial_id, "epoch": epoch + 1}
         if time.monotonic() - self.last_snapshot >= self.job.interval_seconds:
-            self.snapshot(f"trial {trial_id} epoch {epoch + 1}")
+            self.snapshot(f"trial {trial_number(trial_id)} epoch {epoch + 1}")
         self.progress()
 
     def trial_ended(self, trial_id: str) -> None:
         self.running = None
-        self.snapshot(f"trial {trial_id} end")
+        self.snapshot(f"trial {trial_number(trial_id)} end")
         self.progress()
 
     def snapshot(self, why: str) -> None:
@@ -331,8 +333,8 @@ class Agent:
     def _stop(self, stop: StopRequested) -> AgentResult:
         self.notices.hold()  # a second notice must not interrupt the final snapshot
         if self.searching:
-            where = (f"trial {self.running['trial_id']} epoch {self.running['epoch']}" if self.running
-                     else "a trial's end")
+            where = (f"trial {trial_number(self.running['trial_id'])} epoch {self.running['epoch']}"
+                     if self.running else "a trial's end")
             self.snapshot(f"{where} ({stop.reason}: {stop.message})")
             self.progress()
         if self.governance is not None:

@@ -87,8 +87,9 @@ def _spending(quote) -> list[str]:
 
     offer, estimate, spec = quote.offer, quote.estimate, quote.spec
     market = "spot" if offer.get("spot") else "on-demand"
+    gpu = offer.get("gpu") or "no GPU"
     where = ("this machine (local provider)" if offer["cloud"] == "local" else
-             f"{offer['cloud']} {offer['instance_type']} ({offer.get('gpu') or 'no GPU'}, {market}) in {offer['region']}")
+             f"{offer['cloud']} {offer['instance_type']} ({gpu}, {market}) in {offer['region']}")
     deadline = f", deadline {duration(spec.budget.max_hours)}" if spec.budget.max_hours else ""
     bucket = spec.checkpoint.bucket
     return [
