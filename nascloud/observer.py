@@ -80,7 +80,13 @@ def tidy(bucket: JobBucket, found: Optional[list], status: str) -> None:
 
 
 def summary(bucket: JobBucket, now: Optional[float] = None, tidy_up: bool = True) -> dict:
-    """What `status --json` prints and the live view shows."""
+    """What `status --json` prints and the live view shows: one reading of the bucket (every figure below
+    uses the ledger, events or charges; each is listed and read once)."""
+    with bucket.reading():
+        return _summary(bucket, now, tidy_up)
+
+
+def _summary(bucket: JobBucket, now: Optional[float], tidy_up: bool) -> dict:
     from nascloud.jobbucket import money
 
     now = now or time.time()
