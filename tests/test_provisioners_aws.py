@@ -153,6 +153,14 @@ def test_a_group_aws_refuses_fails_at_launch_in_one_line_with_nothing_left(aws, 
     assert_nothing_left_aws(JOB)  # the role and the launch template made before it are gone again
 
 
+def test_list_owned_finds_every_job_group_with_its_bucket_url_for_gc(aws):
+    aws.create_groups([group()])
+    fresh = get_provisioner("aws", region="us-east-1")  # gc on a machine that never saw the job
+    (owned,) = fresh.list_owned()
+    assert (owned.job_id, owned.name, owned.size) == (JOB, "search", 1)
+    assert fresh.job_url(owned) == f"s3://nascloud-test/jobs/{JOB}"
+
+
 def test_the_ami_comes_from_the_deep_learning_ami_parameter_and_a_failed_create_leaves_nothing(aws):
     with pytest.raises(CloudError, match="give an AMI id as compute.image"):
         aws.create_groups([group(job(image=None))])

@@ -160,6 +160,14 @@ def test_groups_is_one_list_per_region_and_one_aggregated_list_each(gcp, gce):
                                   ("GET", "instances.aggregatedList"): 1, ("GET", "operations.aggregatedList"): 1}
 
 
+def test_list_owned_finds_every_job_group_with_its_bucket_url_for_gc(gcp, gce):
+    gcp.create_groups([group()])
+    fresh = get_provisioner("gcp", region="us-central1", project=gce.project)  # gc elsewhere
+    (owned,) = fresh.list_owned()
+    assert (owned.job_id, owned.name, owned.size) == (JOB, "search", 1)
+    assert fresh.job_url(owned) == f"gs://nascloud-test/jobs/{JOB}"
+
+
 def test_legacy_preemptible_and_on_demand_scheduling(gcp, gce):
     gcp.create_groups([group(job(provisioning="preemptible"))])
     gcp.create_groups([group(job(spot=False), job_id="other-job-000001", spot=False, instance_type="g2-standard-4",
