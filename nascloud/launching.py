@@ -245,11 +245,12 @@ def stop(bucket, timeout_seconds: float) -> str:
     bucket.request_stop(by=f"nascloud stop on {socket.gethostname()}")
     deadline = time.monotonic() + timeout_seconds
     found = groups(bucket)
-    status, _ = job_status(bucket, found)
-    while status in ("stopping", "running", "launching") and time.monotonic() < deadline and _live(found):
+    # Until the instance has ended itself (its exit record, final notice and log written, groups at 0), or the
+    # timeout: ending its group earlier would cut its last writes short.
+    while _live(found) and time.monotonic() < deadline:
         time.sleep(1.0)
         found = groups(bucket)
-        status, _ = job_status(bucket, found)
+    status, _ = job_status(bucket, found)
     job_id = bucket.bundle().job_id
     if status not in ("finished", "stopped", "budget", "deadline", "failed"):
         # Nobody answered (no instance, or it never wrote its record): stop it from here.
@@ -381,5 +382,11 @@ def collect(prov, garbage: list[tuple]) -> None:
     """End the groups gc found (size 0: their instances go), then delete what they needed."""
     for group, why in garbage:
         prov.resize(group.job_id, group.name, 0, reason=f"collected by `nascloud gc`: {why}")
+    deadline = time.monotonic() + GONE_SECONDS
     for job_id in sorted({group.job_id for group, _ in garbage}):
+        while any(g.live for g in prov.groups(job_id)) and time.monotonic() < deadline:
+            time.sleep(0.5)  # the engine ends the instances; what they needed goes once they are gone
         prov.delete(job_id)
+
+
+GONE_SECONDS = 120.0

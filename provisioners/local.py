@@ -294,10 +294,14 @@ class Supervisor:
         return size > 0 or bool(live)
 
     def run(self) -> None:
-        with open(self.folder / "supervisor.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            while self.step():
-                time.sleep(POLL_SECONDS)
+        while True:
+            with open(self.folder / "supervisor.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                while self.step():
+                    time.sleep(POLL_SECONDS)
+            # A resize that came while this one was ending saw the lock held and started no supervisor.
+            if int((_read(self.folder / "group.json") or {}).get("size", 0)) == 0:
+                return
 
 
 def launch_request(job_id: str, offer: dict, spec) -> dict:
