@@ -44,8 +44,6 @@ ACCELERATORS = {"T4": "nvidia-tesla-t4", "V100": "nvidia-tesla-v100", "P100": "n
                 "P4": "nvidia-tesla-p4", "L4": "nvidia-l4", "A100": "nvidia-tesla-a100",
                 "A100-80GB": "nvidia-a100-80gb", "H100": "nvidia-h100-80gb"}
 BUILT_IN_GPU = ("g2-", "a2-", "a3-")  # these machine types come with their GPUs attached
-CAPACITY_CODES = {"ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
-                  "RESOURCE_POOL_EXHAUSTED"}
 PREEMPTED_OP = "compute.instances.preempted"
 # The instance resizes its own group (IAM on the service account decides what it may do) and uses the bucket.
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
