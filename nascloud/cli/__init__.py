@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-import typer
+# nascloud uses no pydantic plugins, and looking for them reads every installed package's metadata when the
+# first model is built: a tenth of `nascloud estimate`'s time (benchmarks/bench_cli_speed.py).
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from nascloud.cli.app import app
-from nascloud.errors import NascloudError
+import typer  # noqa: E402
+
+from nascloud.cli.app import app  # noqa: E402
+from nascloud.errors import NascloudError  # noqa: E402
 
 # Each module registers its commands on `app`; importing them must stay cheap (no cloud SDKs,
 # no TensorFlow): heavy imports live inside the commands that use them.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -22,6 +21,8 @@ def agent(
 ) -> int:
     """Run (or resume) the job's search: restore, search, snapshot, export. Exit 0 finished or stopped, 3
     budget or deadline, 75 preempted (resumable), 2 bad input, 1 failure."""
+    import logging
+
     from nascloud.agent.runner import AgentOptions, run_agent
 
     logging.basicConfig(level=logging.INFO, format="nascloud agent: %(message)s")
