@@ -83,6 +83,16 @@ class Beats(threading.Thread):
         return min(t for (i, _), t in self.first.items() if i == instance_id)
 
 
+def end_groups(bucket) -> None:
+    """Whatever happened, the job's hosts end before their folders go with the temporary directory."""
+    from nascloud.observer import provisioner
+
+    prov, job_id = provisioner(bucket), bucket.bundle().job_id
+    for group in prov.groups(job_id):
+        prov.resize(job_id, group.name, 0)
+    wait_for(lambda: not any(g.live for g in prov.groups(job_id)), 60, "the job's hosts to end")
+
+
 def hosts(bucket) -> dict:
     """The provider's own record of each host of the job: launch and end times."""
     from nascloud.observer import groups
@@ -133,10 +143,7 @@ def main() -> None:
             nascloud("stop", bucket.url)
         finally:
             beats.done.set()
-            from nascloud.observer import provisioner
-
-            for group in provisioner(bucket).groups(job_id):
-                provisioner(bucket).resize(job_id, group.name, 0)
+            end_groups(bucket)
     print(f"recovery on the local provider, digits search, NASCLOUD_HEARTBEAT_SECONDS=1, "
           f"{args.preemptions} preemptions while training (load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores); launch -> first training {first_training:.1f} s")

@@ -32,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_recovery import end_groups, wait_for  # noqa: E402
+
 JOB = {
     "name": "bench-status",
     "search": {"data": "sklearn:digits", "max_trials": 3, "epochs": 4,
@@ -52,16 +54,6 @@ def nascloud(*args: str, home: Path) -> subprocess.CompletedProcess:
     return done
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def finished_job(root: Path) -> str:
     """One real search run to its end, preempted once while it trains; its bucket prefix URL."""
     from nascloud.jobbucket import JobBucket
@@ -72,10 +64,13 @@ def finished_job(root: Path) -> str:
     # A rehearsal price, so the budget's alerts fire and the ledger bills, as on a cloud.
     launched = nascloud("launch", str(job_file), "--detach", "--price-per-hour", "36", "--force", home=root / "home")
     bucket = JobBucket.open(f"file://{root / 'bucket'}/{launched.stdout.split()[1].rstrip(':')}")
-    wait_for(lambda: bucket.progress().get("trials_done", 0) >= 1 and bucket.heartbeat().get("phase") == "searching",
-             600, "the second trial")
-    drill(bucket, timeout_seconds=600)
-    wait_for(lambda: (bucket.exit_record() or {}).get("status") == "finished", 900, "the search to finish")
+    try:
+        wait_for(lambda: bucket.progress().get("trials_done", 0) >= 1 and bucket.heartbeat().get("phase") == "searching",
+                 600, "the second trial")
+        drill(bucket, timeout_seconds=600)
+        wait_for(lambda: (bucket.exit_record() or {}).get("status") == "finished", 900, "the search to finish")
+    finally:
+        end_groups(bucket)
     nascloud("status", bucket.url, home=root / "home")  # the observer tidies the ended group away, as a user's would
     return bucket.url
 
