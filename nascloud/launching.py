@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -227,8 +228,9 @@ def launch(prepared: Prepared):
     bucket = JobBucket(store)
     bucket.set_budget(spec.budget.usd, spec.budget.max_hours)
     JobCache().remember(job_id, spec.name, job_url, bundle.created_at)
-    bucket.add_event("created", f"job {job_id} created on {record.cloud} {record.instance_type} at "
-                                f"{per_hour(record.price_per_hour)}; state in {job_url}")
+    where = "this machine (local provider)" if record.cloud == "local" else f"{record.cloud} {record.instance_type}"
+    bucket.add_event("created", f"job {job_id} created on {where} at {per_hour(record.price_per_hour)}; "
+                                f"state in {job_url}")
     requests = asdict(store.requests)  # the bundle's uploads open the job's bucket charges
     bucket.put_charge("launch", request_charges(requests, bundle.bucket_rates), requests)
     prepared.provisioner.create_groups(group_specs(bundle))
@@ -303,6 +305,7 @@ def holdings(bucket) -> tuple[str, int, int]:
 def remove(bucket) -> None:
     """Delete an ended job: what its provider still keeps of it, every object under its prefix, and this
     machine's record of it. The bundle goes last, so an interrupted remove can be run again."""
+    from nascloud.checkpoints import parse_url
     from nascloud.observer import provisioner
     from nascloud.state import JobCache
 
@@ -311,6 +314,9 @@ def remove(bucket) -> None:
     objects = bucket.store.objects
     for info in sorted(objects.list(""), key=lambda o: o.key == "bundle/job.json"):
         objects.delete(info.key)
+    url = parse_url(bucket.url)
+    if url.scheme == "file":  # a folder keeps its empty sub-folders and lock file: the job's folder goes too
+        shutil.rmtree(url.bucket, ignore_errors=True)
     JobCache().forget(job_id)
 
 

@@ -303,3 +303,15 @@ def test_rm_refuses_a_live_job_then_deletes_an_ended_one_after_saying_what_it_ho
     assert re.fullmatch(r"removed job digits-aws-0a1b2c: 3 objects, [\d.]+ k?B\n", out)
     assert held() == 0 and JobCache().jobs() == []
     assert boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"] == []
+
+
+def test_rm_of_a_job_in_a_folder_leaves_no_folder_behind(cli, tmp_path):
+    from nascloud.jobbucket import JobBucket
+    from tests.fixtures.search import make_bundle
+
+    url = make_bundle(tmp_path, "digits-0a1b2c")
+    JobBucket.open(url).write_exit("finished", "3 trials completed", "local-0001")
+    code, out, err = cli("rm", url, "--yes")
+    assert code == 0, err
+    assert out.startswith("removed job digits-0a1b2c: ")
+    assert not (tmp_path / "bucket" / "digits-0a1b2c").exists()

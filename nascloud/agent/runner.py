@@ -327,8 +327,9 @@ class Agent:
         done = sum(r["status"] == "COMPLETED" for r in rows)
         if self.governance is not None:
             self.governance.sample_storage()
-        return self.exit_status("finished", f"{done} trials completed; best {self.search.objective} "
-                                            f"{rows[0]['score'] if rows else None}, test accuracy {accuracy:.4f}")
+        best = f"{rows[0]['score']:.4g}" if rows and rows[0]["score"] is not None else "-"
+        return self.exit_status("finished", f"{done} trials completed; best {self.search.objective} {best}, "
+                                            f"test accuracy {accuracy:.4f}")
 
     def _stop(self, stop: StopRequested) -> AgentResult:
         self.notices.hold()  # a second notice must not interrupt the final snapshot

@@ -6,7 +6,7 @@ import os
 import sys
 
 # nascloud uses no pydantic plugins, and looking for them reads every installed package's metadata when the
-# first model is built: a tenth of `nascloud estimate`'s time (benchmarks/bench_cli_speed.py).
+# first model is built: about 10 ms of every command (benchmarks/bench_cli_speed.py).
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import typer  # noqa: E402

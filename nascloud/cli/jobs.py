@@ -73,7 +73,7 @@ def launch(
                   f"a launch on {spec.compute.cloud} spends money")
     job = launching.launch(prepared)
     job_id = prepared.bundle.job_id
-    typer.echo(f"job {job_id}: {' '.join(_spending(prepared.quote)[:2])}; state in {job.url}")
+    typer.echo(f"job {job_id}: {'; '.join(_spending(prepared.quote)[:2])}; state in {job.url}")
     if detach:
         typer.echo(f"the job runs by itself; `nascloud watch {job_id}` follows it, `nascloud stop {job_id}` stops it")
         return 0
