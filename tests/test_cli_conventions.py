@@ -315,3 +315,23 @@ def test_rm_of_a_job_in_a_folder_leaves_no_folder_behind(cli, tmp_path):
     assert code == 0, err
     assert out.startswith("removed job digits-0a1b2c: ")
     assert not (tmp_path / "bucket" / "digits-0a1b2c").exists()
+
+
+def test_check_on_gcp_against_the_compute_engine_fake_and_fake_gcs(cli, gce, gcs_server, monkeypatch):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    monkeypatch.setenv("NASCLOUD_GCP_PROJECT", gce.project)
+    monkeypatch.delenv("NASCLOUD_GCP_SERVICE_ACCOUNT", raising=False)
+    storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket("nascloud-check-gcp")
+    job = str(EXAMPLES_DIR / "digits-gcp-spot.yaml")
+    code, out, _ = cli("check", job, "--bucket", "gs://nascloud-check-gcp/jobs")
+    lines = out.splitlines()
+    # Without a service account for the VM, the preflight says so (a VM would boot and never reach the bucket).
+    assert code == 1 and lines[0] == "ok    credentials: gcp accepts them in us-central1"
+    assert lines[1].startswith("FAIL  offer and GPU quota: ") and "NASCLOUD_GCP_SERVICE_ACCOUNT" in lines[1]
+    assert lines[2] == "ok    bucket: gs://nascloud-check-gcp/jobs is reachable and writable"
+    monkeypatch.setenv("NASCLOUD_GCP_SERVICE_ACCOUNT", f"nascloud-vm@{gce.project}.iam.gserviceaccount.com")
+    code, out, _ = cli("check", job, "--bucket", "gs://nascloud-check-gcp/jobs")
+    assert code == 0, out
+    assert out.splitlines()[1].startswith("ok    offer and GPU quota: n1-standard-4 (T4, spot) in us-central1")
