@@ -19,7 +19,7 @@ EXAMPLES = {
     "prices": "nascloud prices --gpu T4 --cloud aws",
     "estimate": "nascloud estimate examples/digits-aws-t4-spot.yaml --set search.max_trials=40 --budget 10",
     "plan": "nascloud plan examples/digits-aws-t4-spot.yaml --budget 800",
-    "check": "nascloud check --cloud aws",
+    "check": "nascloud check examples/digits-aws-t4-spot.yaml --bucket s3://my-bucket/nascloud",
     "launch": "nascloud launch examples/digits-aws-t4-spot.yaml --bucket s3://my-bucket/nascloud --budget 10",
     "watch": "nascloud watch digits-1a2b3c",
     "status": "nascloud status            # every job launched here",
