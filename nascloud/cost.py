@@ -1,10 +1,13 @@
 """The cost model: pure functions over small records, no I/O (see README "Cost model and sources").
 
-Work is GPU time on the reference GPU (T4), scaled by each GPU's speed. On spot capacity,
-interruptions arrive at a rate per hour; each costs a restart plus the work since the last checkpoint,
-and checkpoints cost time themselves. `first_order` is the closed-form check; `simulate` is the
-vectorised Monte Carlo over interruptions, the interruption rate's uncertainty and the spread of
-trial durations that gives P50/P90 and the chance of going over a budget.
+Work is GPU time on the reference GPU (T4), scaled by each GPU's speed, plus what does not scale with
+the GPU: a per-trial overhead (model build, tracing, the trial-end snapshot) and a fixed per-job term
+(boot, bootstrap, restore, export). On spot capacity, interruptions arrive at a rate per hour; each
+costs a restart plus the work since the last checkpoint, and checkpoints cost time themselves.
+`first_order` is the closed form and `simulate` the vectorised Monte Carlo (over interruptions, the
+interruption rate's uncertainty and the spread of trial durations) of the same process: work is exposed
+to interruptions, a restart is not (it adds wall time), and an interruption keeps the work up to the last
+completed checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ REFERENCE_GPU = "T4"
 HOURS_PER_MONTH = 730.0  # the clouds' billing month
 BOOT_DISK_GB = 100.0  # a deep-learning image needs about this much; the GCP launch asks for it
 PUTS_PER_SNAPSHOT = 10  # manifest, HEAD and the changed blobs of a typical incremental snapshot
-MAX_INTERRUPTIONS = 5000  # a run needing more is not a plan; `first_order` refuses those earlier
+MAX_INTERRUPTIONS = 5000  # a run needing more is not a plan: the simulation refuses it
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,15 @@ class Option:
     price_per_hour: float
     speed: float  # training speed relative to the reference GPU
     interruptions_per_hour: float
+    speed_basis: str = ""  # reference | seed | measured | estimated | this machine
+    speed_source: str = ""
     rate_cv: float = 0.0  # uncertainty of the rate (coefficient of variation); 0: the rate is known
     rate_source: str = ""
     max_run_hours: Optional[float] = None  # GCP preemptible VMs are stopped within 24 h
     billing: Billing = field(default_factory=Billing)
     price_source: str = ""
+    note: str = ""  # shown beside the option: "estimate only: ...", the GPUs it leaves idle
+    launchable: bool = True  # `launch` runs on it (the other catalogs are for comparison)
 
     @property
     def kind(self) -> str:
@@ -90,7 +97,7 @@ class Option:
             "zone": None if aws or not offer.zone else offer.zone,
             "zone_id": offer.zone if aws else None,
             "instance_type": offer.instance_type, "accelerator_type": offer.accelerator_type or None,
-            "gpu": offer.gpu, "gpu_count": offer.gpu_count, "spot": self.spot,
+            "gpu": offer.gpu if offer.gpu_count else None, "gpu_count": offer.gpu_count, "spot": self.spot,
             "price_per_hour": self.price_per_hour, "on_demand_price_per_hour": offer.on_demand,
             "extras_per_hour": self.billing.instance_extras_per_hour(),
             "source": self.price_source or offer.source, "as_of": offer.as_of,
@@ -104,6 +111,8 @@ class Workload:
     t4_hours: float
     trials: int = 1
     trial_cv: float = 0.0  # spread of one trial's duration (coefficient of variation)
+    overhead_hours: float = 0.0  # per-trial overheads of all trials: machine time that no GPU speeds up
+    epoch_t4_hours: float = 0.0  # one epoch on the T4: the agent checkpoints at epoch ends, never between
     checkpoint_gb: float = 0.5  # one snapshot in the bucket
     keep: int = 3  # snapshots kept
     model_gb: float = 0.1  # the final model, downloaded once
@@ -118,16 +127,22 @@ class Workload:
 
 def workload_from_trials(trials: int, epochs: int, seconds_per_epoch: float, overhead_seconds: float,
                          trial_cv: float = 0.3, **storage) -> Workload:
-    """trials × (epochs × seconds per epoch + per-trial overhead), all on the reference GPU. AutoKeras
-    candidates differ in size, so one trial's time varies; 0.3 is a middle guess, made explicit."""
-    hours = trials * (epochs * seconds_per_epoch + overhead_seconds) / 3600
-    return Workload(t4_hours=hours, trials=trials, trial_cv=trial_cv, **storage)
+    """trials × epochs × seconds per epoch on the reference GPU, plus trials × the per-trial overhead (not
+    scaled by the GPU). AutoKeras candidates differ in size, so one trial's time varies; 0.3 is a middle
+    guess, made explicit."""
+    return Workload(t4_hours=trials * epochs * seconds_per_epoch / 3600, trials=trials, trial_cv=trial_cv,
+                    overhead_hours=trials * overhead_seconds / 3600, epoch_t4_hours=seconds_per_epoch / 3600,
+                    **storage)
 
 
 @dataclass(frozen=True)
 class Assumptions:
-    restart_hours: float = 0.1  # new instance boot + bootstrap + restore (cost-model.md's 6 min)
-    checkpoint_hours: float = 1 / 60  # writing one snapshot (1 min)
+    """The model's own terms. The defaults are cost-model.md's worked example; nascloud.estimating sets
+    each from measurements (calibration, the job history, the benchmarks) and says where it came from."""
+
+    restart_hours: float = 0.1  # preemption to training again: replacement, boot, bootstrap, restore
+    checkpoint_hours: float = 1 / 60  # writing one snapshot
+    job_hours: float = 0.0  # once per job: boot to training on the first instance, export, power-off
     interval_hours: Optional[float] = None  # None: Young/Daly's optimum for the offer's rate
     samples: int = 4000
     seed: int = 0
@@ -155,7 +170,7 @@ class FirstOrder:
 @dataclass(frozen=True)
 class Estimate:
     option: Option
-    work_hours: float  # pure training time on this option's GPU
+    work_hours: float  # machine time of the work on this option: its GPU's training, overheads, the fixed term
     interval_hours: float  # checkpoint interval used (inf: no periodic checkpoints)
     first_order: FirstOrder
     wall_hours: Quantiles
@@ -178,17 +193,30 @@ def young_daly_interval(checkpoint_hours: float, rate_per_hour: float) -> float:
     return math.sqrt(2 * delta * mtbf) * (1 + math.sqrt(ratio) / 3 + ratio / 9) - delta
 
 
+def checkpoint_interval(checkpoint_hours: float, option: Option, workload: Workload) -> float:
+    """Young/Daly's optimum, but never shorter than one epoch on the option's GPU: the agent checkpoints
+    at epoch ends, so a shorter interval is one epoch in practice."""
+    optimum = young_daly_interval(checkpoint_hours, option.interruptions_per_hour)
+    return max(optimum, workload.epoch_t4_hours / option.speed)
+
+
 def first_order(work_hours: float, price: float, rate: float, restart: float, delta: float,
                 interval: float, minimum: float = 0.0) -> FirstOrder:
-    """T ≈ W·(1 + δ/τ) / (1 − λ·(R + τ/2)), interruptions ≈ λ·T, cost ≈ p·max(T, m) (cost-model.md)."""
-    overhead = 1 + (delta / interval if math.isfinite(interval) else 0.0)
-    loss = rate * (restart + (interval / 2 if math.isfinite(interval) else work_hours / 2))
-    if loss >= 1:
-        raise UsageError(
-            f"at {rate:g} interruptions per hour, each losing {restart + min(interval, work_hours) / 2:.2f} h, "
-            f"the work never finishes; checkpoint more often (--checkpoint-minutes) or run on-demand")
-    wall = work_hours * overhead / (1 - loss)
-    return FirstOrder(wall_hours=wall, cost_usd=price * max(wall, minimum), interruptions=rate * wall)
+    """The closed form of what `simulate` draws. The work, checkpoint writes included, is n = W/τ periods
+    of P = τ + δ; a period interrupted at rate λ is redone from its start, so it takes (e^{λP} − 1)/λ of
+    exposed time and e^{λP} − 1 interruptions on average; each interruption adds R of wall time. Without
+    periodic checkpoints the whole work is one period. cost ≈ p·max(T, m·(N + 1)): each of the N + 1
+    instances is billed at least its minimum m."""
+    periodic = math.isfinite(interval)
+    period, periods = (interval + delta, work_hours / interval) if periodic else (work_hours, 1.0)
+    if rate <= 0:
+        exposed, interruptions = periods * period, 0.0
+    else:
+        growth = math.expm1(rate * period) if rate * period < 700 else math.inf
+        exposed, interruptions = periods * growth / rate, periods * growth
+    wall = exposed + interruptions * restart
+    return FirstOrder(wall_hours=wall, cost_usd=price * max(wall, minimum * (interruptions + 1)),
+                      interruptions=interruptions)
 
 
 def simulate(work_hours: float, option: Option, interval: float, trials: int, trial_cv: float,
@@ -254,12 +282,11 @@ def estimate(workload: Workload, option: Option, assumptions: Assumptions = Assu
              budget: Optional[float] = None) -> Estimate:
     if budget is not None and not budget > 0:
         raise UsageError(f"the budget must be a positive number of dollars, got {budget}")
-    work = workload.t4_hours / option.speed
-    interval = assumptions.interval_hours or young_daly_interval(assumptions.checkpoint_hours,
-                                                                  option.interruptions_per_hour)
+    work = workload.t4_hours / option.speed + workload.overhead_hours + assumptions.job_hours
+    interval = assumptions.interval_hours or checkpoint_interval(assumptions.checkpoint_hours, option, workload)
+    wall, cost, interruptions = simulate(work, option, interval, workload.trials, workload.trial_cv, assumptions)
     check = first_order(work, option.price_per_hour, option.interruptions_per_hour, assumptions.restart_hours,
                         assumptions.checkpoint_hours, interval, option.billing.minimum_hours)
-    wall, cost, interruptions = simulate(work, option, interval, workload.trials, workload.trial_cv, assumptions)
     total = cost + extras(option, workload, wall, interval)
     return Estimate(
         option=option, work_hours=work, interval_hours=interval, first_order=check,

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from nascloud import cost
+from nascloud import cost, history
 from nascloud.errors import UsageError
 from nascloud.job import JobSpec, SearchSection
 from nascloud.paths import nascloud_home
@@ -23,24 +24,40 @@ GUESS_SECONDS_PER_SAMPLE = 0.002
 GUESS_SECONDS_PER_EPOCH = 60.0
 KNOWN_SAMPLES = {"sklearn:digits": 1797, "sklearn:wine": 178, "sklearn:breast_cancer": 569}
 CALIBRATION_FIELDS = ("seconds_per_epoch", "seconds_per_sample", "samples", "gpu", "measured_at")
+LOCAL_BUCKET_SCHEMES = {"aws": "s3", "gcp": "gs"}  # where a cloud's job keeps its snapshots; others: s3
+
+
+@dataclass(frozen=True)
+class Term:
+    """One of the model's own terms, in seconds, with where it came from (shown in --json and as a note)."""
+
+    seconds: float
+    basis: str  # given | job file | history | calibration | default
+    source: str
+
+    def json(self) -> dict:
+        return {"seconds": round(self.seconds, 4), "basis": self.basis, "source": self.source}
 
 
 @dataclass(frozen=True)
 class ResolvedWorkload:
     workload: cost.Workload
     description: str
-    seconds_per_epoch_basis: Optional[str]  # given | job file | calibration | guess; None for --hours
+    seconds_per_epoch_basis: Optional[str]  # given | job file | history | calibration | guess; None for --hours
     notes: tuple[str, ...] = ()
     trials: int = 1
     epochs: int = 1
     seconds_per_epoch: Optional[float] = None  # on the reference GPU, for the job's full data
     overhead_seconds: float = 0.0
     data_fraction: float = 1.0
+    terms: dict = field(default_factory=dict)  # name -> Term: seconds_per_epoch, trial_overhead, and the
+    # job-level terms the history measured (job, restart, checkpoint), used by assumptions_for
+    keep: int = 3
 
     def for_stage(self, trials: int, epochs: int, data_fraction: float) -> cost.Workload:
         """The work of a differently sized run of the same search (plan's stages)."""
         spe = self.seconds_per_epoch * data_fraction / self.data_fraction
-        return cost.workload_from_trials(trials, epochs, spe, self.overhead_seconds)
+        return cost.workload_from_trials(trials, epochs, spe, self.overhead_seconds, keep=self.keep)
 
 
 def calibration_path(job_name: str) -> Path:
@@ -64,12 +81,20 @@ def read_calibration(job_name: str) -> Optional[dict]:
     return record
 
 
+def _when(measured_at) -> str:
+    if isinstance(measured_at, (int, float)):
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(measured_at))
+    return str(measured_at)
+
+
 def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[float] = None,
                      gpu: Optional[str] = None, trials: Optional[int] = None, epochs: Optional[int] = None,
-                     samples: Optional[int] = None, seconds_per_epoch: Optional[float] = None) -> ResolvedWorkload:
-    """The work in T4-hours: `hours` on `gpu` (T4 when no GPU is named), or trials × epochs × time per
-    epoch from flags, then the job file, then a calibration record, then a stated guess. Values are
-    checked by the caller (the job schema; the CLI checks its flags by the same rules)."""
+                     samples: Optional[int] = None, seconds_per_epoch: Optional[float] = None,
+                     histories: Optional[list] = None) -> ResolvedWorkload:
+    """The work: `hours` on `gpu` (T4 when no GPU is named), or trials × (epochs × seconds per epoch on a
+    T4 + a per-trial overhead). Seconds per epoch from flags, then the job file, then the history of
+    similar jobs, then a calibration record, then a stated guess; the overhead from the job file, the
+    history, the calibration, then the catalog's measured default. Values are checked by the caller."""
     counts_given = any(v is not None for v in (trials, epochs, samples, seconds_per_epoch))
     if hours is not None:
         if counts_given:
@@ -85,50 +110,100 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     trials = trials or search.max_trials
     epochs = epochs or search.epochs
     notes = []
-    calibration = read_calibration(spec.name) if spec and seconds_per_epoch is None and search.seconds_per_epoch is None else None
+    calibration = read_calibration(spec.name) if spec else None
+    in_trial = (calibration or {}).get("in_trial_overhead_seconds", 0.0)
+    learned = history.terms(histories or [], in_trial,
+                            max(0.0, (calibration or {}).get("trial_overhead_seconds", in_trial) - in_trial))
     samples = samples or search.samples or (calibration or {}).get("samples") or KNOWN_SAMPLES.get(search.data)
     samples_used = samples * search.data_fraction if samples else None
+    from_history = f"the history of {len(histories or [])} similar job(s)"
     if seconds_per_epoch is not None:
-        spe, basis = seconds_per_epoch, "given"
+        spe, basis, source = seconds_per_epoch, "given", "--seconds-per-epoch"
     elif search.seconds_per_epoch is not None:
-        spe, basis = search.seconds_per_epoch, "job file"
+        spe, basis, source = search.seconds_per_epoch, "job file", "search.seconds_per_epoch"
+    elif "seconds_per_epoch" in learned:
+        spe, basis, source = learned["seconds_per_epoch"]["seconds"] * search.data_fraction, "history", from_history
+        notes.append(f"seconds per epoch, per-trial overhead and the job's fixed term from {from_history} "
+                     "(`nascloud history` shows how close their estimates were)")
     elif calibration is not None:
         basis = "calibration"
         measured = calibration.get("seconds_per_sample")
         spe = measured * samples_used if measured and samples_used else calibration["seconds_per_epoch"]
         gpu_measured = calibration.get("gpu")
+        when = _when(calibration["measured_at"])
         if gpu_measured in catalog.gpus:
             spe *= catalog.gpus[gpu_measured].speed
-            notes.append(f"seconds per epoch from the calibration on {gpu_measured} "
-                         f"({calibration['measured_at']}), scaled to the T4")
+            source = f"nascloud calibrate on {gpu_measured} ({when}), scaled to the T4"
         else:
-            notes.append(f"seconds per epoch from the calibration on {gpu_measured or 'this machine'} "
-                         f"({calibration['measured_at']}), taken as T4 time (no speed figure for it)")
+            source = (f"nascloud calibrate on {gpu_measured or 'this machine'} ({when}), taken as T4 time "
+                      "(no speed figure for it)")
+        notes.append(f"seconds per epoch from {source}")
     else:
         basis = "guess"
         spe = samples_used * GUESS_SECONDS_PER_SAMPLE if samples_used else GUESS_SECONDS_PER_EPOCH
         how = (f"{GUESS_SECONDS_PER_SAMPLE * 1000:g} ms per sample" if samples_used
                else f"{GUESS_SECONDS_PER_EPOCH:g} s per epoch")
         fix = f"run `nascloud calibrate {spec.name}`" if spec else "give --seconds-per-epoch"
+        source = f"a guess ({how} on a T4)"
         notes.append(f"seconds per epoch is a guess ({how} on a T4); {fix} for a measured figure")
-    workload = cost.workload_from_trials(trials, epochs, spe, search.trial_overhead_seconds,
-                                         keep=spec.checkpoint.keep if spec else 3)
+    if search.trial_overhead_seconds is not None:
+        overhead = Term(search.trial_overhead_seconds, "job file", "search.trial_overhead_seconds")
+    elif "trial_overhead_seconds" in learned:
+        overhead = Term(learned["trial_overhead_seconds"]["seconds"], "history", from_history)
+    elif calibration is not None and "trial_overhead_seconds" in calibration:
+        overhead = Term(calibration["trial_overhead_seconds"], "calibration",
+                        f"nascloud calibrate ({_when(calibration['measured_at'])}): the trial end to end less its epochs")
+    else:
+        seconds, source = catalog.term("any", "trial_overhead")
+        overhead = Term(seconds, "default", source)
+    workload = cost.workload_from_trials(trials, epochs, spe, overhead.seconds, keep=spec.checkpoint.keep if spec else 3)
     sample_text = f" × {samples_used:g} samples" if samples_used else ""
     description = (f"{trials} trials × {epochs} epochs{sample_text} at {spe:.3g} s/epoch on a T4 "
-                   f"(+{search.trial_overhead_seconds:g} s per trial) = {workload.t4_hours:.3g} T4-hours")
+                   f"(+{overhead.seconds:.3g} s per trial) = {workload.t4_hours + workload.overhead_hours:.3g} hours")
+    found = {"seconds_per_epoch": Term(spe, basis, source), "trial_overhead": overhead}
+    for name, key in (("job", "job_seconds"), ("restart", "restart_seconds"), ("checkpoint", "checkpoint_seconds")):
+        if key in learned:
+            found[name] = Term(learned[key]["seconds"], "history", from_history)
+    if calibration is not None and "setup_seconds" in calibration:
+        found["setup"] = Term(calibration["setup_seconds"], "calibration",
+                              f"nascloud calibrate ({_when(calibration['measured_at'])}): TensorFlow, data, set-up")
     return ResolvedWorkload(workload, description, basis, tuple(notes), trials=trials, epochs=epochs,
-                            seconds_per_epoch=spe, overhead_seconds=search.trial_overhead_seconds,
-                            data_fraction=search.data_fraction)
+                            seconds_per_epoch=spe, overhead_seconds=overhead.seconds,
+                            data_fraction=search.data_fraction, terms=found, keep=workload.keep)
+
+
+def local_option(catalog: Catalog, spec: JobSpec, price_per_hour: Optional[float] = None,
+                 interruptions_per_hour: Optional[float] = None) -> cost.Option:
+    """The local provider as an offer: this machine at the job's price_per_hour (a rehearsal's price),
+    reclaimed only at a rate the job declares (drills), at the speed its calibration measured."""
+    compute = spec.compute
+    price = price_per_hour if price_per_hour is not None else compute.price_per_hour or 0.0
+    rate = interruptions_per_hour if interruptions_per_hour is not None else compute.interruptions_per_hour
+    spot = compute.spot
+    if spot and rate:
+        rate_source = "declared (compute.interruptions_per_hour / --interruptions-per-hour)"
+    else:
+        rate, rate_source = 0.0, ("the local provider is never reclaimed; declare compute.interruptions_per_hour "
+                                  "to rehearse drills" if spot else "on-demand")
+    offer = cost.Offer(cloud="local", region="local", zone="", instance_type="local", gpu="CPU", gpu_count=0,
+                       vcpus=0, memory_gib=0, on_demand=price, spot=price,
+                       source="local provider (price given by the user)", as_of="")
+    return cost.Option(offer=offer, spot=spot, price_per_hour=price, speed=1.0, speed_basis="this machine",
+                       speed_source="the local provider runs where `nascloud calibrate` measures",
+                       interruptions_per_hour=rate, rate_source=rate_source,
+                       billing=catalog.billing_for("local"), price_source=offer.source)
 
 
 def options_for(catalog: Catalog, gpu: Optional[str] = None, cloud: Optional[str] = None,
                 region: Optional[str] = None, spot: Optional[bool] = None, price_per_hour: Optional[float] = None,
-                interruptions_per_hour: Optional[float] = None, preemptible: bool = False) -> list[cost.Option]:
+                interruptions_per_hour: Optional[float] = None, preemptible: bool = False,
+                zone: Optional[str] = None, instance_type: Optional[str] = None) -> list[cost.Option]:
     """Every way to run on the matching offers (spot and on-demand when `spot` is None), the cheapest
-    zone of each instance type only: zones differ in spot price, not in anything the model sees."""
+    zone of each instance type only: zones differ in spot price, not in anything the model sees. A pinned
+    zone or instance type that the catalog does not have is refused."""
     kinds = (True, False) if spot is None else (spot,)
     best: dict[tuple, cost.Option] = {}
-    for offer in catalog.select(gpu=gpu, cloud=cloud, region=region):
+    for offer in catalog.select(gpu=gpu, cloud=cloud, region=region, zone=zone, instance_type=instance_type):
         for kind in kinds:
             option = catalog.option(offer, kind, price_per_hour, interruptions_per_hour, preemptible)
             key = (offer.cloud, offer.region, offer.instance_type, offer.gpu, kind)
@@ -141,17 +216,118 @@ def options_for(catalog: Catalog, gpu: Optional[str] = None, cloud: Optional[str
 
 
 @dataclass(frozen=True)
+class Question:
+    """What estimate, plan and launch ask of one job: its offers (each with the model's terms for its
+    provider) and its work. One answer per question: the three commands go through `ask`."""
+
+    spec: Optional[JobSpec]
+    resolved: ResolvedWorkload
+    options: list[cost.Option]
+    assumptions: dict  # option key -> cost.Assumptions
+    terms: dict  # option key -> {name: Term}
+    budget: Optional[float]
+
+
+def option_key(option: cost.Option) -> tuple:
+    return (option.offer.cloud, option.offer.region, option.offer.instance_type, option.spot)
+
+
+def ask(catalog: Catalog, spec: Optional[JobSpec], gpu: Optional[str] = None, cloud: Optional[str] = None,
+        region: Optional[str] = None, spot: Optional[bool] = None, hours: Optional[float] = None,
+        trials: Optional[int] = None, epochs: Optional[int] = None, samples: Optional[int] = None,
+        seconds_per_epoch: Optional[float] = None, price_per_hour: Optional[float] = None,
+        interruptions_per_hour: Optional[float] = None, checkpoint_minutes: Optional[float] = None,
+        budget: Optional[float] = None, all_offers: bool = False) -> Question:
+    """Job file + flags (flags win) -> the offers and work to estimate. A local job is the local provider at
+    its price_per_hour; a job's pins (gpu, region, zone, instance type) hold unless `all_offers`;
+    `price_per_hour` is one GPU's price."""
+    compute = spec.compute if spec else None
+    zone = instance_type = None
+    local = compute is not None and compute.cloud == "local" and cloud in (None, "local")
+    if compute:
+        if not all_offers:
+            gpu = gpu or compute.gpu
+            region = region or compute.region
+            zone, instance_type = compute.zone, compute.instance_type
+        cloud = cloud or (compute.cloud if compute.cloud != "local" else None)
+        spot = compute.spot if spot is None else spot
+        price_per_hour = price_per_hour if price_per_hour is not None else compute.price_per_hour
+        if interruptions_per_hour is None:
+            interruptions_per_hour = compute.interruptions_per_hour
+        budget = budget if budget is not None else spec.budget.usd
+    if cloud == "local":
+        cloud = None
+    options = []
+    if local:
+        options.append(local_option(catalog, spec, price_per_hour, interruptions_per_hour))
+    if not local or all_offers:
+        gpu, cloud = catalog.check_names(gpu, cloud, region)
+        options += options_for(catalog, gpu, cloud, region, spot, None if local else price_per_hour,
+                               None if local else interruptions_per_hour,
+                               preemptible=bool(compute and compute.provisioning == "preemptible"),
+                               zone=zone, instance_type=instance_type)
+    elif gpu is not None and not local:
+        catalog.check_names(gpu, None, None)
+    key = history.similarity_key(spec, "local" if local else (cloud or ""), None if local else gpu) if spec else None
+    resolved = resolve_workload(spec, catalog, hours=hours, gpu=None if local else gpu, trials=trials, epochs=epochs,
+                                samples=samples, seconds_per_epoch=seconds_per_epoch,
+                                histories=history.similar(key) if key else [])
+    assumptions, terms = {}, {}
+    for option in options:
+        terms[option_key(option)] = model_terms(catalog, spec, option, resolved)
+        assumptions[option_key(option)] = assumptions_for(checkpoint_minutes, spec, terms[option_key(option)])
+    return Question(spec, resolved, options, assumptions, terms, budget)
+
+
+def model_terms(catalog: Catalog, spec: Optional[JobSpec], option: cost.Option, resolved: ResolvedWorkload) -> dict:
+    """The provider's terms: restart, checkpoint, and the job's fixed term (boot + set-up + finish), each
+    from the job history where it measured them, else calibration, else the catalog's measured default."""
+    cloud = option.offer.cloud
+    scheme = (spec.checkpoint.bucket.split("://")[0] if spec and cloud in ("local", "aws", "gcp")
+              else LOCAL_BUCKET_SCHEMES.get(cloud, "s3"))
+    scheme = {"file": "file", "s3": "s3", "gs": "gs"}.get(scheme, "file")
+
+    def default(scope: str, name: str) -> Term:
+        seconds, source = catalog.term(scope, name)
+        return Term(seconds, "default", source)
+
+    found = {"restart": resolved.terms.get("restart") or default(cloud, "restart"),
+             "checkpoint": resolved.terms.get("checkpoint") or default(scheme, "checkpoint")}
+    if "job" in resolved.terms:
+        found["job"] = resolved.terms["job"]
+    else:
+        parts = [default(cloud, "boot"), resolved.terms.get("setup") or default("any", "setup"), default(cloud, "finish")]
+        found["job"] = Term(sum(p.seconds for p in parts), "/".join(dict.fromkeys(p.basis for p in parts)),
+                            "boot + set-up + finish: " + "; ".join(p.source for p in parts))
+    if resolved.seconds_per_epoch_basis is None:  # --hours: the hours are the whole work
+        found["job"] = Term(0.0, "given", "--hours is the whole work")
+    return found
+
+
+@dataclass(frozen=True)
 class Ranking:
     estimates: list[cost.Estimate]
     skipped: list[str] = field(default_factory=list)  # options that never finish, with why
 
+    def launchable(self) -> cost.Estimate:
+        """What `launch` would run: the cheapest option it can run, one GPU (or the pinned instance type)."""
+        for e in self.estimates:
+            if e.option.launchable and e.option.offer.gpu_count <= 1:
+                return e
+        for e in self.estimates:
+            if e.option.launchable:
+                return e
+        raise UsageError("none of these offers can be launched (estimate only: "
+                         f"{', '.join(sorted({e.option.offer.cloud for e in self.estimates}))}); "
+                         "choose --cloud aws, gcp or local")
 
-def rank_options(workload: cost.Workload, options: list[cost.Option], assumptions: cost.Assumptions,
-                 budget: Optional[float] = None) -> Ranking:
+
+def rank(question: Question) -> Ranking:
     estimates, skipped = [], []
-    for option in options:
+    for option in question.options:
         try:
-            estimates.append(cost.estimate(workload, option, assumptions, budget))
+            estimates.append(cost.estimate(question.resolved.workload, option,
+                                           question.assumptions[option_key(option)], question.budget))
         except UsageError as error:  # this option never finishes the work; the others may
             skipped.append(f"{option.offer.cloud} {option.offer.instance_type} {option.kind}: {error}")
     if not estimates:
@@ -159,10 +335,13 @@ def rank_options(workload: cost.Workload, options: list[cost.Option], assumption
     return Ranking(cost.rank(estimates), skipped)
 
 
-def assumptions_for(checkpoint_minutes: Optional[float], spec: Optional[JobSpec]) -> cost.Assumptions:
+def assumptions_for(checkpoint_minutes: Optional[float], spec: Optional[JobSpec], terms: dict) -> cost.Assumptions:
     if checkpoint_minutes is None and spec and spec.checkpoint.interval_minutes != "auto":
         checkpoint_minutes = spec.checkpoint.interval_minutes
-    return cost.Assumptions(interval_hours=checkpoint_minutes / 60 if checkpoint_minutes else None)
+    return cost.Assumptions(interval_hours=checkpoint_minutes / 60 if checkpoint_minutes else None,
+                            restart_hours=terms["restart"].seconds / 3600,
+                            checkpoint_hours=terms["checkpoint"].seconds / 3600,
+                            job_hours=terms["job"].seconds / 3600)
 
 
 # ---- JSON shapes (the CLI's --json, the launch record's estimate) ------------------------------
@@ -171,26 +350,31 @@ def _q(q: cost.Quantiles, digits: int) -> dict:
     return {"p50": round(q.p50, digits), "p90": round(q.p90, digits), "mean": round(q.mean, digits)}
 
 
-def estimate_json(e: cost.Estimate) -> dict:
+def estimate_json(e: cost.Estimate, terms: Optional[dict] = None) -> dict:
     o, offer = e.option, e.option.offer
     return {
         "cloud": offer.cloud, "region": offer.region, "zone": offer.zone, "instance_type": offer.instance_type,
         "accelerator_type": offer.accelerator_type or None, "gpu": offer.gpu, "gpu_count": offer.gpu_count,
         "spot": o.spot, "price_per_hour": round(o.price_per_hour, 6), "price_source": o.price_source,
-        "as_of": offer.as_of, "speed_vs_t4": o.speed, "work_hours": round(e.work_hours, 4),
-        "wall_hours": _q(e.wall_hours, 3), "cost_usd": _q(e.cost_usd, 2), "extras_usd": _q(e.extras_usd, 2),
+        "as_of": offer.as_of, "speed_vs_t4": o.speed, "speed_basis": o.speed_basis, "speed_source": o.speed_source,
+        "launchable": o.launchable, "note": o.note or None, "work_hours": round(e.work_hours, 4),
+        "wall_hours": _q(e.wall_hours, 4), "cost_usd": _q(e.cost_usd, 2), "extras_usd": _q(e.extras_usd, 2),
         "total_usd": _q(e.total_usd, 2), "expected_preemptions": round(e.expected_preemptions, 3),
         "p_over_budget": None if e.p_over_budget is None else round(e.p_over_budget, 4),
         "interruptions_per_hour": o.interruptions_per_hour, "interruption_source": o.rate_source,
-        "checkpoint_interval_minutes": None if not math.isfinite(e.interval_hours) else round(e.interval_hours * 60, 1),
-        "first_order": {"wall_hours": round(e.first_order.wall_hours, 3), "cost_usd": round(e.first_order.cost_usd, 2),
+        "checkpoint_interval_minutes": None if not math.isfinite(e.interval_hours) else round(e.interval_hours * 60, 2),
+        "first_order": {"wall_hours": round(e.first_order.wall_hours, 4), "cost_usd": round(e.first_order.cost_usd, 2),
                         "preemptions": round(e.first_order.interruptions, 3)},
+        "terms": {name: term.json() for name, term in (terms or {}).items()},
     }
 
 
 def workload_json(resolved: ResolvedWorkload) -> dict:
-    return {"t4_hours": round(resolved.workload.t4_hours, 4), "description": resolved.description,
-            "seconds_per_epoch_basis": resolved.seconds_per_epoch_basis, "notes": list(resolved.notes)}
+    return {"t4_hours": round(resolved.workload.t4_hours, 4),
+            "overhead_hours": round(resolved.workload.overhead_hours, 4), "description": resolved.description,
+            "seconds_per_epoch_basis": resolved.seconds_per_epoch_basis, "notes": list(resolved.notes),
+            "terms": {name: resolved.terms[name].json() for name in ("seconds_per_epoch", "trial_overhead")
+                      if name in resolved.terms}}
 
 
 def plan_json(p: cost.Plan) -> dict:
@@ -203,29 +387,35 @@ def plan_json(p: cost.Plan) -> dict:
     }
 
 
+# ---- launch: the same answer as `estimate JOB` -----------------------------------------------
+
+def choose(spec: JobSpec, price_per_hour: Optional[float] = None, catalog: Optional[Catalog] = None) -> cost.Option:
+    """The offer `launch` runs on: the first launchable row of `estimate JOB`'s ranking (the job's pins
+    honoured, a price given is one GPU's)."""
+    from nascloud.pricing import load_catalog
+
+    return rank(ask(catalog or load_catalog(), spec, price_per_hour=price_per_hour)).launchable().option
+
+
 def estimate_for_offer(spec: JobSpec, record: dict, catalog: Optional[Catalog] = None) -> tuple[dict, float]:
-    """For launch: the estimate of `spec` on the chosen offer record (Option.launch_record()'s shape, or
-    the local provider's record) and the checkpoint interval in minutes the agent should use."""
+    """For launch: the estimate of `spec` on the chosen offer record (Option.launch_record()'s shape) and
+    the checkpoint interval in minutes the agent should use; the same figure as `estimate JOB` gives it."""
     from nascloud.pricing import load_catalog
 
     catalog = catalog or load_catalog()
-    resolved = resolve_workload(spec, catalog)
-    gpu = record.get("gpu")
-    offer = cost.Offer(cloud=record["cloud"], region=record.get("region") or "", zone=record.get("zone") or
-                       record.get("zone_id") or "", instance_type=record["instance_type"], gpu=gpu or "none",
-                       gpu_count=record.get("gpu_count") or 0, vcpus=0, memory_gib=0,
-                       on_demand=record.get("on_demand_price_per_hour", record["price_per_hour"]),
-                       spot=record["price_per_hour"], source=record.get("source", ""), as_of=record.get("as_of", ""))
-    spot = bool(record.get("spot"))
-    rate_given = spec.compute.interruptions_per_hour
-    known = catalog.rates.get("on-demand" if not spot else f"{offer.cloud}-{spec.compute.provisioning}")
-    rate = rate_given if rate_given is not None else (known.per_hour if known else 0.0)
-    option = cost.Option(offer=offer, spot=spot, price_per_hour=record["price_per_hour"],
-                         speed=catalog.gpus[gpu].speed if gpu in catalog.gpus else 1.0,
-                         interruptions_per_hour=rate, rate_cv=known.cv if known and rate_given is None else 0.0,
-                         max_run_hours=known.max_run_hours if known else None,
-                         billing=catalog.billing_for(offer.cloud, spot))
-    assumptions = assumptions_for(None, spec)
-    e = cost.estimate(resolved.workload, option, assumptions, spec.budget.usd)
+    question = ask(catalog, spec, price_per_hour=record["price_per_hour"] if record["cloud"] == "local" else None)
+    same = [o for o in question.options if (o.offer.cloud, o.offer.instance_type, o.spot) ==
+            (record["cloud"], record["instance_type"], bool(record.get("spot")))
+            and (record["cloud"] == "local" or o.offer.region == record.get("region"))]
+    if not same:
+        raise UsageError(f"the offer {record['cloud']} {record['instance_type']} is not among the job's offers "
+                         "(`nascloud estimate JOB` lists them)")
+    option = same[0]
+    if abs(option.price_per_hour - record["price_per_hour"]) > 1e-9:  # a price given at launch
+        from dataclasses import replace
+
+        option = replace(option, price_per_hour=record["price_per_hour"], price_source=record.get("source", ""))
+    e = cost.estimate(question.resolved.workload, option, question.assumptions[option_key(option)], question.budget)
     interval = e.interval_hours if math.isfinite(e.interval_hours) else 0.5  # on-demand: a trial-end cadence
-    return estimate_json(e) | {"workload": workload_json(resolved)}, interval * 60
+    return (estimate_json(e, question.terms[option_key(option)]) | {"workload": workload_json(question.resolved)},
+            interval * 60)

@@ -98,7 +98,8 @@ class SearchSection(_Section):
     # on the reference GPU (T4). `nascloud calibrate` measures the latter.
     samples: Optional[Number("a whole number", ge=1, le=1e9, whole=True)] = None
     seconds_per_epoch: Optional[Number("a number of seconds", gt=0, le=7 * 86400)] = None
-    trial_overhead_seconds: Number("a number of seconds", ge=0, le=86400) = 30.0
+    # None: measured (the job history, `nascloud calibrate`), else the catalog's default (terms.csv, 3 s)
+    trial_overhead_seconds: Optional[Number("a number of seconds", ge=0, le=86400)] = None
 
 
 class ComputeSection(_Section):

@@ -36,34 +36,29 @@ def check_bucket_suits(spec: JobSpec) -> None:
             f"use a {' or '.join(allowed)} bucket (e.g. --bucket {allowed[0]}my-bucket/nascloud)")
 
 
-def choose_offer(spec: JobSpec, price_per_hour: Optional[float]) -> dict:
-    """The offer to run on: what the job pins, or the estimate's cheapest that fits."""
-    compute = spec.compute
-    if compute.cloud == "local":
-        price = price_per_hour if price_per_hour is not None else (compute.price_per_hour or 0.0)
-        return {"cloud": "local", "region": "local", "zone": None, "instance_type": "local",
-                "gpu": None, "gpu_count": 0, "spot": compute.spot, "price_per_hour": price,
-                "on_demand_price_per_hour": price, "extras_per_hour": 0.0, "on_demand_extras_per_hour": 0.0,
-                "source": "local provider (price given by the user)"}
-    from nascloud.pricing import cheapest_offer, load_catalog
+def choose_offer(spec: JobSpec, price_per_hour: Optional[float] = None) -> dict:
+    """The offer to run on: what `estimate JOB` ranks first among those launch can run (the job's pins
+    honoured), as the bundle's offer record with its price table."""
+    from nascloud.estimating import choose
+    from nascloud.pricing import load_catalog
 
-    offer = cheapest_offer(cloud=compute.cloud, gpu=compute.gpu, region=compute.region, zone=compute.zone,
-                           instance_type=compute.instance_type, spot=compute.spot)
-    record = offer.launch_record()
+    option = choose(spec, price_per_hour)
+    record = option.launch_record()
+    if option.offer.cloud == "local":
+        return record | {"on_demand_extras_per_hour": 0.0}
     # Boot disk and public IPv4 are billed while the instance runs, whatever its price: the ledger adds them.
-    record["on_demand_extras_per_hour"] = load_catalog().billing_for(compute.cloud, False).instance_extras_per_hour()
-    override = price_per_hour if price_per_hour is not None else compute.price_per_hour
-    if not compute.zone:  # the zones to fail over to when one has no capacity: cheapest first
-        chosen = offer.offer
+    record["on_demand_extras_per_hour"] = load_catalog().billing_for(option.offer.cloud, False).instance_extras_per_hour()
+    if not spec.compute.zone:  # the zones to fail over to when one has no capacity: cheapest first
+        chosen = option.offer
         same = [o for o in load_catalog().select(cloud=chosen.cloud, region=chosen.region, gpu=chosen.gpu,
                                                  instance_type=chosen.instance_type)
                 if o.gpu_count == chosen.gpu_count]
-        record["zones"] = zone_choices(same, offer.spot)
-    if override is not None:
-        record["price_per_hour"] = record["on_demand_price_per_hour"] = override
-        record["source"] = "price given by the user"
+        record["zones"] = zone_choices(same, option.spot)
+    override = price_per_hour if price_per_hour is not None else spec.compute.price_per_hour
+    if override is not None:  # one GPU's price: the offer's price is already that times its GPUs
+        record["on_demand_price_per_hour"] = option.price_per_hour
         for zone in record.get("zones", ()):
-            zone["price_per_hour"] = zone["on_demand_price_per_hour"] = override
+            zone["price_per_hour"] = zone["on_demand_price_per_hour"] = option.price_per_hour
     return record
 
 

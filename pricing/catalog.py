@@ -20,12 +20,13 @@ from nascloud.cost import Billing, Offer, Option
 from nascloud.errors import UsageError
 
 PACKAGED = Path(__file__).resolve().parent / "data"
-TABLES = ("gpus.csv", "interruptions.csv", "billing.csv")
+TABLES = ("gpus.csv", "interruptions.csv", "billing.csv", "terms.csv")
 OFFER_COLUMNS = ("cloud", "region", "zone", "instance_type", "accelerator_type", "gpu", "gpu_count", "vcpus",
                  "memory_gib", "on_demand_usd_per_hour", "spot_usd_per_hour", "source", "as_of")
 # No single GPU rents for this much an hour: such a figure is a catalog placeholder (some GCP TPU rows
 # carry 700.0), never a price to plan with.
 PLACEHOLDER_USD_PER_GPU_HOUR = 100.0
+LAUNCHABLE = ("local", "aws", "gcp")  # the providers `launch` runs on; the other catalogs are for estimates
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Catalog:
     rates: dict[str, InterruptionRate]
     billing: dict[str, dict[str, float]]  # cloud -> item -> USD
     billing_sources: dict[tuple[str, str], str]
+    terms: dict[tuple[str, str], tuple[float, str]]  # (scope, term) -> (seconds, source): the model's defaults
 
     # ---- names ------------------------------------------------------------------------------
     def clouds(self) -> list[str]:
@@ -100,6 +102,14 @@ class Catalog:
         return offers
 
     # ---- what the cost model needs --------------------------------------------------------------
+    def term(self, scope: str, name: str) -> tuple[float, str]:
+        """A default term of the model (seconds, source) for a provider, a bucket scheme or any job; the
+        clouds share the `cloud` rows unless one has its own."""
+        for key in [(scope, name)] + ([("cloud", name)] if scope not in ("local", "any") else []):
+            if key in self.terms:
+                return self.terms[key]
+        raise UsageError(f"no default {name!r} for {scope!r} in terms.csv; add a row (scope,term,seconds,source)")
+
     def speed(self, gpu: str) -> GpuSpeed:
         found = self.gpus.get(gpu)
         if found is None:
@@ -114,14 +124,6 @@ class Catalog:
                              "--interruptions-per-hour")
         return found
 
-    def billing_for(self, cloud: str, spot: bool = False) -> Billing:
-        items = self.billing.get(cloud, {})
-        ipv4 = items.get("public_ipv4_hour_spot" if spot else "public_ipv4_hour", items.get("public_ipv4_hour", 0.0))
-        return Billing(minimum_hours=items.get("billing_minimum_seconds", 60.0) / 3600,
-                       boot_disk_gb_month=items.get("boot_disk_gb_month", 0.0), public_ipv4_hour=ipv4,
-                       storage_gb_month=items.get("storage_gb_month", 0.0), put_per_1000=items.get("put_per_1000", 0.0),
-                       egress_gb=items.get("egress_gb", 0.0))
-
     def bucket_rates(self, scheme: str) -> dict:
         """A bucket's charges (USD), recorded in the job's bundle at launch so its ledger is never re-priced."""
         cloud = {"s3": "aws", "gs": "gcp"}.get(scheme)
@@ -134,23 +136,42 @@ class Catalog:
 
     def option(self, offer: Offer, spot: bool, price_per_hour: Optional[float] = None,
                interruptions_per_hour: Optional[float] = None, preemptible: bool = False) -> Optional[Option]:
-        """The offer priced one way, or None where it is not sold that way (no spot price)."""
+        """The offer priced one way, or None where it is not sold that way (no spot price). A price given
+        is one GPU's: a row with N GPUs costs N times it (a search uses one of them)."""
         price = offer.price(spot)
         if price is None:
             return None
         rate = self.rate_kind(offer, spot, preemptible)
         given_rate = interruptions_per_hour is not None and spot
+        speed = self.speed(offer.gpu)
+        notes = []
+        if offer.cloud not in LAUNCHABLE:
+            notes.append(f"estimate only: launch runs on {', '.join(LAUNCHABLE)}")
+        if offer.gpu_count > 1:
+            notes.append(f"a search uses 1 of its {offer.gpu_count} GPUs")
         return Option(
             offer=offer, spot=spot,
-            price_per_hour=price if price_per_hour is None else price_per_hour,
-            price_source="price given by the user" if price_per_hour is not None else offer.source,
-            speed=self.speed(offer.gpu).speed,
+            price_per_hour=price if price_per_hour is None else price_per_hour * offer.gpu_count,
+            price_source=(f"price given by the user (per GPU{f', × {offer.gpu_count}' if offer.gpu_count > 1 else ''})"
+                          if price_per_hour is not None else offer.source),
+            speed=speed.speed, speed_basis=speed.basis, speed_source=speed.source,
             interruptions_per_hour=interruptions_per_hour if given_rate else rate.per_hour,
             rate_cv=0.0 if given_rate else rate.cv,
             rate_source="given by the user" if given_rate else rate.source,
             max_run_hours=rate.max_run_hours,
-            billing=self.billing_for(offer.cloud, spot),
+            billing=self.billing_for(offer.cloud, spot), note="; ".join(notes), launchable=offer.cloud in LAUNCHABLE,
         )
+
+    def billing_for(self, cloud: str, spot: bool = False) -> Billing:
+        items = self.billing.get(cloud)
+        if items is None or "billing_minimum_seconds" not in items:
+            raise UsageError(f"no billing minimum for {cloud!r} in billing.csv; add a row "
+                             f"({cloud},billing_minimum_seconds,SECONDS,seconds,SOURCE)")
+        ipv4 = items.get("public_ipv4_hour_spot" if spot else "public_ipv4_hour", items.get("public_ipv4_hour", 0.0))
+        return Billing(minimum_hours=items["billing_minimum_seconds"] / 3600,
+                       boot_disk_gb_month=items.get("boot_disk_gb_month", 0.0), public_ipv4_hour=ipv4,
+                       storage_gb_month=items.get("storage_gb_month", 0.0), put_per_1000=items.get("put_per_1000", 0.0),
+                       egress_gb=items.get("egress_gb", 0.0))
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -253,8 +274,12 @@ def _load(folder: Path) -> Catalog:
         cloud, item = row["cloud"].strip(), row["item"].strip()
         billing.setdefault(cloud, {})[item] = _number(row["usd"], "usd", where)
         sources[(cloud, item)] = row["source"].strip()
+    terms = {}
+    for where, row in _rows(_table(folder, "terms.csv"), ("scope", "term", "seconds", "source")):
+        terms[(row["scope"].strip(), row["term"].strip())] = (_number(row["seconds"], "seconds", where),
+                                                             row["source"].strip())
     return Catalog(folder=str(folder), offers=offers, gpus=gpus, rates=rates, billing=billing,
-                   billing_sources=sources)
+                   billing_sources=sources, terms=terms)
 
 
 def load_catalog(folder: Optional[str | Path] = None) -> Catalog:

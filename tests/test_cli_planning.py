@@ -49,14 +49,22 @@ def test_json_shape_and_gcp_price_is_machine_plus_gpu(cli):
     assert option["p_over_budget"] == 0
 
 
-def test_worked_example_through_the_cli(cli):
+def test_worked_example_through_the_cli_with_its_measured_terms(cli):
+    """The CLI prices with the model's measured terms (no 1-minute δ, no 6-minute restart), each with its
+    source; the closed form and the Monte Carlo agree on them."""
+    from nascloud import cost
+
     found = options(cli, "--gpu", "T4", "--cloud", "aws", "--spot", "--hours", "72", "--price-per-hour", "0.2147",
                     "--interruptions-per-hour", "0.01")
     option = found[0]
-    assert option["first_order"] == {"wall_hours": pytest.approx(73.4, abs=0.05), "cost_usd": 15.76,
-                                     "preemptions": pytest.approx(0.734, abs=0.001)}
-    assert option["cost_usd"]["mean"] == pytest.approx(15.76, rel=0.02)
-    assert option["cost_usd"]["p90"] >= option["cost_usd"]["p50"] >= 0.2147 * 72
+    terms = option["terms"]
+    assert terms["checkpoint"]["seconds"] == 0.062 and "bench_checkpoints" in terms["checkpoint"]["source"]
+    assert terms["restart"]["basis"] == "default" and "cloud-facts.md" in terms["restart"]["source"]
+    closed = cost.first_order(72, 0.2147, 0.01, terms["restart"]["seconds"] / 3600, 0.062 / 3600,
+                              option["checkpoint_interval_minutes"] / 60, 60 / 3600)
+    assert option["first_order"]["wall_hours"] == pytest.approx(closed.wall_hours, abs=1e-3)
+    assert option["cost_usd"]["mean"] == pytest.approx(closed.cost_usd, rel=0.02)
+    assert option["first_order"]["cost_usd"] == pytest.approx(72 * 0.2147, rel=0.01)
 
 
 def test_ranking_is_cheapest_expected_first_and_spot_beats_on_demand(cli):
@@ -84,11 +92,14 @@ def test_job_file_gives_the_workload_and_flags_override(cli, tmp_path):
     job = write_job(tmp_path, search={"max_trials": 10, "epochs": 5, "seconds_per_epoch": 36.0,
                                       "trial_overhead_seconds": 0},
                     compute={"cloud": "aws", "gpu": "T4", "spot": False})
+    def training_hours(option):  # the work less the job's fixed term (boot, set-up, finish)
+        return option["work_hours"] - option["terms"]["job"]["seconds"] / 3600
+
     found = options(cli, job)
-    assert found[0]["work_hours"] == pytest.approx(10 * 5 * 36 / 3600)
+    assert training_hours(found[0]) == pytest.approx(10 * 5 * 36 / 3600, abs=1e-4)
     assert {o["cloud"] for o in found} == {"aws"} and not any(o["spot"] for o in found)
     found = options(cli, job, "--trials", "20")
-    assert found[0]["work_hours"] == pytest.approx(20 * 5 * 36 / 3600)
+    assert training_hours(found[0]) == pytest.approx(20 * 5 * 36 / 3600, abs=1e-4)
 
 
 def test_calibration_record_is_used_then_a_stated_guess(cli, tmp_path):
@@ -192,20 +203,115 @@ def test_plot_writes_a_png(cli, tmp_path):
 
 def test_estimate_for_launch_records(tmp_path, monkeypatch):
     """What launch asks of the estimate: the JSON of one option and the checkpoint interval."""
-    from nascloud.estimating import estimate_for_offer
+    from nascloud.estimating import choose, estimate_for_offer
     from nascloud.job import parse_job
-    from nascloud.pricing import cheapest_offer
 
     monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path))
     spec = parse_job({"name": "digits-quick", "search": {"seconds_per_epoch": 60.0, "max_trials": 10, "epochs": 6},
                       "compute": {"cloud": "aws", "gpu": "T4"}, "budget": {"usd": 5}})
-    record = cheapest_offer(cloud="aws", gpu="T4", spot=True).launch_record()
-    result, interval = estimate_for_offer(spec, record)
+    result, interval = estimate_for_offer(spec, choose(spec).launch_record())
     assert result["instance_type"] == "g4dn.xlarge" and result["spot"] is True
     assert result["wall_hours"]["p90"] >= result["wall_hours"]["p50"] >= 1.0
     # About $0.25 of work against a $5 budget: no run goes over.
-    assert result["p_over_budget"] == 0 and 60 < interval < 600  # Young/Daly at 0.01/h and 1 min
-    local = {"cloud": "local", "region": "local", "zone": None, "instance_type": "local", "gpu": None,
-             "gpu_count": 0, "spot": False, "price_per_hour": 0.0, "on_demand_price_per_hour": 0.0, "source": "user"}
-    result, interval = estimate_for_offer(spec, local)
+    assert result["p_over_budget"] == 0 and 1 <= interval < 600  # Young/Daly at 0.01/h, at least one epoch
+    local = spec.with_overrides(compute={"cloud": "local", "spot": False})
+    result, interval = estimate_for_offer(local, choose(local).launch_record())
     assert result["cost_usd"]["p50"] == 0 and interval == 30
+
+
+def _launch_quote(spec):
+    from nascloud import launching
+
+    return launching.quote(spec).estimate
+
+
+@pytest.mark.parametrize("compute", [
+    {"cloud": "local", "gpu": None, "price_per_hour": 36},
+    {"cloud": "local", "gpu": None, "price_per_hour": 36, "interruptions_per_hour": 30},
+    {"cloud": "aws", "gpu": "T4"},
+    {"cloud": "gcp", "gpu": "T4", "spot": False},
+])
+def test_estimate_plan_and_launch_give_the_same_figure(cli, tmp_path, compute):
+    from nascloud.job import load_job
+
+    bucket = "file://" + str(tmp_path / "bucket") if compute["cloud"] == "local" else (
+        "s3://b/p" if compute["cloud"] == "aws" else "gs://b/p")
+    job = write_job(tmp_path, search={"max_trials": 8, "epochs": 10, "seconds_per_epoch": 1.2},
+                    compute=compute, checkpoint={"bucket": bucket}, budget={"usd": 50})
+    estimate = next(o for o in options(cli, job) if o["launchable"])
+    launched = _launch_quote(load_job(job))
+    for key in ("cloud", "instance_type", "spot", "price_per_hour", "total_usd", "wall_hours", "cost_usd"):
+        assert launched[key] == estimate[key], key
+    code, out, err = cli("plan", job, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert (plan["option"]["cloud"], plan["option"]["instance_type"], plan["option"]["price_per_hour"]) == (
+        estimate["cloud"], estimate["instance_type"], estimate["price_per_hour"])
+    if compute["cloud"] == "local":  # a local job is the local provider at its price, not a cloud's GPUs
+        found = options(cli, job)
+        assert [(o["cloud"], o["price_per_hour"]) for o in found] == [("local", 36)]
+        rate = compute.get("interruptions_per_hour", 0)
+        assert found[0]["interruptions_per_hour"] == rate and (found[0]["expected_preemptions"] > 0) == bool(rate)
+
+
+@pytest.mark.parametrize("compute, message", [
+    ({"cloud": "aws", "gpu": "T4", "instance_type": "g9.huge"}, "no offer in the catalog matches"),
+    ({"cloud": "aws", "gpu": "T4", "zone": "use1-az9"}, "no offer in the catalog matches"),
+    ({"cloud": "gcp", "gpu": "K80"}, "unknown GPU 'K80' on gcp"),
+])
+def test_a_pinned_offer_that_does_not_exist_is_refused_by_estimate_too(cli, tmp_path, compute, message):
+    job = write_job(tmp_path, search={"seconds_per_epoch": 5.0}, compute=compute)
+    code, _, err = cli("estimate", job)
+    assert code == 2 and message in err and err.count("\n") == 1
+    code, _, err = cli("plan", job, "--budget", "10")
+    assert code == 2 and message in err
+
+
+def test_pins_hold_unless_all(cli, tmp_path):
+    job = write_job(tmp_path, search={"seconds_per_epoch": 5.0}, compute={"cloud": "aws", "gpu": "T4",
+                                                                          "instance_type": "g4dn.2xlarge"})
+    assert {o["instance_type"] for o in options(cli, job)} == {"g4dn.2xlarge"}
+    assert len({o["instance_type"] for o in options(cli, job, "--all")}) > 3
+
+
+def test_price_per_hour_is_one_gpus_and_other_catalogs_are_marked_estimate_only(cli):
+    found = options(cli, "--gpu", "A100", "--hours", "10", "--price-per-hour", "1.0", "--on-demand")
+    by_type = {o["instance_type"]: o for o in found}
+    assert by_type["p4d.24xlarge"]["price_per_hour"] == 8.0 and by_type["a2-highgpu-1g"]["price_per_hour"] == 1.0
+    assert "1 of its 8 GPUs" in by_type["p4d.24xlarge"]["note"]
+    lam = by_type["gpu_1x_a100"]
+    assert lam["launchable"] is False and lam["note"].startswith("estimate only")
+    assert all(o["launchable"] for o in found if o["cloud"] in ("aws", "gcp"))
+    code, out, _ = cli("estimate", "--gpu", "A100", "--hours", "10", "--on-demand")
+    assert code == 0 and "estimate only" in out and "`launch` runs on the first row it can run: gcp" in out
+
+
+def test_terms_come_from_the_history_of_similar_jobs(cli, tmp_path):
+    from nascloud import history
+    from nascloud.job import load_job
+
+    job = write_job(tmp_path, search={"max_trials": 6, "epochs": 4}, compute={"cloud": "local", "gpu": None,
+                                                                             "price_per_hour": 36})
+    before = options(cli, job)[0]
+    assert {t["basis"] for t in before["terms"].values()} <= {"default"}
+    key = history.similarity_key(load_job(job), "local", None)
+    folder = tmp_path / "home" / "history"
+    folder.mkdir(parents=True)
+    for n, (trials, wall, recoveries) in enumerate([(4, 4 * 4.5 + 20, []), (8, 8 * 4.5 + 20, []),
+                                                    (8, 8 * 4.5 + 50, [10.0, 12.0])]):
+        (folder / f"j{n}.json").write_text(json.dumps({
+            "schema": 1, "job_id": f"j{n}", "name": "digits-quick", "status": "finished", "written_at": n,
+            "similar": key, "trials": trials, "epochs": 4, "data_fraction": 1.0, "trial_seconds": [4.0] * trials,
+            "snapshot_seconds": [0.02, 0.04], "recovery_seconds": recoveries, "preemptions": len(recoveries),
+            "wall_seconds": wall, "spend_usd": wall / 100, "estimate": None}))
+    after = options(cli, job)[0]
+    terms = after["terms"]
+    assert terms["job"] == {"seconds": pytest.approx(20, abs=1e-3), "basis": "history",
+                            "source": "the history of 3 similar job(s)"}
+    assert terms["restart"]["seconds"] == pytest.approx(11) and terms["checkpoint"]["seconds"] == pytest.approx(0.03)
+    code, out, _ = cli("estimate", job, "--json")
+    workload = json.loads(out)["workload"]
+    assert workload["seconds_per_epoch_basis"] == "history"
+    assert workload["terms"]["trial_overhead"]["seconds"] == pytest.approx(0.5, abs=1e-3)
+    # 6 trials × (4 × 1 s + 0.5 s) + 20 s, without interruptions: what the history says, exactly.
+    assert after["wall_hours"]["mean"] * 3600 == pytest.approx(6 * 4.5 + 20, rel=0.01)

@@ -58,9 +58,38 @@ def test_preemptible_24h_cap_forces_restarts():
     assert e.expected_preemptions >= math.floor(100 / 24)
 
 
-def test_work_that_never_finishes_is_refused():
-    with pytest.raises(UsageError, match="never finishes"):
-        cost.estimate(cost.Workload(t4_hours=10), option(rate=2.0), cost.Assumptions(interval_hours=2.0))
+def test_work_is_refused_only_when_the_simulation_cannot_finish_it():
+    # λ·(R + τ/2) = 2.2 > 1: the old first-order check refused this; it finishes, after many restarts.
+    e = cost.estimate(cost.Workload(t4_hours=10), option(rate=2.0), cost.Assumptions(interval_hours=1.0))
+    assert e.expected_preemptions == pytest.approx(e.first_order.interruptions, rel=0.05) and e.expected_preemptions > 20
+    with pytest.raises(UsageError, match="does not finish"):
+        cost.estimate(cost.Workload(t4_hours=10), option(rate=20.0), cost.Assumptions(interval_hours=2.0))
+
+
+# The rates the product accepts (compute.interruptions_per_hour up to 100 an hour) against intervals from
+# minutes to hours and restarts from local's seconds to a cloud's minutes.
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 20.0, 100.0])
+@pytest.mark.parametrize("interval, restart", [(None, 0.1), (1 / 60, 0.01), (0.25, 0.1), (None, 0.005)])
+def test_closed_form_and_monte_carlo_agree_over_the_rates(rate, interval, restart):
+    assumptions = cost.Assumptions(restart_hours=restart, checkpoint_hours=20 / 3600, interval_hours=interval,
+                                   samples=4000)
+    try:
+        e = cost.estimate(cost.Workload(t4_hours=3.0), option(rate=rate), assumptions)
+    except UsageError as error:  # only where the closed form, too, says a thousand or more interruptions
+        closed = cost.first_order(3.0, 0.2147, rate, restart, 20 / 3600,
+                                  interval or cost.young_daly_interval(20 / 3600, rate))
+        assert closed.interruptions > cost.MAX_INTERRUPTIONS / 5, error
+        return
+    assert e.wall_hours.mean == pytest.approx(e.first_order.wall_hours, rel=0.04)
+    assert e.cost_usd.mean == pytest.approx(e.first_order.cost_usd, rel=0.04)
+    assert e.expected_preemptions == pytest.approx(e.first_order.interruptions, rel=0.05, abs=0.02)
+
+
+def test_at_five_an_hour_the_two_agree():
+    """The issue's case: 276 h against 167 h at λ = 5 when the closed form exposed restarts and the
+    simulation did not."""
+    e = cost.estimate(cost.Workload(t4_hours=100), option(rate=5.0), cost.Assumptions(samples=2000))
+    assert e.wall_hours.mean == pytest.approx(e.first_order.wall_hours, rel=0.03)
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan")])

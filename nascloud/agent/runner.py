@@ -137,6 +137,7 @@ class Agent:
         self.snapshot_id: Optional[str] = None
         self.last_snapshot = time.monotonic()
         self.searching = False
+        self.snapshot_seconds: list[float] = []  # this job's publishes (the job history's δ), kept across agents
         self._stopped = threading.Event()
         self.governance = None
         if job.in_bucket:
@@ -168,7 +169,8 @@ class Agent:
             "running": self.running, "best_score": done[0]["score"] if done else None,
             "objective": self.search.objective, "trial_durations": [r["duration_seconds"] for r in done],
             "trials": [{k: r[k] for k in ("trial_id", "status", "score", "duration_seconds")} for r in rows],
-            "finished": finished, "snapshot_id": self.snapshot_id, "updated_at": time.time()})
+            "finished": finished, "snapshot_id": self.snapshot_id, "snapshot_seconds": self.snapshot_seconds[-100:],
+            "updated_at": time.time()})
 
     def exit_status(self, status: str, message: str) -> AgentResult:
         self.store.put_json("agent/exit.json", {"status": status, "message": message, "time": time.time(),
@@ -215,6 +217,7 @@ class Agent:
         if fault_armed("snapshot"):
             self._die_inside_publish()
         self.snapshot_id = self.store.publish(self.snapshot_dir)
+        self.snapshot_seconds.append(round(self.store.last_publish.seconds, 4))
         self.last_snapshot = time.monotonic()
         log.info("snapshot %s committed", self.snapshot_id)
         self.phase = "searching"
@@ -289,8 +292,12 @@ class Agent:
             log.warning("%s", self.store.last_restore_warning)
         log.info("restored snapshot %s", self.snapshot_id or "none (a fresh search)")
         splits = self.load_data()
+        self.snapshot_seconds = list((self.store.get_json("agent/progress.json") or {}).get("snapshot_seconds", []))
         self.phase = "searching"
         self.heartbeat()
+        # When this instance trains: boot-to-training and recovery times for the job history.
+        self.store.put_json(f"agent/training/{self.options.instance_id}.json",
+                            {"time": time.time(), "agent_started": self.started})
         search_module.set_seeds(self.search.seed)
         self.notices.hold()  # the tuner writes its project files while it is built
         model = search_module.build_auto_model(self.search, self.snapshot_dir, self)
@@ -365,8 +372,11 @@ class _EpochClock:
 
 
 def calibrate(spec: JobSpec, directory: Path) -> dict:
-    """One short trial (two epochs) on this machine; the second epoch is timed (the first one
-    includes graph tracing). Returns the record `estimate` reads."""
+    """One short trial (two epochs) on this machine, timed end to end: the second epoch is the seconds per
+    epoch (the first one includes graph tracing); the rest of the trial (model build, tracing, the tuner's
+    trial end) is the per-trial overhead; TensorFlow's import, the data and the search's set-up are the
+    per-job set-up. Returns the record `estimate` reads."""
+    began = time.monotonic()
     data_module.check_data_source(spec.search)
     quiet_tensorflow()
     from nascloud.agent import search as search_module
@@ -375,11 +385,16 @@ def calibrate(spec: JobSpec, directory: Path) -> dict:
     clock = _EpochClock()
     search_module.set_seeds(spec.search.seed)
     model = search_module.build_auto_model(spec.search, directory, clock, max_trials=1)
+    fit_began = time.monotonic()
     search_module.fit(model, spec.search, splits, epochs=2)
+    fit_seconds = time.monotonic() - fit_began
     if len(clock.ends) < 3:
         raise NascloudError("the calibration trial failed before two epochs; run `nascloud agent` on the job "
                             "file to see the trial's error")
     seconds = clock.ends[2] - clock.ends[1]
     gpus = search_module.gpu_names()
     return {"seconds_per_epoch": seconds, "seconds_per_sample": seconds / len(splits.y_train),
-            "samples": int(len(splits.y_train)), "gpu": gpus[0] if gpus else None, "measured_at": time.time()}
+            "samples": int(len(splits.y_train)), "gpu": gpus[0] if gpus else None, "measured_at": time.time(),
+            "trial_overhead_seconds": max(0.0, fit_seconds - 2 * seconds),
+            "in_trial_overhead_seconds": max(0.0, clock.ends[2] - clock.ends[0] - 2 * seconds),  # tracing
+            "setup_seconds": fit_began - began}

@@ -129,8 +129,8 @@ def _check_flags(hours: Optional[float], **flags) -> None:
 
 
 def _prepare(job, settings, gpu, cloud, region, spot, hours, trials, epochs, samples, seconds_per_epoch, price_per_hour,
-             interruptions_per_hour, checkpoint_minutes, budget, catalog_dir):
-    """Job file + flags -> (catalog, resolved workload, options, assumptions, budget). Flags win."""
+             interruptions_per_hour, checkpoint_minutes, budget, catalog_dir, all_offers=False):
+    """Job file + flags -> the question estimate, plan and launch answer alike (nascloud.estimating.ask)."""
     from nascloud import estimating
     from nascloud.pricing import load_catalog
 
@@ -138,23 +138,10 @@ def _prepare(job, settings, gpu, cloud, region, spot, hours, trials, epochs, sam
                  price_per_hour=price_per_hour, interruptions_per_hour=interruptions_per_hour,
                  checkpoint_minutes=checkpoint_minutes, budget=budget)
     spec = _load_job(job, settings)
-    catalog = load_catalog(catalog_dir)
-    compute = spec.compute if spec else None
-    if compute:
-        gpu = gpu or compute.gpu
-        cloud = cloud or (compute.cloud if compute.cloud != "local" else None)
-        region = region or compute.region
-        spot = compute.spot if spot is None else spot
-        price_per_hour = price_per_hour if price_per_hour is not None else compute.price_per_hour
-        if interruptions_per_hour is None:
-            interruptions_per_hour = compute.interruptions_per_hour
-        budget = budget if budget is not None else spec.budget.usd
-    gpu, cloud = catalog.check_names(gpu, cloud, region)
-    resolved = estimating.resolve_workload(spec, catalog, hours=hours, gpu=gpu, trials=trials, epochs=epochs,
-                                           samples=samples, seconds_per_epoch=seconds_per_epoch)
-    options = estimating.options_for(catalog, gpu, cloud, region, spot, price_per_hour, interruptions_per_hour,
-                                     preemptible=bool(compute and compute.provisioning == "preemptible"))
-    return spec, resolved, options, estimating.assumptions_for(checkpoint_minutes, spec), budget
+    return estimating.ask(load_catalog(catalog_dir), spec, gpu=gpu, cloud=cloud, region=region, spot=spot, hours=hours,
+                          trials=trials, epochs=epochs, samples=samples, seconds_per_epoch=seconds_per_epoch,
+                          price_per_hour=price_per_hour, interruptions_per_hour=interruptions_per_hour,
+                          checkpoint_minutes=checkpoint_minutes, budget=budget, all_offers=all_offers)
 
 
 JOB_ARG = typer.Argument(None, metavar="JOB.yaml", show_default=False,
@@ -178,6 +165,8 @@ def estimate(
     interruptions_per_hour: Optional[float] = RATE,
     checkpoint_minutes: Optional[float] = typer.Option(None, help="Checkpoint interval (default: Young/Daly's optimum)."),
     budget: Optional[float] = typer.Option(None, help="USD: adds the probability of going over it."),
+    all_offers: bool = typer.Option(False, "--all", help="Ignore the job file's pins (GPU, region, zone, "
+                                    "instance type; a local job adds the clouds) and rank every offer."),
     top: int = typer.Option(12, min=1, help="Rows in the table (--json lists every option)."),
     as_json: bool = JSON,
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of cost against wall time for the options."),
@@ -187,28 +176,34 @@ def estimate(
     P50/P90 from a Monte Carlo over spot interruptions and trial times, and P(over budget)."""
     from nascloud import estimating
 
-    spec, resolved, options, assumptions, budget = _prepare(
+    question = _prepare(
         job, settings, gpu, cloud, region, spot, hours, trials, epochs, samples, seconds_per_epoch, price_per_hour,
-        interruptions_per_hour, checkpoint_minutes, budget, catalog_dir)
-    ranking = estimating.rank_options(resolved.workload, options, assumptions, budget)
+        interruptions_per_hour, checkpoint_minutes, budget, catalog_dir, all_offers)
+    ranking = estimating.rank(question)
     if plot:
         _plot(ranking.estimates, plot)
     if as_json:
-        typer.echo(json.dumps({"workload": estimating.workload_json(resolved), "budget_usd": budget,
-                               "options": [estimating.estimate_json(e) for e in ranking.estimates],
+        typer.echo(json.dumps({"workload": estimating.workload_json(question.resolved), "budget_usd": question.budget,
+                               "options": [estimating.estimate_json(e, question.terms[estimating.option_key(e.option)])
+                                           for e in ranking.estimates],
                                "skipped": ranking.skipped, "plot": str(plot) if plot else None}, indent=2))
         return
-    _render_estimates(resolved, ranking, budget, top, plot, chosen_interval=assumptions.interval_hours is not None)
+    chosen_interval = checkpoint_minutes is not None or bool(
+        question.spec and question.spec.checkpoint.interval_minutes != "auto")
+    _render_estimates(question, ranking, top, plot, chosen_interval)
 
 
-def _render_estimates(resolved, ranking, budget, top, plot, chosen_interval: bool) -> None:
+def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> None:
+    from nascloud import estimating
+
+    resolved, budget = question.resolved, question.budget
     from rich.table import Table
 
     shown = ranking.estimates[:top]
     from rich import box
 
     table = Table("#", "cloud", "region", "instance", "GPU", "kind", "$/h", "wall P50", "wall P90", "cost P50",
-                  "cost P90", "+extras", "preempt.", *(["P(>budget)"] if budget else []),
+                  "cost P90", "+extras", "preempt.", *(["P(>budget)"] if budget else []), "note",
                   title=f"Work: {resolved.description}", box=box.SIMPLE)
     for i, e in enumerate(shown, 1):
         o = e.option
@@ -216,7 +211,8 @@ def _render_estimates(resolved, ranking, budget, top, plot, chosen_interval: boo
                       f"{o.offer.gpu_count}×{o.offer.gpu}" if o.offer.gpu_count > 1 else o.offer.gpu, o.kind,
                       significant(o.price_per_hour), _hours(e.wall_hours.p50), _hours(e.wall_hours.p90),
                       dollars(e.cost_usd.p50), dollars(e.cost_usd.p90), dollars(e.extras_usd.mean),
-                      f"{e.expected_preemptions:.2f}", *([f"{e.p_over_budget:.0%}"] if budget else []))
+                      f"{e.expected_preemptions:.2f}", *([f"{e.p_over_budget:.0%}"] if budget else []),
+                      o.note or "")
     console = _console()
     console.print(table)
     best = ranking.estimates[0]
@@ -228,8 +224,18 @@ def _render_estimates(resolved, ranking, budget, top, plot, chosen_interval: boo
                   "model download.")
     if len(ranking.estimates) > top:
         console.print(f"{len(ranking.estimates) - top} more options: --top N or --json.")
+    try:
+        pick = ranking.launchable().option
+        console.print(f"`launch` runs on the first row it can run: {pick.offer.cloud} {pick.offer.instance_type} "
+                      f"{pick.kind}.")
+    except UsageError as error:
+        console.print(f"Note: {error}")
     for note in resolved.notes:
         console.print(f"Note: {note}")
+    terms = question.terms[estimating.option_key(best.option)]
+    shown = {**{k: resolved.terms[k] for k in ("trial_overhead",) if k in resolved.terms}, **terms}
+    console.print("Terms: " + "; ".join(f"{name} {term.seconds:.3g} s ({term.basis})" for name, term in shown.items())
+                  + f"; speed {best.option.speed:g}× T4 ({best.option.speed_basis}). --json shows each one's source.")
     for skipped in ranking.skipped:
         console.print(f"Skipped: {skipped}")
     if plot:
@@ -288,14 +294,16 @@ def plan(
     overrides that run it."""
     from nascloud import cost, estimating
 
-    spec, resolved, options, assumptions, budget = _prepare(
+    question = _prepare(
         job, settings, gpu, cloud, region, spot, None, trials, epochs, samples, seconds_per_epoch, price_per_hour,
         interruptions_per_hour, None, budget, catalog_dir)
+    spec, resolved, budget = question.spec, question.resolved, question.budget
     if budget is None:
         raise UsageError("plan needs a budget: give --budget USD or set budget.usd in the job file")
-    best = estimating.rank_options(resolved.workload, options, assumptions).estimates[0].option
+    best = estimating.rank(question).launchable().option  # what `launch` of the job would run on
     result = cost.plan(budget, resolved.trials, resolved.epochs, spec.search.seed if spec else 1,
-                       resolved.for_stage, best, assumptions, resolved.data_fraction)
+                       resolved.for_stage, best, question.assumptions[estimating.option_key(best)],
+                       resolved.data_fraction)
     if as_json:
         typer.echo(json.dumps({"workload": estimating.workload_json(resolved)} | estimating.plan_json(result),
                               indent=2))

@@ -1,0 +1,174 @@
+"""The job history: what each job measured, beside the estimate it launched with, so the next estimate of
+a similar job sets the model's own terms from it (README "Cost model and sources", "The job history").
+
+The instance writes `history.json` into the job's prefix at the job's end (nascloud.agent.governor);
+observer commands copy it into NASCLOUD_HOME/history/<job id>.json, so `estimate` reads it offline. A
+record holds the per-trial durations, the snapshot times, boot-to-training and recovery times from the
+ledger and the agent's training markers, the preemptions, the wall time and the spend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+from nascloud.paths import nascloud_home
+
+OBJECT = "history.json"
+SCHEMA = 1
+
+
+def similarity_key(spec, cloud: str, gpu: Optional[str]) -> dict:
+    """What makes two jobs comparable: the data set, the task and the space, on the same provider and GPU."""
+    search = spec.search
+    space = json.dumps(search.space.model_dump(mode="json"), sort_keys=True)
+    return {"data": search.data, "task": search.task, "space": hashlib.sha256(space.encode()).hexdigest()[:16],
+            "cloud": cloud, "gpu": gpu}
+
+
+def measure(bucket, status: str, now: Optional[float] = None) -> dict:
+    """The job's measured figures, read from its bucket (ledger, progress, training markers)."""
+    from nascloud.jobbucket import spend
+
+    now = now or time.time()
+    bundle = bucket.bundle()
+    spec, offer = bundle.spec, bundle.offer
+    ledger = [e.billed(now) for e in bucket.ledger()]
+    progress = bucket.progress()
+    training = {}
+    for info in bucket.store.objects.list("agent/training/"):
+        marker = bucket.store.get_json(info.key) or {}
+        training[Path(info.key).stem] = marker.get("time")
+    first = ledger[0] if ledger else None
+    recoveries = []
+    for entry, following in zip(ledger, ledger[1:]):
+        if entry.end_reason in ("preempted", "lost", "terminated") and training.get(following.instance_id):
+            recoveries.append(round(training[following.instance_id] - (entry.ended_at or entry.last_seen), 3))
+    ended = max((e.ended_at or now for e in ledger), default=now)
+    trial_seconds = [float(s) for s in progress.get("trial_durations") or []]
+    return {
+        "schema": SCHEMA, "job_id": bundle.job_id, "name": bundle.name, "status": status, "written_at": now,
+        "similar": similarity_key(spec, offer.cloud, offer.gpu),
+        "trials": len(trial_seconds), "max_trials": spec.search.max_trials, "epochs": spec.search.epochs,
+        "data_fraction": spec.search.data_fraction,
+        "trial_seconds": trial_seconds, "snapshot_seconds": progress.get("snapshot_seconds") or [],
+        "boot_to_training_seconds": (round(training[first.instance_id] - first.launched_at, 3)
+                                     if first and training.get(first.instance_id) else None),
+        "recovery_seconds": recoveries,
+        "preemptions": sum(1 for e in ledger if e.end_reason in ("preempted", "lost")),
+        "instances": len(ledger), "created_at": bundle.created_at, "ended_at": ended,
+        "wall_seconds": round(ended - bundle.created_at, 3), "spend_usd": round(spend(bucket, now), 6),
+        "price_per_hour": offer.price_per_hour, "estimate": bundle.estimate,
+    }
+
+
+def write(bucket, status: str) -> dict:
+    record = measure(bucket, status)
+    bucket.store.put_json(OBJECT, record)
+    return record
+
+
+def folder() -> Path:
+    return nascloud_home() / "history"
+
+
+def cache(bucket, job_id: str) -> None:
+    """Copy a finished job's history into this machine's cache once (one GET, then none)."""
+    path = folder() / f"{job_id}.json"
+    if path.exists():
+        return
+    record = bucket.store.get_json(OBJECT)
+    if record:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+
+
+def records() -> list[dict]:
+    """Every cached history, oldest first; an unreadable file is skipped (a cache, not the truth)."""
+    found = []
+    for path in sorted(folder().glob("*.json")) if folder().is_dir() else ():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("schema") == SCHEMA:
+            found.append(record)
+    return sorted(found, key=lambda r: r.get("written_at", 0))
+
+
+def similar(key: dict) -> list[dict]:
+    """The finished jobs like this one (same data set, task and space, provider and GPU)."""
+    return [r for r in records() if r.get("similar") == key and r.get("status") == "finished" and r["trials"]]
+
+
+# ---- from histories to the model's terms ---------------------------------------------------
+
+def _fit(points: list[tuple[float, float]]) -> Optional[tuple[float, float]]:
+    """Least squares y = a + b·x over points with at least two distinct x; None otherwise."""
+    xs = {x for x, _ in points}
+    if len(xs) < 2:
+        return None
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    return my - b * mx, b
+
+
+def terms(histories: list[dict], in_trial_overhead: float, between_trials: float) -> dict:
+    """The model's terms measured by similar jobs, each {"seconds", "jobs"}; a term the histories cannot
+    tell apart from another uses the calibration's split (`in_trial_overhead`: a trial's time beyond its
+    epochs, e.g. graph tracing; `between_trials`: what a trial costs outside its own fit).
+
+    seconds_per_epoch (full data) and the in-trial overhead from each job's mean trial duration against its
+    epochs; the fixed per-job term and the between-trial overhead from each uninterrupted job's wall time
+    less its trials, against its number of trials; restart from the recoveries; checkpoint from the
+    snapshots."""
+    if not histories:
+        return {}
+    found = {}
+    per_job = [(h["epochs"], statistics.fmean(h["trial_seconds"]) / h.get("data_fraction", 1.0)) for h in histories]
+    line = _fit(per_job)
+    if line and line[1] > 0:
+        in_trial, spe = max(0.0, line[0]), line[1]
+    else:
+        spe = statistics.fmean(max(1e-3, (d - in_trial_overhead) / e) for e, d in per_job)
+        in_trial = in_trial_overhead
+    found["seconds_per_epoch"] = spe
+    calm = [h for h in histories if not h["preemptions"]]
+    residuals = [(h["trials"], h["wall_seconds"] - sum(h["trial_seconds"])) for h in calm]
+    line = _fit(residuals)
+    if line and line[1] >= 0 and line[0] >= 0:
+        fixed, between = line
+    elif residuals:
+        between = between_trials
+        fixed = statistics.fmean(max(0.0, r - n * between) for n, r in residuals)
+    else:
+        fixed = None
+    found["trial_overhead_seconds"] = in_trial + between
+    if fixed is not None:
+        found["job_seconds"] = fixed
+    recoveries = [s for h in histories for s in h["recovery_seconds"]]
+    if recoveries:
+        found["restart_seconds"] = statistics.fmean(recoveries)
+    snapshots = [s for h in histories for s in h["snapshot_seconds"]]
+    if snapshots:
+        found["checkpoint_seconds"] = statistics.fmean(snapshots)
+    return {name: {"seconds": value, "jobs": len(histories)} for name, value in found.items()}
+
+
+def accuracy(record: dict) -> Optional[dict]:
+    """How close the launch estimate was: P50 as a ratio of the actual, and whether the P90 covered it."""
+    estimate = record.get("estimate") or {}
+    cost, wall = estimate.get("total_usd") or estimate.get("cost_usd") or {}, estimate.get("wall_hours") or {}
+    if not cost.get("p50") or not record.get("spend_usd"):
+        return None
+    actual_hours = record["wall_seconds"] / 3600
+    return {"job_id": record["job_id"], "name": record["name"], "trials": record["trials"],
+            "preemptions": record["preemptions"], "actual_usd": record["spend_usd"], "actual_hours": actual_hours,
+            "cost_ratio": cost["p50"] / record["spend_usd"], "wall_ratio": wall["p50"] / actual_hours,
+            "cost_p90_covered": cost["p90"] >= record["spend_usd"],
+            "wall_p90_covered": wall["p90"] >= actual_hours}
