@@ -335,3 +335,27 @@ def test_check_on_gcp_against_the_compute_engine_fake_and_fake_gcs(cli, gce, gcs
     code, out, _ = cli("check", job, "--bucket", "gs://nascloud-check-gcp/jobs")
     assert code == 0, out
     assert out.splitlines()[1].startswith("ok    offer and GPU quota: n1-standard-4 (T4, spot) in us-central1")
+
+
+# ---- estimate --plot -------------------------------------------------------------------------------------
+
+def test_the_plot_has_the_budget_line_axes_from_zero_and_labels_that_do_not_overlap(cli, monkeypatch, tmp_path):
+    from nascloud.cli import planning
+
+    drawn = []
+    monkeypatch.setattr(planning, "estimate_figure",
+                        lambda *args, real=planning.estimate_figure: drawn.append(real(*args)) or drawn[-1])
+    code, _, err = cli("estimate", AWS_JOB, "--all", "--budget", "0.15", "--plot", tmp_path / "cost.png")
+    assert code == 0, err
+    assert (tmp_path / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (figure,) = drawn
+    (ax,) = figure.axes
+    assert ax.get_xlim()[0] == 0 and ax.get_ylim()[0] == 0  # a spread is not magnified
+    budget_lines = [line for line in ax.get_lines() if list(line.get_ydata()) == [0.15, 0.15]]
+    assert budget_lines and any(t.get_text() == "budget $0.15" for t in ax.texts)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()  # the command closed the figure's own canvas
+    labels = [t.get_window_extent(renderer) for t in ax.texts if t.get_text()[:1].isdigit()]
+    assert len(labels) >= 3
+    assert not [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if a.overlaps(b)]

@@ -181,7 +181,7 @@ def estimate(
         interruptions_per_hour, checkpoint_minutes, budget, catalog_dir, all_offers)
     ranking = estimating.rank(question)
     if plot:
-        _plot(ranking.estimates, plot)
+        _plot(ranking.estimates, plot, question.budget)
     if as_json:
         typer.echo(json.dumps({"workload": estimating.workload_json(question.resolved), "budget_usd": question.budget,
                                "options": [estimating.estimate_json(e, question.terms[estimating.option_key(e.option)])
@@ -242,7 +242,7 @@ def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> No
         console.print(f"Plot written to {plot}")
 
 
-def _plot(estimates, path: Path) -> None:
+def _plot(estimates, path: Path, budget: Optional[float]) -> None:
     if path.suffix.lower() != ".png":
         raise UsageError(f"--plot writes a PNG; give a file name ending in .png, got {path.name}")
     try:
@@ -252,23 +252,63 @@ def _plot(estimates, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for e in estimates:
-        o = e.option
-        ax.errorbar(e.wall_hours.p50, e.total_usd.p50, xerr=[[0], [e.wall_hours.p90 - e.wall_hours.p50]],
-                    yerr=[[0], [e.total_usd.p90 - e.total_usd.p50]], fmt="o" if o.spot else "s", capsize=3)
-        ax.annotate(f"{o.offer.cloud} {o.offer.instance_type} {o.kind}", (e.wall_hours.p50, e.total_usd.p50),
-                    fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("wall time, hours (P50, bar to P90)")
-    ax.set_ylabel("total cost, USD (P50, bar to P90)")
-    ax.set_title("nascloud estimate: circles spot, squares on-demand")
-    ax.grid(alpha=0.3)
+    fig = estimate_figure(estimates, budget)
     try:
         fig.savefig(path, dpi=120, bbox_inches="tight")
     except OSError as error:
         raise UsageError(f"cannot write {path}: {error.strerror}") from None
     finally:
         plt.close(fig)
+
+
+PLOT_LABELS = 12  # the table's default rows: the options after them are drawn without a label
+
+
+def estimate_figure(estimates, budget: Optional[float]):
+    """Total cost against wall time, one point per option (bars to P90). Both axes start at 0, so that a
+    spread is not magnified; the budget is a dashed line; each of the first options is labelled with its
+    row number in the table, and labels are moved apart until none covers another."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for e in estimates:
+        ax.errorbar(e.wall_hours.p50, e.total_usd.p50, xerr=[[0], [e.wall_hours.p90 - e.wall_hours.p50]],
+                    yerr=[[0], [e.total_usd.p90 - e.total_usd.p50]], fmt="o" if e.option.spot else "s", capsize=3)
+    top = max([e.total_usd.p90 for e in estimates] + [budget or 0])
+    if budget:
+        ax.axhline(budget, color="tab:red", linestyle="--", linewidth=1)
+        ax.annotate(f"budget {dollars(budget)}", (0, budget), xytext=(4, 3), textcoords="offset points",
+                    color="tab:red", fontsize=8)
+    ax.set_xlim(left=0, right=max(e.wall_hours.p90 for e in estimates) * 1.25)
+    ax.set_ylim(bottom=0, top=top * 1.15)
+    ax.set_xlabel("wall time, hours (P50, bar to P90)")
+    ax.set_ylabel("total cost, USD (P50, bar to P90)")
+    ax.set_title("nascloud estimate: circles spot, squares on-demand; numbers are the table's rows")
+    ax.grid(alpha=0.3)
+    _spread_labels(fig, ax, [((e.wall_hours.p50, e.total_usd.p50),
+                              f"{i} {e.option.offer.cloud} {e.option.offer.instance_type} {e.option.kind}")
+                             for i, e in enumerate(estimates[:PLOT_LABELS], 1)])
+    return fig
+
+
+def _spread_labels(fig, ax, labels: list) -> None:
+    """Each label beside its point; one that would cover a label already placed moves up above it, with
+    a line back to its point."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for point, text in sorted(labels, key=lambda label: label[0][1]):  # bottom up
+        note = ax.annotate(text, point, xytext=(5, 0), textcoords="offset points", fontsize=7, va="center")
+        box = note.get_window_extent(renderer)
+        while any(box.overlaps(other) for other in placed):
+            lift = max(other.y1 for other in placed if box.overlaps(other)) - box.y0 + 1  # pixels
+            note.xyann = (5, note.xyann[1] + lift * 72 / fig.dpi)
+            box = note.get_window_extent(renderer)
+        if note.xyann[1]:
+            note.arrow_patch = None
+            note.set_annotation_clip(False)
+            ax.annotate("", point, xytext=(5, note.xyann[1]), textcoords="offset points",
+                        arrowprops={"arrowstyle": "-", "linewidth": 0.5, "color": "0.5"})
+        placed.append(box)
 
 
 @app.command()
