@@ -95,6 +95,10 @@ def _summary(bucket: JobBucket, now: Optional[float], tidy_up: bool) -> dict:
     status, reason = job_status(bucket, found)
     if tidy_up:
         tidy(bucket, found, status)
+    if status in SHOWN_FINAL:
+        from nascloud import history
+
+        history.cache(bucket, bundle.job_id)  # so `estimate` learns from it offline
     tick = money(bucket, now)
     ledger = bucket.ledger()
     budget = bucket.budget()

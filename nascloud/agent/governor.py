@@ -63,10 +63,20 @@ class Governor:
             self.governance.conclude(status, message)
             self.governance.end(status)
             self._book_requests()
+            self._write_history(status)
             self.bucket.put_log(self.me.instance_id, self.agent_log)
         except NascloudError as error:
             log.warning("could not write the job's end to the bucket: %s", error)
         self.halt(f"{status}: {message}")
+
+    def _write_history(self, status: str) -> None:
+        """What this job measured, beside its estimate, for the next estimate of a similar job."""
+        from nascloud import history
+
+        try:
+            history.write(self.bucket, status)
+        except Exception as error:  # noqa: BLE001  a courtesy to the next estimate: the halt must still come
+            log.warning("could not write the job's history: %s", error)
 
     # -- boot -------------------------------------------------------------------------------------
     def boot(self) -> None:

@@ -33,6 +33,7 @@ EXAMPLES = {
     "rm": "nascloud rm digits-1a2b3c",
     "agent": "nascloud agent s3://my-bucket/nascloud/digits-1a2b3c --instance-id i-0abc",
     "calibrate": "nascloud calibrate examples/digits-local.yaml",
+    "history": "nascloud history examples/digits-local.yaml",
     "checkpoints list": "nascloud checkpoints list digits-1a2b3c",
     "checkpoints pull": "nascloud checkpoints pull digits-1a2b3c ./search-state",
 }

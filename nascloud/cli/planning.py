@@ -399,3 +399,40 @@ def check(
     for answer in answers:
         typer.echo(f"{'ok' if answer.ok else 'FAIL':<4}  {answer.what}: {answer.detail}")
     return 0 if all(answer.ok for answer in answers) else 1
+
+
+@app.command()
+def history(
+    job: Optional[Path] = typer.Argument(None, metavar="JOB.yaml", show_default=False,
+                                         help="Only jobs like this one (same data set, space, provider and GPU)."),
+    as_json: bool = JSON,
+) -> None:
+    """How close past launch estimates were: each ended job's P50 cost and wall time against what it
+    spent and took, and whether the P90 covered them. Read from the local cache that `status`, `watch` and
+    the other observer commands fill from each job's bucket; `estimate` and `launch` set the model's
+    terms from the same records."""
+    from nascloud import history as past
+
+    records = past.records()
+    if job is not None:
+        spec = _load_job(job, None)
+        cloud = spec.compute.cloud
+        key = past.similarity_key(spec, cloud, None if cloud == "local" else spec.compute.gpu)
+        records = [r for r in records if r.get("similar") == key]
+    rows = [row for row in (past.accuracy(r) for r in records) if row]
+    if as_json:
+        typer.echo(json.dumps({"jobs": rows}, indent=2))
+        return
+    if not rows:
+        typer.echo("no ended job in the history yet; `nascloud status JOB` copies a finished job's history here")
+        return
+    from rich.table import Table
+
+    table = Table("job", "trials", "preempt.", "spent", "cost P50 / actual", "P90 covers", "took",
+                  "wall P50 / actual", "P90 covers", title="Launch estimates against the bill")
+    for r in rows:
+        table.add_row(r["job_id"], str(r["trials"]), str(r["preemptions"]), dollars(r["actual_usd"]),
+                      f"{r['cost_ratio']:.2f}", "yes" if r["cost_p90_covered"] else "no", _hours(r["actual_hours"]),
+                      f"{r['wall_ratio']:.2f}", "yes" if r["wall_p90_covered"] else "no")
+    console = _console()
+    console.print(table)

@@ -1,0 +1,105 @@
+"""The job history: what a job measured, read from its bucket as the instance leaves it, copied into the cache
+by an observer command, and what `nascloud history` says of past estimates."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from nascloud import history
+from nascloud.jobbucket import JobBucket, LedgerEntry
+from nascloud.observer import summary
+from tests.fixtures.search import make_bundle
+
+
+@pytest.fixture
+def job(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
+    return make_bundle(tmp_path, "hist-0a1b2c", price_per_hour=36.0)
+
+
+def finished_job(url: str) -> JobBucket:
+    """A job that was preempted once: two hosts in the ledger, each with the moment its agent trained."""
+    bucket = JobBucket.open(url)
+    created = bucket.bundle().created_at
+    first, second = created + 1.0, created + 40.0
+    bucket.put_entry(LedgerEntry("local-a", "search", "local", "local", None, True, 36.0, first, first + 30,
+                                 first + 30, "preempted", booted_at=first + 1))
+    bucket.put_entry(LedgerEntry("local-b", "search", "local", "local", None, True, 36.0, second, second + 60,
+                                 second + 60, "finished", booted_at=second + 1))
+    bucket.store.put_json("agent/training/local-a.json", {"time": first + 9.0})
+    bucket.store.put_json("agent/training/local-b.json", {"time": second + 8.0})
+    bucket.store.put_json("agent/progress.json", {"trial_durations": [3.0, 4.0, 5.0], "snapshot_seconds": [0.02, 0.04],
+                                                  "trials_done": 3, "finished": True})
+    bucket.write_exit("finished", "3 trials completed", "local-b")
+    return bucket
+
+
+def test_the_history_holds_what_the_job_measured(job):
+    bucket = finished_job(job)
+    record = history.write(bucket, "finished")
+    assert bucket.store.get_json("history.json") == record
+    created = bucket.bundle().created_at
+    assert record["trial_seconds"] == [3.0, 4.0, 5.0] and record["snapshot_seconds"] == [0.02, 0.04]
+    assert record["boot_to_training_seconds"] == pytest.approx(9.0, abs=1e-3)
+    # Preempted at its end (first + 30), training again on the replacement at second + 8.
+    assert record["recovery_seconds"] == [pytest.approx(40.0 + 8.0 - 31.0, abs=1e-3)]
+    assert record["preemptions"] == 1 and record["instances"] == 2
+    assert record["wall_seconds"] == pytest.approx(40.0 + 60.0, abs=1e-3)
+    assert record["spend_usd"] == pytest.approx(36.0 * (60 + 60) / 3600, rel=1e-6)  # 30 s billed as 60
+    assert record["similar"]["cloud"] == "local" and record["similar"]["data"] == "sklearn:digits"
+
+
+def test_an_observer_command_copies_it_into_the_cache_once(job, tmp_path):
+    bucket = finished_job(job)
+    history.write(bucket, "finished")
+    cached = tmp_path / "home" / "history" / "hist-0a1b2c.json"
+    assert not cached.exists()
+    summary(JobBucket.open(job))
+    assert json.loads(cached.read_text())["job_id"] == "hist-0a1b2c"
+    again = JobBucket.open(job)
+    summary(again)
+    assert history.records()[0]["trials"] == 3
+    bucket.store.put_json("history.json", {"schema": 1, "job_id": "changed"})
+    summary(JobBucket.open(job))  # the cache is not re-read from the bucket
+    assert json.loads(cached.read_text())["job_id"] == "hist-0a1b2c"
+
+
+def test_terms_fit_the_fixed_term_and_overheads_from_jobs_of_two_sizes():
+    key = {"k": 1}
+    jobs = [{"similar": key, "epochs": e, "trials": n, "trial_seconds": [1.0 + e * 0.5] * n, "data_fraction": 1.0,
+             "wall_seconds": 15.0 + n * (1.0 + e * 0.5 + 0.7) + (20.0 if r else 0.0), "preemptions": len(r),
+             "recovery_seconds": r, "snapshot_seconds": [0.01]}
+            for n, e, r in [(10, 8, []), (20, 12, []), (10, 8, [11.0, 13.0])]]
+    found = history.terms(jobs, in_trial_overhead=0.0, between_trials=0.0)
+    assert found["seconds_per_epoch"]["seconds"] == pytest.approx(0.5)
+    assert found["trial_overhead_seconds"]["seconds"] == pytest.approx(1.7)  # 1.0 in the trial + 0.7 between
+    assert found["job_seconds"]["seconds"] == pytest.approx(15.0, abs=1e-6)
+    assert found["restart_seconds"]["seconds"] == pytest.approx(12.0)
+    # One size only: the calibration's split of a trial's overhead decides what the history cannot.
+    one = history.terms(jobs[:1], in_trial_overhead=1.0, between_trials=0.7)
+    assert one["seconds_per_epoch"]["seconds"] == pytest.approx(0.5)
+    assert one["job_seconds"]["seconds"] == pytest.approx(15.0, abs=1e-6)
+
+
+def test_nascloud_history_reports_how_close_past_estimates_were(job, tmp_path, capsys, monkeypatch):
+    import sys
+
+    from nascloud.cli import main
+
+    bucket = finished_job(job)
+    record = history.write(bucket, "finished")
+    record["estimate"] = {"total_usd": {"p50": 1.08, "p90": 1.5}, "wall_hours": {"p50": 0.03, "p90": 0.02}}
+    folder = tmp_path / "home" / "history"
+    folder.mkdir(parents=True)
+    (folder / "hist-0a1b2c.json").write_text(json.dumps(record))
+    monkeypatch.setattr(sys, "argv", ["nascloud", "history", "--json"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert (stop.value.code or 0) == 0
+    (row,) = json.loads(capsys.readouterr().out)["jobs"]
+    assert row["cost_ratio"] == pytest.approx(1.08 / 1.2) and row["cost_p90_covered"] is True
+    assert row["wall_ratio"] == pytest.approx(0.03 * 36) and row["wall_p90_covered"] is False
+    assert time.time() - record["written_at"] < 60
