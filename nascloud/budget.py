@@ -333,12 +333,12 @@ def stop_decision(rows: Sequence[Any], config: BudgetConfig, now: float, extra_u
             at_stop += burn_rate(rows) * max(config.minimum_billed_seconds, horizon) / 3600
         if at_stop > config.budget_usd:
             spent = ledger_total(rows, now, config.minimum_billed_seconds) + extra_usd
-            return "budget", (f"spent {_money(spent)} of the {_money(config.budget_usd)} budget; another tick and "
-                              f"the shutdown would make it {_money(at_stop)}")
+            return "budget", (f"spent {_money(spent)} of the {_money(config.budget_usd)} budget, and running on to "
+                              f"the next check and the shutdown would have made it {_money(at_stop)}")
     deadline = config.deadline_at
     if deadline is not None and now + horizon >= deadline:
-        return "deadline", (f"the {_hours(config.max_hours)} deadline is reached "
-                            f"({_hours((now - config.started_at) / 3600)} since launch with the shutdown to come)")
+        return "deadline", (f"{_hours((now - config.started_at) / 3600)} since launch, and the shutdown takes the "
+                            f"rest of the {_hours(config.max_hours)} deadline")
     return "none", ""
 
 

@@ -211,6 +211,22 @@ def bar_style(view: JobView) -> str:
     return ("green", "yellow")[passed] if passed < 2 else "dark_orange"
 
 
+def trials_table(view: JobView):
+    """A score per trial (the best marked), then the trial training now with its epoch."""
+    from rich.table import Table
+
+    trials = Table("trial", view.objective or "score", "seconds", "")
+    for t in view.trials:
+        best = t.number == view.best_trial
+        trials.add_row(t.number, _score(t.score), "-" if t.seconds is None else f"{t.seconds:.0f}",
+                       "★ best" if best else ("" if t.status == "COMPLETED" else t.status.lower()),
+                       style="bold green" if best else "")
+    if view.running_trial and not view.final:
+        trials.add_row(view.running_trial, "-", "-",
+                       f"epoch {view.running_epoch}" + (f"/{view.epochs}" if view.epochs else ""))
+    return trials
+
+
 def render(view: JobView):
     """The Rich renderable: spend bar, money, instances, trials, recent events (alerts among them, once)."""
     from rich.console import Group
@@ -241,17 +257,8 @@ def render(view: JobView):
     parts.append(instances)
 
     parts.append(Text(trials_line(view), style="bold"))  # above the table: a title would wrap to its width
-    trials = Table("trial", view.objective or "score", "seconds", "")
-    for t in view.trials:
-        best = t.number == view.best_trial
-        trials.add_row(t.number, _score(t.score), "-" if t.seconds is None else f"{t.seconds:.0f}",
-                       "★ best" if best else ("" if t.status == "COMPLETED" else t.status.lower()),
-                       style="bold green" if best else "")
-    if view.running_trial and not view.final:
-        trials.add_row(view.running_trial, "-", "-",
-                       f"epoch {view.running_epoch}" + (f"/{view.epochs}" if view.epochs else ""))
-    parts.append(trials)
-
+    if view.trials or (view.running_trial and not view.final):
+        parts.append(trials_table(view))
     if view.events:
         recent = Table("time", "event", "", title="recent events", title_justify="left", show_header=False)
         for e in view.events[-RECENT_EVENTS:]:

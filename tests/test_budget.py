@@ -172,7 +172,8 @@ def test_the_cap_counts_the_billing_minimum_of_a_fresh_instance():
     assert budget.evaluate(rows, progress(), config, set(), now=1059.0).stop == "none"  # $10.39 at the next tick
     late = budget.evaluate(rows, progress(), config, set(), now=1061.0)  # $10.41 at the next tick
     assert late.stop == "budget"
-    assert late.reason == "spent $10.31 of the $10.40 budget; another tick and the shutdown would make it $10.41"
+    assert late.reason == ("spent $10.31 of the $10.40 budget, and running on to the next check and the shutdown "
+                           "would have made it $10.41")
 
 
 def test_no_recovery_is_launched_into_a_budget_that_cannot_pay_its_minimum():
@@ -203,7 +204,7 @@ def test_deadline_alerts_then_stop_before_it_passes():
         "80% of the 2.0 h deadline used (1.6 h)",
     ]
     assert stop.stop == "deadline"
-    assert stop.reason == "the 2.0 h deadline is reached (1.9 h since launch with the shutdown to come)"
+    assert stop.reason == "1.9 h since launch, and the shutdown takes the rest of the 2.0 h deadline"
     # The first tick at which one more tick and the shutdown would reach the deadline: it ends before.
     assert stopped_at == 2 * 3600 - config.tick_seconds - config.shutdown_seconds
 

@@ -64,17 +64,20 @@ def test_plain_lines_say_elapsed_money_trials_with_epochs_instance_and_deadline(
 
 
 def test_a_capped_job_says_why_in_words_and_how_to_go_on_with_its_id_and_nothing_about_finishing():
-    data = summary("budget", reason="spent $1.98 of the $2.00 budget; another tick and the shutdown would make "
-                                    "it $2.01")
+    why = ("spent $1.98 of the $2.00 budget, and running on to the next check and the shutdown would have made "
+           "it $2.01")
+    data = summary("budget", reason=why)
     data["money"] |= {"burn_usd_per_hour": 0.0, "remaining_hours": 0.0}  # as observer.summary has it, ended
     lines = status_lines(JobView.from_summary(data, (), NOW))
     assert lines[0] == "digits-1a2b3c: stopped at its budget, with a final snapshot, after 2 h 30 min"
     assert lines[1] == "spent $0.61 of $2.00, burn $0/h"
     assert lines[2] == "trials 2/6, best val_accuracy 0.9512 (trial 2)"  # nothing running any more
-    assert lines[-2] == "why: spent $1.98 of the $2.00 budget; another tick and the shutdown would make it $2.01"
+    assert lines[-2] == f"why: {why}"
     assert lines[-1] == "next: `nascloud resume digits-1a2b3c --budget +USD` continues it with more money"
     text = text_of(JobView.from_summary(data, (), NOW))
     assert "finish in" not in text and "projected" not in text and "epoch 2/4" not in text
+    data["progress"] = {"max_trials": 6, "trials_done": 0}  # stopped before its first trial: no empty table
+    assert "┃ trial" not in text_of(JobView.from_summary(data, (), NOW))
     assert "nascloud resume digits-1a2b3c --budget +USD" in text
 
 
