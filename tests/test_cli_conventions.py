@@ -359,3 +359,9 @@ def test_the_plot_has_the_budget_line_axes_from_zero_and_labels_that_do_not_over
     labels = [t.get_window_extent(renderer) for t in ax.texts if t.get_text()[:1].isdigit()]
     assert len(labels) >= 3
     assert not [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if a.overlaps(b)]
+
+
+def test_plan_without_a_search_says_what_to_give_and_names_no_flag_it_lacks(cli):
+    code, _, err = cli("plan", "--budget", "800")
+    assert code == 2 and "--trials N --epochs E" in one_error(err) and "--hours" not in one_error(err)
+    assert cli("plan", "--trials", "20", "--epochs", "10", "--budget", "800")[0] == 0

@@ -334,6 +334,9 @@ def plan(
     overrides that run it."""
     from nascloud import cost, estimating
 
+    if job is None and (trials is None or epochs is None):  # stages are trials and epochs, not hours
+        raise UsageError("plan splits a search into stages: give its job file (nascloud plan "
+                         "examples/digits-aws-t4-spot.yaml --budget 800) or --trials N --epochs E")
     question = _prepare(
         job, settings, gpu, cloud, region, spot, None, trials, epochs, samples, seconds_per_epoch, price_per_hour,
         interruptions_per_hour, None, budget, catalog_dir)
