@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -48,10 +47,12 @@ def instance(
 
 @app.command()
 def calibrate(
-    job_file: Path = typer.Argument(..., help="The job YAML whose search to time."),
+    job_file: Path = typer.Argument(..., metavar="JOB.yaml", help="The job file whose search to time."),
 ) -> int:
     """Time one short trial of the job's search on this machine; `estimate` then uses the measured
     seconds per epoch and per sample instead of a guess."""
+    import tempfile
+
     from nascloud.agent.runner import calibrate as measure
     from nascloud.estimating import calibration_path
     from nascloud.job import load_job
