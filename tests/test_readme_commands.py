@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_e2e_local import running_hosts, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 FENCE = re.compile(r"(?P<before>[^\n]*)\n```(?:bash|sh|shell|console)\n(?P<body>.*?)\n```", re.DOTALL)
@@ -46,19 +48,22 @@ def test_the_readme_has_command_blocks_and_each_skip_says_why():
 
 @pytest.fixture
 def sandbox(tmp_path):
-    """A working folder with the repository's examples, a fresh NASCLOUD_HOME, and `nascloud` on PATH.
-    Whatever a block launched on the local provider ends with the test."""
+    """A working folder with the repository's examples, a fresh NASCLOUD_HOME and HOME (a block may install
+    shell completion), and `nascloud` on PATH. Whatever a block launched on the local provider ends with the
+    test."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "examples").symlink_to(ROOT / "examples")
     home = tmp_path / "home"
-    env = {**os.environ, "NASCLOUD_HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "NASCLOUD_HOME": str(home), "HOME": str(tmp_path),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     yield work, env
     from nascloud.provisioners.local import LocalProvisioner
 
     provisioner = LocalProvisioner(root=home / "local")
     for group in provisioner.list_owned():
         provisioner.resize(group.job_id, group.name, 0)
+    wait_for(lambda: not running_hosts(home), 60, "the README's local hosts to end")
 
 
 @pytest.mark.parametrize("line, script, why", BLOCKS, ids=[f"line-{line}" for line, _, _ in BLOCKS])
