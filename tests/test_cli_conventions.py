@@ -111,7 +111,7 @@ def test_the_command_list_shows_each_description_whole(cli):
            "all without this machine; then follow it live (Ctrl-C leaves it running)." in listing
 
 
-def test_completion_scripts_and_completing_a_command(tmp_path):
+def test_completion_scripts_and_completing_a_command_and_a_job(tmp_path, monkeypatch):
     def nascloud(*args, **env):
         # Typer's switch for naming the shell instead of detecting the one that runs these tests.
         return subprocess.run([sys.executable, "-m", "nascloud", *args], capture_output=True, text=True, timeout=60,
@@ -126,6 +126,15 @@ def test_completion_scripts_and_completing_a_command(tmp_path):
     # What the script asks nascloud for, nascloud answers: `nascloud la<TAB>` completes to launch.
     assert nascloud(_NASCLOUD_COMPLETE="complete_bash", COMP_WORDS="nascloud la", COMP_CWORD="1").stdout.split() \
         == ["launch"]
+    # A JOB argument completes to the jobs this machine knows.
+    from nascloud.state import JobCache
+
+    monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
+    cache = JobCache()
+    for n, job_id in enumerate(("digits-0a1b2c", "digits-3d4e5f", "wine-6a7b8c")):
+        cache.remember(job_id, job_id.rsplit("-", 1)[0], f"file:///b/{job_id}", 1000.0 + n)
+    assert nascloud(_NASCLOUD_COMPLETE="complete_bash", COMP_WORDS="nascloud watch dig",
+                    COMP_CWORD="2").stdout.split() == ["digits-3d4e5f", "digits-0a1b2c"]  # newest first
     installed = nascloud("--install-completion", "bash")
     assert installed.returncode == 0, installed.stderr
     assert "_nascloud_completion" in (tmp_path / ".bash_completions" / "nascloud.sh").read_text()

@@ -55,6 +55,19 @@ def ask_first(lines: list[str], question: str, what: str) -> None:
         raise typer.Exit(1)
 
 
+def complete_job(incomplete: str) -> list[str]:
+    """Shell completion of a JOB argument: the jobs this machine knows, newest first."""
+    import sqlite3
+
+    from nascloud.state import JobCache
+
+    try:
+        known = JobCache().jobs()
+    except (OSError, sqlite3.Error):  # a completion must never print a traceback into the user's shell
+        return []
+    return [job.job_id for job in reversed(known) if job.job_id.startswith(incomplete)]
+
+
 def _example(ctx) -> Optional[str]:
     return EXAMPLES.get(ctx.command_path.split(" ", 1)[-1])
 

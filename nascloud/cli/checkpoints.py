@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from nascloud.cli.app import Typer, app
+from nascloud.cli.app import Typer, app, complete_job
 from nascloud.errors import NascloudError, UsageError
 
 checkpoints_app = Typer(help="A job's search-state snapshots in its bucket: list them, pull one.",
@@ -50,7 +50,7 @@ def _size(n: float) -> str:
 
 @checkpoints_app.command("list")
 def list_snapshots(
-    job_or_url: str = typer.Argument(..., metavar="JOB", help=JOB_HELP),
+    job_or_url: str = typer.Argument(..., metavar="JOB", help=JOB_HELP, autocompletion=complete_job),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of snapshots, oldest first."),
 ) -> None:
     """List a job's kept snapshots, oldest first: id, time, files, size, and whether HEAD's chain holds it."""
@@ -73,7 +73,7 @@ def list_snapshots(
 
 @checkpoints_app.command("pull")
 def pull(
-    job_or_url: str = typer.Argument(..., metavar="JOB", help=JOB_HELP),
+    job_or_url: str = typer.Argument(..., metavar="JOB", help=JOB_HELP, autocompletion=complete_job),
     directory: Path = typer.Argument(..., metavar="DIR", help="Made exactly equal to the snapshot "
                                      "(files not in it are removed)."),
     snapshot: Optional[str] = typer.Option(None, "--snapshot", help="This snapshot id instead of the "

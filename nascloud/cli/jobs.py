@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from nascloud.cli.app import SETTINGS, app, ask_first
+from nascloud.cli.app import SETTINGS, app, ask_first, complete_job
 
 JOB_HELP = "Job id or name launched here, or the job's bucket URL (file://.../JOB-ID, s3://..., gs://...)."
 
@@ -104,14 +104,15 @@ def _spending(quote) -> list[str]:
 
 
 @app.command()
-def watch(job: str = typer.Argument(..., help=JOB_HELP)) -> int:
+def watch(job: str = typer.Argument(..., help=JOB_HELP, autocompletion=complete_job)) -> int:
     """Follow a job live: spend, burn rate, projection, trials, events. Exit code: the job's final one."""
     return _follow(_open(job))
 
 
 @app.command()
 def status(
-    job: Optional[str] = typer.Argument(None, help=JOB_HELP + " All jobs launched here when left out."),
+    job: Optional[str] = typer.Argument(None, help=JOB_HELP + " All jobs launched here when left out.",
+                                         autocompletion=complete_job),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Jobs, their spend against budget and estimate, instances, and recent alerts."""
@@ -126,7 +127,7 @@ def status(
 
 @app.command()
 def logs(
-    job: str = typer.Argument(..., help=JOB_HELP),
+    job: str = typer.Argument(..., help=JOB_HELP, autocompletion=complete_job),
     follow_: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
     agent: int = typer.Option(0, help="Also print the last N lines of the agent's log (from the bucket)."),
 ) -> None:
@@ -148,7 +149,7 @@ def logs(
 
 
 @app.command()
-def stop(job: str = typer.Argument(..., help=JOB_HELP)) -> None:
+def stop(job: str = typer.Argument(..., help=JOB_HELP, autocompletion=complete_job)) -> None:
     """Ask the job's instance for a final snapshot and to end its groups; the job stays resumable."""
     from nascloud import launching
     from nascloud.errors import UsageError
@@ -164,7 +165,7 @@ def stop(job: str = typer.Argument(..., help=JOB_HELP)) -> None:
 
 @app.command()
 def resume(
-    job: str = typer.Argument(..., help=JOB_HELP),
+    job: str = typer.Argument(..., help=JOB_HELP, autocompletion=complete_job),
     budget: Optional[str] = typer.Option(None, help="New budget: +USD adds to it, USD sets it."),
     max_hours: Optional[float] = typer.Option(None, help="New deadline on the job's wall time, in hours."),
     detach: bool = typer.Option(False, "--detach", help="Return at once; the job runs by itself either way."),
@@ -189,7 +190,7 @@ def resume(
 
 @app.command()
 def results(
-    job: str = typer.Argument(..., help=JOB_HELP),
+    job: str = typer.Argument(..., help=JOB_HELP, autocompletion=complete_job),
     download: Optional[Path] = typer.Option(None, help="Copy the leaderboard, labels and best model here."),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
 ) -> None:
@@ -213,7 +214,7 @@ def results(
 
 @app.command()
 def rm(
-    job: str = typer.Argument(..., help=JOB_HELP),
+    job: str = typer.Argument(..., help=JOB_HELP, autocompletion=complete_job),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking."),
 ) -> None:
     """Delete an ended job: its data in the bucket (snapshots, results, ledger, logs) and this machine's record
@@ -232,7 +233,7 @@ def rm(
 
 
 @app.command()
-def drill(job: str = typer.Argument(..., help=JOB_HELP)) -> None:
+def drill(job: str = typer.Argument(..., help=JOB_HELP, autocompletion=complete_job)) -> None:
     """Fire drill: preempt the job's instance the way the cloud would, and time the group's recovery."""
     from nascloud import launching
 
@@ -242,7 +243,7 @@ def drill(job: str = typer.Argument(..., help=JOB_HELP)) -> None:
 
 @app.command()
 def ssh(
-    job: str = typer.Argument(..., help=JOB_HELP),
+    job: str = typer.Argument(..., help=JOB_HELP, autocompletion=complete_job),
     command: Optional[str] = typer.Option(None, "--command", help="Run this on the instance, print its output "
                                           "and exit with its exit code, instead of opening a shell."),
 ) -> int:
