@@ -4,7 +4,8 @@
 # right after the shebang:
 #   NASCLOUD_CLOUD (aws|gcp|local), NASCLOUD_JOB_ID, NASCLOUD_GROUP, NASCLOUD_JOB_URL, NASCLOUD_REGION,
 #   NASCLOUD_ROOT (the instance's own folder), NASCLOUD_GPU (empty: CPU only), NASCLOUD_SSH (1: opt-in SSH),
-#   NASCLOUD_PYTHON (a Python with nascloud installed: local, or an image prepared for it).
+#   NASCLOUD_PYTHON (a Python with nascloud installed: local, or an image prepared for it),
+#   NASCLOUD_EXTRAS (the wheel's extras to install; default search: what the agent needs to train).
 # It prepares nascloud (clouds: the exact wheel from the bundle) and then becomes the instance's governor,
 # `nascloud instance`, which records the instance in the bucket's ledger, checks the budget before
 # anything slow, runs the agent under supervision and, at the end, sets the group to 0 and powers off.
@@ -15,6 +16,7 @@ set -uo pipefail
 export NASCLOUD_CLOUD NASCLOUD_ROOT NASCLOUD_JOB_URL NASCLOUD_JOB_ID NASCLOUD_GROUP
 export NASCLOUD_REGION="${NASCLOUD_REGION:-}" NASCLOUD_GPU="${NASCLOUD_GPU:-}" NASCLOUD_SSH="${NASCLOUD_SSH:-}"
 export NASCLOUD_LOCAL_ROOT="${NASCLOUD_LOCAL_ROOT:-}"
+NASCLOUD_EXTRAS="${NASCLOUD_EXTRAS-search}"
 mkdir -p "$NASCLOUD_ROOT"
 exec > >(tee -a "$NASCLOUD_ROOT/bootstrap.log") 2>&1
 
@@ -57,15 +59,51 @@ check_gpu() {
   fail "no working NVIDIA driver for the $NASCLOUD_GPU GPU (nvidia-smi failed); use a GPU image (compute.image)"
 }
 
+# The bucket, with the instance's own identity. AWS: the Deep Learning AMI's `aws` CLI. GCP: the JSON API
+# with the metadata server's token and curl, not gcloud (absent on some images); STORAGE_EMULATOR_HOST points
+# it at another endpoint, as the Python client does (the tests' fake-gcs-server).
+GCS="${STORAGE_EMULATOR_HOST:-https://storage.googleapis.com}"
+GCE_METADATA="${NASCLOUD_GCE_METADATA_URL:-http://metadata.google.internal/computeMetadata/v1}"
+gcs_path="${NASCLOUD_JOB_URL#gs://}"
+GCS_BUCKET="${gcs_path%%/*}" GCS_PREFIX="${gcs_path#*/}"
+# An object's name in a URL path: our names have only [A-Za-z0-9._+/-], of which / and + need escaping.
+gcs_name() { local name="$GCS_PREFIX/$1"; name="${name//\//%2F}"; echo "${name//+/%2B}"; }
+gcs() {  # curl ARGS... with the VM's service account token; fails without one (a VM with no service account)
+  local token
+  token=$(curl -fsS -H "Metadata-Flavor: Google" "$GCE_METADATA/instance/service-accounts/default/token" |
+    sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p') && [ -n "$token" ] || return 1
+  curl -fsS -H "Authorization: Bearer $token" "$@"
+}
+get_object() {  # KEY (under the job's prefix) DEST: fails quietly when there is no such object
+  case "$NASCLOUD_CLOUD" in
+    aws) aws s3 cp --quiet "$NASCLOUD_JOB_URL/$1" "$2" 2>/dev/null ;;
+    gcp) gcs -o "$2" "$GCS/storage/v1/b/$GCS_BUCKET/o/$(gcs_name "$1")?alt=media" 2>/dev/null ||
+           { rm -f "$2"; return 1; } ;;
+  esac
+}
+put_object() {  # FILE KEY, streamed (a wheelhouse is gigabytes)
+  case "$NASCLOUD_CLOUD" in
+    aws) aws s3 cp --quiet "$1" "$NASCLOUD_JOB_URL/$2" ;;
+    gcp) gcs -o /dev/null -X POST -T "$1" -H "Content-Type: application/octet-stream" \
+           "$GCS/upload/storage/v1/b/$GCS_BUCKET/o?uploadType=media&name=$(gcs_name "$2")" ;;
+  esac
+}
+bundle_wheels() {  # the names of the bundle's wheels
+  case "$NASCLOUD_CLOUD" in
+    aws) aws s3 ls "$NASCLOUD_JOB_URL/bundle/" | awk '{print $NF}' | grep '\.whl$' ;;
+    gcp) gcs "$GCS/storage/v1/b/$GCS_BUCKET/o?prefix=$(gcs_name bundle/)&delimiter=%2F&fields=items(name)" |
+           grep -o '"name": *"[^"]*\.whl"' | sed 's/.*"\([^"]*\)"$/\1/; s#.*/##' ;;
+  esac
+}
+
 fetch_wheel() {
   # Launch uploads this exact nascloud version (a development build is not on PyPI) to the bundle.
-  local dest="$NASCLOUD_ROOT/bundle"
+  local dest="$NASCLOUD_ROOT/bundle" wheel
   mkdir -p "$dest"
   for _ in $(seq 1 30); do
-    case "$NASCLOUD_CLOUD" in
-      aws) aws s3 cp --recursive --exclude '*' --include '*.whl' "$NASCLOUD_JOB_URL/bundle/" "$dest/" ;;
-      gcp) gcloud storage cp "$NASCLOUD_JOB_URL/bundle/*.whl" "$dest/" ;;
-    esac
+    for wheel in $(bundle_wheels); do
+      get_object "bundle/$wheel" "$dest/$wheel"
+    done
     if compgen -G "$dest/*.whl" >/dev/null; then
       return 0
     fi
@@ -87,7 +125,10 @@ find_python() {
 }
 
 make_venv() {
-  local wheel python
+  # The install is most of a replacement's boot, which the estimate charges at every preemption: the first
+  # boot builds a wheelhouse of everything it installs and uploads it beside the wheel, keyed by the wheel's
+  # hash, the Python and the machine; later boots install from it without an index.
+  local wheel python key flavor wheelhouse="$NASCLOUD_ROOT/wheelhouse" requirements
   wheel=$(compgen -G "$NASCLOUD_ROOT/bundle/*.whl" | head -n 1)
   python=$(find_python) || fail "no Python 3.10 or newer on the image; use another image (compute.image)"
   if ! "$python" -m venv "$NASCLOUD_ROOT/venv"; then
@@ -95,9 +136,28 @@ make_venv() {
     apt-get install -y -q python3-venv && "$python" -m venv "$NASCLOUD_ROOT/venv" ||
       fail "$python -m venv failed (the image needs python3-venv)"
   fi
-  "$NASCLOUD_ROOT/venv/bin/pip" install --quiet "${wheel}[search]" || fail "pip install $(basename "$wheel")[search] failed"
+  local pip="$NASCLOUD_ROOT/venv/bin/pip"
+  requirements=("$wheel${NASCLOUD_EXTRAS:+[$NASCLOUD_EXTRAS]}")
+  # A GPU needs TensorFlow's CUDA libraries (pip wheels; the image brings only the driver).
+  [ -n "$NASCLOUD_GPU" ] && requirements+=("tensorflow[and-cuda]>=2.16")
+  flavor=cpu
+  [ -n "$NASCLOUD_GPU" ] && flavor=cuda
+  key="bundle/wheelhouse/$(sha256sum "$wheel" | cut -c1-16)-$("$python" -c \
+    'import platform, sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')-$flavor.tar"
+  mkdir -p "$wheelhouse"
+  if get_object "$key" "$NASCLOUD_ROOT/wheelhouse.tar" && tar -xf "$NASCLOUD_ROOT/wheelhouse.tar" -C "$wheelhouse" &&
+    "$pip" install --quiet --no-index --find-links "$wheelhouse" "${requirements[@]}"; then
+    log "installed $(basename "$wheel") from the bucket's wheelhouse"
+  else
+    "$pip" wheel --quiet --wheel-dir "$wheelhouse" "${requirements[@]}" &&
+      "$pip" install --quiet --no-index --find-links "$wheelhouse" "${requirements[@]}" ||
+      fail "pip install ${requirements[*]##*/} failed"
+    log "installed $(basename "$wheel") from the index; uploading its wheelhouse for the next boots"
+    # In the background: training need not wait for it, and a boot ended mid-upload leaves no object.
+    (tar -cf "$NASCLOUD_ROOT/wheelhouse.tar" -C "$wheelhouse" . && put_object "$NASCLOUD_ROOT/wheelhouse.tar" "$key" &&
+      log "wheelhouse uploaded to $key" || log "could not upload the wheelhouse to $key") &
+  fi
   NASCLOUD_PYTHON="$NASCLOUD_ROOT/venv/bin/python"
-  log "installed $(basename "$wheel") with the search extra"
 }
 
 log "boot on $NASCLOUD_CLOUD for job $NASCLOUD_JOB_ID, group $NASCLOUD_GROUP"
