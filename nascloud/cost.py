@@ -113,6 +113,7 @@ class Workload:
     trial_cv: float = 0.0  # spread of one trial's duration (coefficient of variation)
     overhead_hours: float = 0.0  # per-trial overheads of all trials: machine time that no GPU speeds up
     epoch_t4_hours: float = 0.0  # one epoch on the T4: the agent checkpoints at epoch ends, never between
+    job_cv: float = 0.0  # run-to-run spread of the whole job's speed (a shared or throttled machine)
     checkpoint_gb: float = 0.5  # one snapshot in the bucket
     keep: int = 3  # snapshots kept
     model_gb: float = 0.1  # the final model, downloaded once
@@ -126,13 +127,13 @@ class Workload:
 
 
 def workload_from_trials(trials: int, epochs: int, seconds_per_epoch: float, overhead_seconds: float,
-                         trial_cv: float = 0.3, **storage) -> Workload:
+                         trial_cv: float = 0.3, job_cv: float = 0.0, **storage) -> Workload:
     """trials × epochs × seconds per epoch on the reference GPU, plus trials × the per-trial overhead (not
     scaled by the GPU). AutoKeras candidates differ in size, so one trial's time varies; 0.3 is a middle
     guess, made explicit."""
     return Workload(t4_hours=trials * epochs * seconds_per_epoch / 3600, trials=trials, trial_cv=trial_cv,
                     overhead_hours=trials * overhead_seconds / 3600, epoch_t4_hours=seconds_per_epoch / 3600,
-                    **storage)
+                    job_cv=job_cv, **storage)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def first_order(work_hours: float, price: float, rate: float, restart: float, de
 
 
 def simulate(work_hours: float, option: Option, interval: float, trials: int, trial_cv: float,
-             assumptions: Assumptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             assumptions: Assumptions, job_cv: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Monte Carlo of one search on one option: per sample, the wall hours, billed instance cost and
     number of interruptions. Vectorised over samples; loops only over interruption rounds."""
     rng = np.random.default_rng(assumptions.seed)
@@ -231,6 +232,9 @@ def simulate(work_hours: float, option: Option, interval: float, trials: int, tr
         need = rng.gamma(shape, work_hours / shape, n)
     else:
         need = np.full(n, work_hours)
+    if job_cv > 1e-6:  # the whole run faster or slower than its mean (mean 1: the closed form is unchanged)
+        shape = 1 / job_cv**2
+        need = need * rng.gamma(shape, 1 / shape, n)
     periodic = math.isfinite(interval)
     period = interval + assumptions.checkpoint_hours if periodic else math.inf
     remaining = need * (period / interval if periodic else 1.0)
@@ -284,7 +288,8 @@ def estimate(workload: Workload, option: Option, assumptions: Assumptions = Assu
         raise UsageError(f"the budget must be a positive number of dollars, got {budget}")
     work = workload.t4_hours / option.speed + workload.overhead_hours + assumptions.job_hours
     interval = assumptions.interval_hours or checkpoint_interval(assumptions.checkpoint_hours, option, workload)
-    wall, cost, interruptions = simulate(work, option, interval, workload.trials, workload.trial_cv, assumptions)
+    wall, cost, interruptions = simulate(work, option, interval, workload.trials, workload.trial_cv, assumptions,
+                                         workload.job_cv)
     check = first_order(work, option.price_per_hour, option.interruptions_per_hour, assumptions.restart_hours,
                         assumptions.checkpoint_hours, interval, option.billing.minimum_hours)
     total = cost + extras(option, workload, wall, interval)

@@ -29,14 +29,14 @@ LOCAL_BUCKET_SCHEMES = {"aws": "s3", "gcp": "gs"}  # where a cloud's job keeps i
 
 @dataclass(frozen=True)
 class Term:
-    """One of the model's own terms, in seconds, with where it came from (shown in --json and as a note)."""
+    """One of the model's own terms with where it came from (shown in --json and as a note)."""
 
-    seconds: float
+    value: float  # seconds; a ratio for job_cv
     basis: str  # given | job file | history | calibration | default
     source: str
 
     def json(self) -> dict:
-        return {"seconds": round(self.seconds, 4), "basis": self.basis, "source": self.source}
+        return {"value": round(self.value, 4), "basis": self.basis, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class ResolvedWorkload:
     def for_stage(self, trials: int, epochs: int, data_fraction: float) -> cost.Workload:
         """The work of a differently sized run of the same search (plan's stages)."""
         spe = self.seconds_per_epoch * data_fraction / self.data_fraction
-        return cost.workload_from_trials(trials, epochs, spe, self.overhead_seconds, keep=self.keep)
+        return cost.workload_from_trials(trials, epochs, spe, self.overhead_seconds, job_cv=self.workload.job_cv,
+                                         keep=self.keep)
 
 
 def calibration_path(job_name: str) -> Path:
@@ -90,7 +91,7 @@ def _when(measured_at) -> str:
 def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[float] = None,
                      gpu: Optional[str] = None, trials: Optional[int] = None, epochs: Optional[int] = None,
                      samples: Optional[int] = None, seconds_per_epoch: Optional[float] = None,
-                     histories: Optional[list] = None) -> ResolvedWorkload:
+                     histories: Optional[list] = None, cloud: str = "local") -> ResolvedWorkload:
     """The work: `hours` on `gpu` (T4 when no GPU is named), or trials × (epochs × seconds per epoch on a
     T4 + a per-trial overhead). Seconds per epoch from flags, then the job file, then the history of
     similar jobs, then a calibration record, then a stated guess; the overhead from the job file, the
@@ -111,9 +112,9 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     epochs = epochs or search.epochs
     notes = []
     calibration = read_calibration(spec.name) if spec else None
-    in_trial = (calibration or {}).get("in_trial_overhead_seconds", 0.0)
-    learned = history.terms(histories or [], in_trial,
-                            max(0.0, (calibration or {}).get("trial_overhead_seconds", in_trial) - in_trial))
+    setup = setup_term(calibration)
+    learned = history.terms(histories or [], (calibration or {}).get("in_trial_overhead_seconds", 0.0),
+                            default_job_term(catalog, cloud, setup).value)
     samples = samples or search.samples or (calibration or {}).get("samples") or KNOWN_SAMPLES.get(search.data)
     samples_used = samples * search.data_fraction if samples else None
     from_history = f"the history of {len(histories or [])} similar job(s)"
@@ -122,7 +123,7 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     elif search.seconds_per_epoch is not None:
         spe, basis, source = search.seconds_per_epoch, "job file", "search.seconds_per_epoch"
     elif "seconds_per_epoch" in learned:
-        spe, basis, source = learned["seconds_per_epoch"]["seconds"] * search.data_fraction, "history", from_history
+        spe, basis, source = learned["seconds_per_epoch"]["value"] * search.data_fraction, "history", from_history
         notes.append(f"seconds per epoch, per-trial overhead and the job's fixed term from {from_history} "
                      "(`nascloud history` shows how close their estimates were)")
     elif calibration is not None:
@@ -149,27 +150,50 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     if search.trial_overhead_seconds is not None:
         overhead = Term(search.trial_overhead_seconds, "job file", "search.trial_overhead_seconds")
     elif "trial_overhead_seconds" in learned:
-        overhead = Term(learned["trial_overhead_seconds"]["seconds"], "history", from_history)
+        overhead = Term(learned["trial_overhead_seconds"]["value"], "history", from_history)
     elif calibration is not None and "trial_overhead_seconds" in calibration:
         overhead = Term(calibration["trial_overhead_seconds"], "calibration",
                         f"nascloud calibrate ({_when(calibration['measured_at'])}): the trial end to end less its epochs")
     else:
         seconds, source = catalog.term("any", "trial_overhead")
         overhead = Term(seconds, "default", source)
-    workload = cost.workload_from_trials(trials, epochs, spe, overhead.seconds, keep=spec.checkpoint.keep if spec else 3)
+    if "job_cv" in learned:
+        job_cv = Term(learned["job_cv"]["value"], "history", f"{from_history}: their speed's run-to-run spread")
+    else:
+        job_cv = Term(0.0, "default", "fewer than two similar jobs in the history: the run-to-run spread of the "
+                                      "machine's speed is not known yet (only the trials' own spread counts)")
+    workload = cost.workload_from_trials(trials, epochs, spe, overhead.value, job_cv=job_cv.value,
+                                         keep=spec.checkpoint.keep if spec else 3)
     sample_text = f" × {samples_used:g} samples" if samples_used else ""
     description = (f"{trials} trials × {epochs} epochs{sample_text} at {spe:.3g} s/epoch on a T4 "
-                   f"(+{overhead.seconds:.3g} s per trial) = {workload.t4_hours + workload.overhead_hours:.3g} hours")
-    found = {"seconds_per_epoch": Term(spe, basis, source), "trial_overhead": overhead}
+                   f"(+{overhead.value:.3g} s per trial) = {workload.t4_hours + workload.overhead_hours:.3g} hours")
+    found = {"seconds_per_epoch": Term(spe, basis, source), "trial_overhead": overhead, "job_cv": job_cv}
     for name, key in (("job", "job_seconds"), ("restart", "restart_seconds"), ("checkpoint", "checkpoint_seconds")):
         if key in learned:
-            found[name] = Term(learned[key]["seconds"], "history", from_history)
-    if calibration is not None and "setup_seconds" in calibration:
-        found["setup"] = Term(calibration["setup_seconds"], "calibration",
-                              f"nascloud calibrate ({_when(calibration['measured_at'])}): TensorFlow, data, set-up")
+            found[name] = Term(learned[key]["value"], "history", from_history)
+    if setup is not None:
+        found["setup"] = setup
     return ResolvedWorkload(workload, description, basis, tuple(notes), trials=trials, epochs=epochs,
-                            seconds_per_epoch=spe, overhead_seconds=overhead.seconds,
+                            seconds_per_epoch=spe, overhead_seconds=overhead.value,
                             data_fraction=search.data_fraction, terms=found, keep=workload.keep)
+
+
+def setup_term(calibration: Optional[dict]) -> Optional[Term]:
+    if calibration is None or "setup_seconds" not in calibration:
+        return None
+    return Term(calibration["setup_seconds"], "calibration",
+                f"nascloud calibrate ({_when(calibration['measured_at'])}): TensorFlow, data, set-up")
+
+
+def default_job_term(catalog: Catalog, cloud: str, setup: Optional[Term]) -> Term:
+    """The fixed per-job term until a history measures it: boot + set-up + finish on the provider."""
+    def default(scope: str, name: str) -> Term:
+        seconds, source = catalog.term(scope, name)
+        return Term(seconds, "default", source)
+
+    parts = [default(cloud, "boot"), setup or default("any", "setup"), default(cloud, "finish")]
+    return Term(sum(p.value for p in parts), "/".join(dict.fromkeys(p.basis for p in parts)),
+                "boot + set-up + finish: " + "; ".join(p.source for p in parts))
 
 
 def local_option(catalog: Catalog, spec: JobSpec, price_per_hour: Optional[float] = None,
@@ -271,7 +295,7 @@ def ask(catalog: Catalog, spec: Optional[JobSpec], gpu: Optional[str] = None, cl
     key = history.similarity_key(spec, "local" if local else (cloud or ""), None if local else gpu) if spec else None
     resolved = resolve_workload(spec, catalog, hours=hours, gpu=None if local else gpu, trials=trials, epochs=epochs,
                                 samples=samples, seconds_per_epoch=seconds_per_epoch,
-                                histories=history.similar(key) if key else [])
+                                histories=history.similar(key) if key else [], cloud=key["cloud"] if key else "local")
     assumptions, terms = {}, {}
     for option in options:
         terms[option_key(option)] = model_terms(catalog, spec, option, resolved)
@@ -293,12 +317,7 @@ def model_terms(catalog: Catalog, spec: Optional[JobSpec], option: cost.Option, 
 
     found = {"restart": resolved.terms.get("restart") or default(cloud, "restart"),
              "checkpoint": resolved.terms.get("checkpoint") or default(scheme, "checkpoint")}
-    if "job" in resolved.terms:
-        found["job"] = resolved.terms["job"]
-    else:
-        parts = [default(cloud, "boot"), resolved.terms.get("setup") or default("any", "setup"), default(cloud, "finish")]
-        found["job"] = Term(sum(p.seconds for p in parts), "/".join(dict.fromkeys(p.basis for p in parts)),
-                            "boot + set-up + finish: " + "; ".join(p.source for p in parts))
+    found["job"] = resolved.terms.get("job") or default_job_term(catalog, cloud, resolved.terms.get("setup"))
     if resolved.seconds_per_epoch_basis is None:  # --hours: the hours are the whole work
         found["job"] = Term(0.0, "given", "--hours is the whole work")
     return found
@@ -339,9 +358,9 @@ def assumptions_for(checkpoint_minutes: Optional[float], spec: Optional[JobSpec]
     if checkpoint_minutes is None and spec and spec.checkpoint.interval_minutes != "auto":
         checkpoint_minutes = spec.checkpoint.interval_minutes
     return cost.Assumptions(interval_hours=checkpoint_minutes / 60 if checkpoint_minutes else None,
-                            restart_hours=terms["restart"].seconds / 3600,
-                            checkpoint_hours=terms["checkpoint"].seconds / 3600,
-                            job_hours=terms["job"].seconds / 3600)
+                            restart_hours=terms["restart"].value / 3600,
+                            checkpoint_hours=terms["checkpoint"].value / 3600,
+                            job_hours=terms["job"].value / 3600)
 
 
 # ---- JSON shapes (the CLI's --json, the launch record's estimate) ------------------------------
@@ -373,7 +392,7 @@ def workload_json(resolved: ResolvedWorkload) -> dict:
     return {"t4_hours": round(resolved.workload.t4_hours, 4),
             "overhead_hours": round(resolved.workload.overhead_hours, 4), "description": resolved.description,
             "seconds_per_epoch_basis": resolved.seconds_per_epoch_basis, "notes": list(resolved.notes),
-            "terms": {name: resolved.terms[name].json() for name in ("seconds_per_epoch", "trial_overhead")
+            "terms": {name: resolved.terms[name].json() for name in ("seconds_per_epoch", "trial_overhead", "job_cv")
                       if name in resolved.terms}}
 
 

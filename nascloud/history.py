@@ -118,10 +118,12 @@ def _fit(points: list[tuple[float, float]]) -> Optional[tuple[float, float]]:
     return my - b * mx, b
 
 
-def terms(histories: list[dict], in_trial_overhead: float, between_trials: float) -> dict:
-    """The model's terms measured by similar jobs, each {"seconds", "jobs"}; a term the histories cannot
-    tell apart from another uses the calibration's split (`in_trial_overhead`: a trial's time beyond its
-    epochs, e.g. graph tracing; `between_trials`: what a trial costs outside its own fit).
+def terms(histories: list[dict], in_trial_overhead: float, fixed_default: float) -> dict:
+    """The model's terms measured by similar jobs, each {"value", "jobs"} (seconds; job_cv a ratio). Where the histories cannot tell
+    two terms apart, the calibration or the default decides the one they measure least: the in-trial
+    overhead (`in_trial_overhead`, a trial's time beyond its epochs, e.g. graph tracing) against seconds per
+    epoch when every job had the same epochs, the fixed per-job term (`fixed_default`) against the
+    between-trial overhead when every job had the same number of trials.
 
     seconds_per_epoch (full data) and the in-trial overhead from each job's mean trial duration against its
     epochs; the fixed per-job term and the between-trial overhead from each uninterrupted job's wall time
@@ -138,18 +140,21 @@ def terms(histories: list[dict], in_trial_overhead: float, between_trials: float
         spe = statistics.fmean(max(1e-3, (d - in_trial_overhead) / e) for e, d in per_job)
         in_trial = in_trial_overhead
     found["seconds_per_epoch"] = spe
+    if len(per_job) >= 2:  # how much the same search's speed varies from run to run on this machine
+        speeds = [max(1e-3, d - in_trial) / e for e, d in per_job]
+        found["job_cv"] = statistics.stdev(speeds) / statistics.fmean(speeds)
     calm = [h for h in histories if not h["preemptions"]]
     residuals = [(h["trials"], h["wall_seconds"] - sum(h["trial_seconds"])) for h in calm]
     line = _fit(residuals)
     if line and line[1] >= 0 and line[0] >= 0:
         fixed, between = line
     elif residuals:
-        between = between_trials
-        fixed = statistics.fmean(max(0.0, r - n * between) for n, r in residuals)
+        fixed = fixed_default
+        between = statistics.fmean(max(0.0, (r - fixed) / n) for n, r in residuals)
     else:
-        fixed = None
+        fixed, between = None, 0.0
     found["trial_overhead_seconds"] = in_trial + between
-    if fixed is not None:
+    if residuals:
         found["job_seconds"] = fixed
     recoveries = [s for h in histories for s in h["recovery_seconds"]]
     if recoveries:
@@ -157,7 +162,7 @@ def terms(histories: list[dict], in_trial_overhead: float, between_trials: float
     snapshots = [s for h in histories for s in h["snapshot_seconds"]]
     if snapshots:
         found["checkpoint_seconds"] = statistics.fmean(snapshots)
-    return {name: {"seconds": value, "jobs": len(histories)} for name, value in found.items()}
+    return {name: {"value": value, "jobs": len(histories)} for name, value in found.items()}
 
 
 def accuracy(record: dict) -> Optional[dict]:

@@ -9,6 +9,7 @@ minimums, disks, IPv4, storage and egress per cloud). `NASCLOUD_CATALOG` or `--c
 from __future__ import annotations
 
 import csv
+import datetime
 import math
 import os
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ OFFER_COLUMNS = ("cloud", "region", "zone", "instance_type", "accelerator_type",
 # carry 700.0), never a price to plan with.
 PLACEHOLDER_USD_PER_GPU_HOUR = 100.0
 LAUNCHABLE = ("local", "aws", "gcp")  # the providers `launch` runs on; the other catalogs are for estimates
+# The date of a row's price data (its source's commit date); where that date could not be found the row says
+# so rather than carrying the day it was copied.
+UNKNOWN_DATE = "unknown"
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,13 @@ def parse_offer(row: dict, where: str) -> Offer:
     for column, price in (("on_demand_usd_per_hour", on_demand), ("spot_usd_per_hour", spot)):
         if price is not None and (price == 0 or price / count >= PLACEHOLDER_USD_PER_GPU_HOUR):
             raise UsageError(f"{where}: {column} {price:g} looks like a placeholder, not a price; fix or remove the row")
+    as_of = row["as_of"].strip()
+    if as_of != UNKNOWN_DATE:
+        try:
+            datetime.date.fromisoformat(as_of)
+        except ValueError:
+            raise UsageError(f"{where}: as_of {as_of!r} must be the price data's date (YYYY-MM-DD) or "
+                             f"{UNKNOWN_DATE!r}") from None
     if spot is not None and spot >= on_demand:
         raise UsageError(f"{where}: spot price {spot:g} is not below on-demand {on_demand:g}; fix the row "
                          "or leave spot_usd_per_hour empty")
@@ -230,7 +241,7 @@ def parse_offer(row: dict, where: str) -> Offer:
                  instance_type=row["instance_type"].strip(), gpu=row["gpu"].strip(), gpu_count=int(count),
                  vcpus=_number(row["vcpus"], "vcpus", where, required=False) or 0.0,
                  memory_gib=_number(row["memory_gib"], "memory_gib", where, required=False) or 0.0,
-                 on_demand=on_demand, spot=spot, source=row["source"].strip(), as_of=row["as_of"].strip(),
+                 on_demand=on_demand, spot=spot, source=row["source"].strip(), as_of=as_of,
                  accelerator_type=row["accelerator_type"].strip())
 
 
@@ -260,6 +271,10 @@ def _load(folder: Path) -> Catalog:
         if speed <= 0:
             raise UsageError(f"{where}: speed_vs_t4 must be positive")
         gpus[row["gpu"].strip()] = GpuSpeed(row["gpu"].strip(), speed, row["basis"].strip(), row["source"].strip())
+    unrated = sorted({o.gpu for o in offers} - set(gpus))
+    if unrated:  # never a quiet 1.0: an offer is priced only with its GPU's speed and where it comes from
+        raise UsageError(f"catalog {folder}: no training speed for GPU {', '.join(unrated)} in gpus.csv; add a row "
+                         "(gpu,speed_vs_t4,basis,source) or remove the offers")
     rates = {}
     for where, row in _rows(_table(folder, "interruptions.csv"),
                             ("kind", "per_hour", "low", "high", "max_run_hours", "source")):

@@ -58,9 +58,9 @@ def test_worked_example_through_the_cli_with_its_measured_terms(cli):
                     "--interruptions-per-hour", "0.01")
     option = found[0]
     terms = option["terms"]
-    assert terms["checkpoint"]["seconds"] == 0.062 and "bench_checkpoints" in terms["checkpoint"]["source"]
+    assert terms["checkpoint"]["value"] == 0.062 and "bench_checkpoints" in terms["checkpoint"]["source"]
     assert terms["restart"]["basis"] == "default" and "cloud-facts.md" in terms["restart"]["source"]
-    closed = cost.first_order(72, 0.2147, 0.01, terms["restart"]["seconds"] / 3600, 0.062 / 3600,
+    closed = cost.first_order(72, 0.2147, 0.01, terms["restart"]["value"] / 3600, 0.062 / 3600,
                               option["checkpoint_interval_minutes"] / 60, 60 / 3600)
     assert option["first_order"]["wall_hours"] == pytest.approx(closed.wall_hours, abs=1e-3)
     assert option["cost_usd"]["mean"] == pytest.approx(closed.cost_usd, rel=0.02)
@@ -93,7 +93,7 @@ def test_job_file_gives_the_workload_and_flags_override(cli, tmp_path):
                                       "trial_overhead_seconds": 0},
                     compute={"cloud": "aws", "gpu": "T4", "spot": False})
     def training_hours(option):  # the work less the job's fixed term (boot, set-up, finish)
-        return option["work_hours"] - option["terms"]["job"]["seconds"] / 3600
+        return option["work_hours"] - option["terms"]["job"]["value"] / 3600
 
     found = options(cli, job)
     assert training_hours(found[0]) == pytest.approx(10 * 5 * 36 / 3600, abs=1e-4)
@@ -306,12 +306,12 @@ def test_terms_come_from_the_history_of_similar_jobs(cli, tmp_path):
             "wall_seconds": wall, "spend_usd": wall / 100, "estimate": None}))
     after = options(cli, job)[0]
     terms = after["terms"]
-    assert terms["job"] == {"seconds": pytest.approx(20, abs=1e-3), "basis": "history",
+    assert terms["job"] == {"value": pytest.approx(20, abs=1e-3), "basis": "history",
                             "source": "the history of 3 similar job(s)"}
-    assert terms["restart"]["seconds"] == pytest.approx(11) and terms["checkpoint"]["seconds"] == pytest.approx(0.03)
+    assert terms["restart"]["value"] == pytest.approx(11) and terms["checkpoint"]["value"] == pytest.approx(0.03)
     code, out, _ = cli("estimate", job, "--json")
     workload = json.loads(out)["workload"]
     assert workload["seconds_per_epoch_basis"] == "history"
-    assert workload["terms"]["trial_overhead"]["seconds"] == pytest.approx(0.5, abs=1e-3)
+    assert workload["terms"]["trial_overhead"]["value"] == pytest.approx(0.5, abs=1e-3)
     # 6 trials × (4 × 1 s + 0.5 s) + 20 s, without interruptions: what the history says, exactly.
     assert after["wall_hours"]["mean"] * 3600 == pytest.approx(6 * 4.5 + 20, rel=0.01)

@@ -73,15 +73,18 @@ def test_terms_fit_the_fixed_term_and_overheads_from_jobs_of_two_sizes():
              "wall_seconds": 15.0 + n * (1.0 + e * 0.5 + 0.7) + (20.0 if r else 0.0), "preemptions": len(r),
              "recovery_seconds": r, "snapshot_seconds": [0.01]}
             for n, e, r in [(10, 8, []), (20, 12, []), (10, 8, [11.0, 13.0])]]
-    found = history.terms(jobs, in_trial_overhead=0.0, between_trials=0.0)
-    assert found["seconds_per_epoch"]["seconds"] == pytest.approx(0.5)
-    assert found["trial_overhead_seconds"]["seconds"] == pytest.approx(1.7)  # 1.0 in the trial + 0.7 between
-    assert found["job_seconds"]["seconds"] == pytest.approx(15.0, abs=1e-6)
-    assert found["restart_seconds"]["seconds"] == pytest.approx(12.0)
-    # One size only: the calibration's split of a trial's overhead decides what the history cannot.
-    one = history.terms(jobs[:1], in_trial_overhead=1.0, between_trials=0.7)
-    assert one["seconds_per_epoch"]["seconds"] == pytest.approx(0.5)
-    assert one["job_seconds"]["seconds"] == pytest.approx(15.0, abs=1e-6)
+    found = history.terms(jobs, in_trial_overhead=0.0, fixed_default=99.0)
+    assert found["seconds_per_epoch"]["value"] == pytest.approx(0.5)
+    assert found["trial_overhead_seconds"]["value"] == pytest.approx(1.7)  # 1.0 in the trial + 0.7 between
+    assert found["job_seconds"]["value"] == pytest.approx(15.0, abs=1e-6)
+    assert found["restart_seconds"]["value"] == pytest.approx(12.0)
+    # Two sizes and three runs: the speed's run-to-run spread is measured (here nil).
+    assert found["job_cv"]["value"] == pytest.approx(0.0, abs=1e-9)
+    # One size only: the calibration (in-trial overhead) and the default (fixed term) decide what it cannot.
+    one = history.terms(jobs[:1], in_trial_overhead=1.0, fixed_default=15.0)
+    assert one["seconds_per_epoch"]["value"] == pytest.approx(0.5) and "job_cv" not in one
+    assert one["trial_overhead_seconds"]["value"] == pytest.approx(1.7)
+    assert one["job_seconds"]["value"] == pytest.approx(15.0, abs=1e-6)
 
 
 def test_nascloud_history_reports_how_close_past_estimates_were(job, tmp_path, capsys, monkeypatch):

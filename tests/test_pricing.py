@@ -20,7 +20,10 @@ def test_every_row_has_a_source_and_date_and_every_gpu_a_speed(catalog):
     assert catalog.clouds() == ["aws", "gcp", "lambda", "paperspace"]
     today = datetime.date.today()
     for offer in catalog.offers:
-        assert offer.source and datetime.date(2020, 1, 1) <= datetime.date.fromisoformat(offer.as_of) <= today, offer
+        # The price data's date, or "unknown" where its source's commit date could not be found: never the
+        # day the row was copied (the shipped rows' commit date was not retrievable).
+        assert offer.source and (offer.as_of == "unknown" or
+                                 datetime.date(2020, 1, 1) <= datetime.date.fromisoformat(offer.as_of) <= today), offer
         assert offer.gpu in catalog.gpus, offer
     assert {g.gpu: g.speed for g in catalog.gpus.values() if g.basis != "estimated"} == {"T4": 1.0, "V100": 2.5}
     assert all(g.source for g in catalog.gpus.values())
@@ -31,9 +34,31 @@ def test_every_row_has_a_source_and_date_and_every_gpu_a_speed(catalog):
     assert catalog.billing["aws"]["billing_minimum_seconds"] == 60
 
 
+@pytest.mark.parametrize("cloud, us, eu", [("aws", {"us-east-1", "us-west-2"}, {"eu-central-1"}),
+                                           ("gcp", {"us-central1", "us-west1"}, {"europe-west4"})])
+def test_two_us_and_one_eu_region_with_t4_v100_a10g_or_l4_and_a100(catalog, cloud, us, eu):
+    for region in us | eu:
+        gpus = {o.gpu for o in catalog.offers if o.cloud == cloud and o.region == region}
+        assert {"T4", "V100", "A100"} <= gpus and gpus & {"A10G", "L4"}, (region, gpus)
+        assert all(o.spot is not None for o in catalog.offers if o.cloud == cloud and o.region == region)
+
+
+def test_an_offer_whose_gpu_has_no_speed_or_whose_date_is_not_a_date_is_refused(tmp_path):
+    header = ",".join(OFFER_COLUMNS)
+    row = "aws,us-east-1,use1-az1,g9.xlarge,,{gpu},1,4,16,0.9,0.3,mine,{as_of}\n"
+    (tmp_path / "aws.csv").write_text(header + "\n" + row.format(gpu="K80", as_of="unknown"))
+    with pytest.raises(UsageError, match="no training speed for GPU K80 in gpus.csv"):
+        load_catalog(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "aws.csv").write_text(header + "\n" + row.format(gpu="T4", as_of="last week"))
+    with pytest.raises(UsageError, match="as_of 'last week' must be the price data's date"):
+        load_catalog(other)
+
+
 def test_gcp_offer_is_machine_plus_accelerator(catalog):
     """n1-standard-4 0.19 + T4 0.35 = 0.54; spot 0.06382 + 0.1915 = 0.25532 (cloud-facts.md)."""
-    t4 = [o for o in catalog.select(gpu="T4", cloud="gcp")]
+    t4 = [o for o in catalog.select(gpu="T4", cloud="gcp", region="us-central1")]
     assert {o.zone for o in t4} == {"us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"}
     assert {(o.instance_type, o.accelerator_type, o.on_demand, o.spot) for o in t4} == {
         ("n1-standard-4", "nvidia-tesla-t4", 0.54, 0.25532)}
@@ -67,7 +92,7 @@ def test_unknown_names_list_the_known_ones(catalog):
         catalog.select(gpu="K80")
     with pytest.raises(UsageError, match=r"unknown cloud 'azure'; known: aws, gcp, lambda, paperspace or any"):
         catalog.select(cloud="azure")
-    with pytest.raises(UsageError, match=r"unknown region 'eu-west-1' for T4 on aws; known: us-east-1"):
+    with pytest.raises(UsageError, match=r"unknown region 'eu-west-1' for T4 on aws; known: eu-central-1, us-east-1, us-west-2"):
         catalog.select(gpu="t4", cloud="aws", region="eu-west-1")
 
 

@@ -233,8 +233,9 @@ def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> No
     for note in resolved.notes:
         console.print(f"Note: {note}")
     terms = question.terms[estimating.option_key(best.option)]
-    shown = {**{k: resolved.terms[k] for k in ("trial_overhead",) if k in resolved.terms}, **terms}
-    console.print("Terms: " + "; ".join(f"{name} {term.seconds:.3g} s ({term.basis})" for name, term in shown.items())
+    shown = {**{k: resolved.terms[k] for k in ("trial_overhead", "job_cv") if k in resolved.terms}, **terms}
+    console.print("Terms: " + "; ".join(f"{name} {term.value:.3g}{'' if name == 'job_cv' else ' s'} ({term.basis})"
+                                        for name, term in shown.items())
                   + f"; speed {best.option.speed:g}× T4 ({best.option.speed_basis}). --json shows each one's source.")
     for skipped in ranking.skipped:
         console.print(f"Skipped: {skipped}")
