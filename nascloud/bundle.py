@@ -74,7 +74,7 @@ class Bundle(_Record):
     spec: JobSpec
     offer: OfferRecord
     groups: tuple[GroupRecord, ...] = (GroupRecord(name=SEARCH_GROUP),)
-    data: str  # data/<sha256>.npz under the job prefix
+    data: str  # data/<sha256>.json under the bucket, beside its jobs: the data set's manifest (nascloud.datasets)
     wheel: Optional[str] = None  # bundle/nascloud-*.whl, for a cloud instance
     interval_minutes: float  # the checkpoint interval the agent uses
     bucket_rates: dict = {}  # storage and request rates of the bucket (billing.csv), for the ledger

@@ -146,7 +146,7 @@ class Prepared:
 
     quote: Quote
     bundle: object  # nascloud.bundle.Bundle, not yet in the bucket
-    packed: Path  # the data set, packed in scratch
+    packed: Path  # the data set's manifest, packed and sealed in scratch
     scratch: tempfile.TemporaryDirectory
     provisioner: object
 
@@ -160,6 +160,7 @@ def prepare(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool =
     examples' placeholder, a missing data set, a budget the estimate already exceeds, the provider's
     preflight of quota, names and the bucket), then the job's bundle, ready to write."""
     from nascloud.agent.data import check_data_source, pack_dataset
+    from nascloud.datasets import object_name
     from nascloud.provisioners import provisioner_for
 
     if PLACEHOLDER_BUCKET.lower() in spec.checkpoint.bucket.lower():
@@ -175,7 +176,7 @@ def prepare(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool =
     check_data_source(spec.search)
     scratch = tempfile.TemporaryDirectory(prefix="nascloud-data-")
     packed = pack_dataset(spec.search, Path(scratch.name))
-    bundle = new_bundle(found, new_job_id(spec), f"data/{packed.name}")
+    bundle = new_bundle(found, new_job_id(spec), object_name(packed))
     provisioner = provisioner_for(bundle)
     provisioner.preflight(group_specs(bundle))  # quota, names, the bucket: before anything is created
     return Prepared(found, bundle, packed, scratch, provisioner)
@@ -202,15 +203,15 @@ def launch(prepared: Prepared):
     and this machine is only an observer."""
     from nascloud.budget import request_charges
     from nascloud.checkpoints import open_store
+    from nascloud.datasets import bucket_store, upload as upload_dataset
     from nascloud.jobbucket import JobBucket
     from nascloud.state import JobCache
 
     bundle, spec, record = prepared.bundle, prepared.bundle.spec, prepared.bundle.offer
     job_id, job_url = bundle.job_id, bundle.job_url
-    with prepared.scratch:
-        store = open_store(job_url)
-        if not store.exists(bundle.data):
-            store.put_file(bundle.data, prepared.packed)
+    store, data_store = open_store(job_url), bucket_store(job_url)
+    with prepared.scratch:  # the data set beside the bucket's jobs: only the parts it lacks are sent
+        upload_dataset(data_store, prepared.packed)
     if record.cloud != "local":
         built = build_wheel()
         bundle = bundle.model_copy(update={"wheel": f"bundle/{built.name}"})
@@ -226,7 +227,8 @@ def launch(prepared: Prepared):
     where = "this machine (local provider)" if record.cloud == "local" else f"{record.cloud} {record.instance_type}"
     bucket.add_event("created", f"job {job_id} created on {where} at {per_hour(record.price_per_hour)}; "
                                 f"state in {job_url}")
-    requests = asdict(store.requests)  # the bundle's uploads open the job's bucket charges
+    # The bundle's and the data set's uploads open the job's bucket charges.
+    requests = {k: v + getattr(data_store.requests, k) for k, v in asdict(store.requests).items()}
     bucket.put_charge("launch", request_charges(requests, bundle.bucket_rates), requests)
     prepared.provisioner.create_groups(group_specs(bundle))
     bucket.add_event("groups", f"group {', '.join(g.name for g in bundle.groups)} created; "

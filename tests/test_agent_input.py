@@ -62,7 +62,7 @@ def test_csv_packs_with_labels_in_natural_order(tmp_path):
     rows = [f"{i},{i * 2},{label}" for i, label in enumerate([10, 9, 2, 10, 9, 2])]
     path = write_csv(tmp_path / "t.csv", "a,b,label", rows)
     search = section(task="structured_data_classification", data=str(path), label_column="label")
-    dataset = load_packed(pack_dataset(search, tmp_path / "out"))
+    dataset = load_packed(pack_dataset(search, tmp_path / "out").parent)
     assert dataset.labels == ["2", "9", "10"]
     assert dataset.x.shape == (6, 2) and dataset.x.dtype == np.float32
     assert [dataset.labels[i] for i in dataset.y] == ["10", "9", "2", "10", "9", "2"]
@@ -82,8 +82,8 @@ def test_an_image_folder_packs_one_class_per_sub_folder(tmp_path):
         for i in range(3):
             Image.new("L", (6 + i, 6), shade).save(tmp_path / "pics" / label / f"{i}.png")
     packed = pack_dataset(section(data=str(tmp_path / "pics")), tmp_path / "out")
-    dataset = load_packed(packed)
-    assert packed.name == f"{__import__('hashlib').sha256(packed.read_bytes()).hexdigest()}.npz"
+    dataset = load_packed(packed.parent)
+    assert packed.name == f"{__import__('hashlib').sha256(packed.read_bytes()).hexdigest()}.json"
     assert dataset.labels == ["cat", "dog"]
     assert dataset.x.shape == (6, 6, 6, 1)  # resized to the first image, one grey channel
     assert list(dataset.y) == [0, 0, 0, 1, 1, 1]
@@ -151,7 +151,12 @@ def test_calibrate_times_a_structured_search_and_estimate_reads_it(tmp_path):
     assert done.returncode == 0, done.stderr
     path = tmp_path / "home" / "calibrations" / "wine-cal.json"
     record = json.loads(path.read_text())
-    assert set(record) == {"seconds_per_epoch", "seconds_per_sample", "samples", "gpu", "measured_at"}
+    assert set(record) == {"seconds_per_epoch", "seconds_per_sample", "samples", "gpu", "measured_at",
+                           "trial_overhead_seconds", "in_trial_overhead_seconds", "setup_seconds"}
+    # The whole trial is timed: its overhead beyond two epochs (tracing inside the fit, the build and the
+    # tuner's bookkeeping around it) and the set-up before it (TensorFlow, the data) are measured too.
+    assert 0 <= record["in_trial_overhead_seconds"] <= record["trial_overhead_seconds"]
+    assert record["setup_seconds"] > 0
     assert record["samples"] == len(split(load_source(section(task="structured_data_classification",
                                                                   data="sklearn:wine")), seed=1).y_train)
     assert record["seconds_per_epoch"] > 0 and record["gpu"] is None

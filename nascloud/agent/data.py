@@ -1,4 +1,5 @@
-"""Data sources for a search: read once on the laptop, packed into one `.npz`, fetched by the agent.
+"""Data sources for a search: read once on the laptop, packed a few rows at a time into a folder of
+.npy files (sealed in parts by nascloud.datasets), fetched and memory-mapped by the agent.
 
 Sources: `sklearn:digits|wine|breast_cancer`, a folder of images with one sub-folder per class, a CSV
 with a label column, an `.npz` holding `x` and `y`. Labels are stored as class indices into a list of
@@ -9,8 +10,7 @@ numpy only here; scikit-learn and Pillow are imported where a source needs them.
 from __future__ import annotations
 
 import csv
-import hashlib
-import os
+import json
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -18,12 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from nascloud.errors import UsageError
+from nascloud.datasets import PART_BYTES, seal
+from nascloud.errors import NascloudError, UsageError
 from nascloud.job import SearchSection
 
 SKLEARN_SETS = ("digits", "wine", "breast_cancer")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SUPPORTED_TASKS = ("image_classification", "structured_data_classification")
+X_FILE, Y_FILE, LABELS_FILE = "x.npy", "y.npy", "labels.json"
+PACKED_FILES = (X_FILE, Y_FILE, LABELS_FILE)
+ROW_CHUNK_BYTES = 8 << 20  # a CSV's or .npz's rows are converted this many bytes at a time
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,37 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Splits:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x: np.ndarray  # every row (a memmap for a packed set): the splits are indices into it
+    y: np.ndarray
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
     labels: list[str]
+
+    # The rows themselves, copied into memory: for a set small enough to hand Keras as arrays.
+    @property
+    def x_train(self) -> np.ndarray:
+        return self.x[self.train]
+
+    @property
+    def y_train(self) -> np.ndarray:
+        return self.y[self.train]
+
+    @property
+    def x_val(self) -> np.ndarray:
+        return self.x[self.val]
+
+    @property
+    def y_val(self) -> np.ndarray:
+        return self.y[self.val]
+
+    @property
+    def x_test(self) -> np.ndarray:
+        return self.x[self.test]
+
+    @property
+    def y_test(self) -> np.ndarray:
+        return self.y[self.test]
 
 
 def _kind(source: str) -> str:
@@ -125,105 +153,176 @@ def _indexed(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return rank[index].astype(np.int64), [str(names[i]) for i in order]
 
 
-def _load_sklearn(name: str, task: str) -> Dataset:
+def _check_shape(search: SearchSection, shape: tuple, labels: list[str]) -> None:
+    want = 4 if search.task == "image_classification" else 2
+    if len(shape) != want:
+        raise UsageError(f"search.data {search.data}: {search.task} needs {want}-D inputs, got shape {tuple(shape)}")
+    if len(labels) < 2:
+        raise UsageError(f"search.data {search.data}: only one class; classification needs at least two")
+
+
+class _Rows:
+    """An .npy file written a few rows at a time: the header first (the shape is known), then the rows'
+    bytes, so a data set larger than memory packs. (Plain writes rather than an np.memmap: a memmap's
+    written pages count in the process's resident memory until the kernel evicts them.)"""
+
+    def __init__(self, path: Path, shape: tuple):
+        self.shape, self.written = tuple(int(n) for n in shape), 0
+        self.file = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.file, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+            "shape": self.shape})
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, *self.shape[1:])
+        self.file.write(rows.data)
+        self.written += len(rows)
+
+    def __enter__(self) -> "_Rows":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+        if exc[0] is None and self.written != self.shape[0]:
+            raise NascloudError(f"packed {self.written} rows, expected {self.shape[0]}")  # a source changed mid-read
+
+
+def _write_labels(folder: Path, y: np.ndarray, labels: list[str]) -> None:
+    np.save(folder / Y_FILE, np.asarray(y, dtype=np.int64))
+    (folder / LABELS_FILE).write_text(json.dumps(labels))
+
+
+def _write_sklearn(search: SearchSection, folder: Path) -> None:
     from sklearn import datasets
 
+    name = search.data.split(":", 1)[1]
     bunch = getattr(datasets, f"load_{name}")()
-    if name == "digits" and task == "image_classification":
+    if name == "digits" and search.task == "image_classification":
         x = bunch.images[..., None]
     else:
         x = bunch.data
     labels = [str(n) for n in bunch.target_names]
-    return Dataset(x.astype(np.float32), bunch.target.astype(np.int64), labels)
+    _check_shape(search, x.shape, labels)
+    with _Rows(folder / X_FILE, x.shape) as out:
+        out.write(x)
+    _write_labels(folder, bunch.target, labels)
 
 
-def _load_csv(path: Path, label_column: str) -> Dataset:
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
+def _write_csv(search: SearchSection, path: Path, folder: Path) -> None:
+    label_column = search.label_column or ""
+    with path.open(newline="") as handle:  # first pass: the labels and the row count
+        reader = csv.DictReader(handle)
+        features = [c for c in reader.fieldnames or () if c != label_column]
+        raw_labels = [row[label_column] for row in reader]
+    if not raw_labels:
         raise UsageError(f"{path} has no data rows")
-    features = [c for c in rows[0] if c != label_column]
-    try:
-        x = np.array([[float(row[c]) for c in features] for row in rows], dtype=np.float32)
-    except (TypeError, ValueError):
-        raise UsageError(f"{path}: feature columns must be numbers with no gaps; "
-                         "encode text columns as numbers first") from None
-    y, labels = _indexed(np.array([row[label_column] for row in rows]))
-    return Dataset(x, y, labels)
+    y, labels = _indexed(np.array(raw_labels))
+    _check_shape(search, (len(y), len(features)), labels)
+    rows_per_chunk = max(1, ROW_CHUNK_BYTES // (4 * max(1, len(features))))
+    with path.open(newline="") as handle, _Rows(folder / X_FILE, (len(y), len(features))) as out:
+        chunk = []
+        for row in csv.DictReader(handle):
+            try:
+                chunk.append([float(row[c]) for c in features])
+            except (TypeError, ValueError):
+                raise UsageError(f"{path}: feature columns must be numbers with no gaps; "
+                                 "encode text columns as numbers first") from None
+            if len(chunk) == rows_per_chunk:
+                out.write(np.array(chunk, dtype=np.float32))
+                chunk = []
+        if chunk:
+            out.write(np.array(chunk, dtype=np.float32))
+    _write_labels(folder, y, labels)
 
 
-def _load_folder(path: Path) -> Dataset:
+def _write_npz(search: SearchSection, path: Path, folder: Path) -> None:
+    with np.load(path, allow_pickle=False) as archive:
+        y, labels = _indexed(archive["y"])  # the labels are small; x is read a chunk at a time below
+    with zipfile.ZipFile(path) as archive, archive.open("x.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(member)
+        if fortran_order or dtype.hasobject:
+            raise UsageError(f"search.data {search.data}: x is stored in Fortran order or as objects; save it with "
+                             "numpy.savez(path, x=numpy.ascontiguousarray(x, dtype='float32'), y=...)")
+        shape_out = (*shape, 1) if search.task == "image_classification" and len(shape) == 3 else shape
+        _check_shape(search, shape_out, labels)
+        row_bytes = max(1, dtype.itemsize * int(np.prod(shape[1:])))
+        rows_per_chunk = max(1, ROW_CHUNK_BYTES // row_bytes)
+        with _Rows(folder / X_FILE, shape_out) as out:
+            for start in range(0, shape[0], rows_per_chunk):
+                count = min(rows_per_chunk, shape[0] - start)
+                out.write(np.frombuffer(member.read(count * row_bytes), dtype=dtype))
+    _write_labels(folder, y, labels)
+
+
+def _write_folder(search: SearchSection, path: Path, folder: Path) -> None:
     from PIL import Image
 
     folders = _class_folders(path)
     files = [(i, f) for i, d in enumerate(folders) for f in sorted(d.iterdir())
              if f.suffix.lower() in IMAGE_SUFFIXES]
-    images = [Image.open(f) for _, f in files]
-    mode = "L" if all(im.mode in ("L", "1") for im in images) else "RGB"
-    size = images[0].size  # every image is resized to the first one's size
-    x = np.stack([np.asarray(im.convert(mode).resize(size), dtype=np.float32) for im in images])
-    if mode == "L":
-        x = x[..., None]
-    y = np.array([i for i, _ in files], dtype=np.int64)
-    return Dataset(x, y, [d.name for d in folders])
+    modes, size = set(), None
+    for _, f in files:  # headers only: the mode every image is converted to, the first one's size
+        with Image.open(f) as image:
+            modes.add(image.mode)
+            size = size or image.size
+    mode = "L" if modes <= {"L", "1"} else "RGB"
+    shape = (len(files), size[1], size[0], 1 if mode == "L" else 3)  # every image is resized to the first's size
+    labels = [d.name for d in folders]
+    _check_shape(search, shape, labels)
+    with _Rows(folder / X_FILE, shape) as out:
+        for _, f in files:
+            with Image.open(f) as image:
+                out.write(np.asarray(image.convert(mode).resize(size), dtype=np.float32))
+    _write_labels(folder, np.array([i for i, _ in files]), labels)
 
 
-def _load_npz(path: Path, task: str) -> Dataset:
-    with np.load(path, allow_pickle=False) as archive:
-        x, raw_y = archive["x"].astype(np.float32), archive["y"]
-    if task == "image_classification" and x.ndim == 3:
-        x = x[..., None]
-    y, labels = _indexed(raw_y)
-    return Dataset(x, y, labels)
+def write_source(search: SearchSection, folder: Path) -> None:
+    """Read the source into folder as x.npy (float32 rows), y.npy (class indices) and labels.json, a few
+    rows at a time: never the whole data set in memory."""
+    check_data_source(search)
+    folder.mkdir(parents=True, exist_ok=True)
+    kind, source = _kind(search.data), Path(search.data).expanduser()
+    if kind == "sklearn":
+        _write_sklearn(search, folder)
+    elif kind == "csv":
+        _write_csv(search, source, folder)
+    elif kind == "npz":
+        _write_npz(search, source, folder)
+    else:
+        _write_folder(search, source, folder)
+
+
+def pack_dataset(search: SearchSection, dest_dir: Path, part_bytes: int = PART_BYTES) -> Path:
+    """Write the source into dest_dir and seal it in parts. Returns its manifest, dest_dir/<sha256>.json
+    (named by content: an unchanged data set is uploaded once)."""
+    write_source(search, dest_dir)
+    return seal(dest_dir, list(PACKED_FILES), part_bytes)
+
+
+def load_packed(folder: Path) -> Dataset:
+    """A packed folder with x memory-mapped (read from disk as rows are indexed, never copied whole)."""
+    return Dataset(np.load(folder / X_FILE, mmap_mode="r"), np.load(folder / Y_FILE),
+                   json.loads((folder / LABELS_FILE).read_text()))
 
 
 def load_source(search: SearchSection) -> Dataset:
-    check_data_source(search)
-    kind, source = _kind(search.data), search.data
-    if kind == "sklearn":
-        dataset = _load_sklearn(source.split(":", 1)[1], search.task)
-    elif kind == "csv":
-        dataset = _load_csv(Path(source).expanduser(), search.label_column or "")
-    elif kind == "npz":
-        dataset = _load_npz(Path(source).expanduser(), search.task)
-    else:
-        dataset = _load_folder(Path(source).expanduser())
-    want = 4 if search.task == "image_classification" else 2
-    if dataset.x.ndim != want:
-        raise UsageError(f"search.data {source}: {search.task} needs {want}-D inputs, got shape "
-                         f"{tuple(dataset.x.shape)}")
-    if len(dataset.labels) < 2:
-        raise UsageError(f"search.data {source}: only one class; classification needs at least two")
-    return dataset
-
-
-def pack_dataset(search: SearchSection, dest_dir: Path) -> Path:
-    """Read the source and write it as `<sha256>.npz` in dest_dir (named by content, so an unchanged
-    data set is uploaded once)."""
-    dataset = load_source(search)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=dest_dir)
-    os.close(fd)
-    np.savez(tmp, x=dataset.x, y=dataset.y, labels=np.array(dataset.labels))
-    digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-    final = dest_dir / f"{digest}.npz"
-    os.replace(tmp, final)
-    return final
-
-
-def load_packed(path: Path) -> Dataset:
-    with np.load(path, allow_pickle=False) as archive:
-        return Dataset(archive["x"], archive["y"], [str(n) for n in archive["labels"]])
+    """The source read here (the agent on a job file, calibration): packed in a temporary folder and
+    memory-mapped. The folder goes at once; the mapping keeps the file's content until x is dropped."""
+    with tempfile.TemporaryDirectory(prefix="nascloud-data-") as temp:
+        write_source(search, Path(temp))
+        return load_packed(Path(temp))
 
 
 def split(dataset: Dataset, seed: int, data_fraction: float = 1.0) -> Splits:
     """A fixed test split (20 %) by seed, then validation (20 % of the rest); data_fraction shrinks
-    train and validation only, so a proxy search is scored on the same test set."""
+    train and validation only, so a proxy search is scored on the same test set. The splits are row
+    indices into the data set (a memmap stays on disk)."""
     order = np.random.default_rng(seed).permutation(len(dataset.y))
     n_test = max(1, len(order) // 5)
     test, rest = order[:n_test], order[n_test:]
     rest = rest[: max(2, int(round(len(rest) * data_fraction)))]
     n_val = max(1, len(rest) // 5)
     val, train = rest[:n_val], rest[n_val:]
-    x, y = dataset.x, dataset.y
-    return Splits(x[train], y[train], x[val], y[val], x[test], y[test], dataset.labels)
+    return Splits(dataset.x, dataset.y, train, val, test, dataset.labels)

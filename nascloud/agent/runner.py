@@ -57,7 +57,7 @@ class Job:
     job_id: str
     spec: JobSpec
     store: SnapshotStore  # the CheckpointStore on the job prefix
-    data_name: Optional[str]  # data/<sha>.npz in the bucket; None: read the source here
+    data_name: Optional[str]  # data/<sha256>.json, the data set's manifest in the bucket; None: read the source here
     cloud: str
     gpu: Optional[str]  # None: a CPU run
     interval_seconds: float
@@ -240,11 +240,10 @@ class Agent:
 
     def load_data(self) -> data_module.Splits:
         if self.job.data_name:
-            local = self.work / "data" / Path(self.job.data_name).name
-            if not local.exists() and not self.store.get_file(self.job.data_name, local):
-                raise NascloudError(f"{self.store.url}/{self.job.data_name} is missing; launch the job again "
-                                    "to upload its data")
-            dataset = data_module.load_packed(local)
+            from nascloud import datasets
+
+            folder = datasets.fetch(datasets.bucket_store(self.store.url), self.job.data_name, self.work / "data")
+            dataset = data_module.load_packed(folder)
         else:
             dataset = data_module.load_source(self.search)
         return data_module.split(dataset, self.search.seed, self.search.data_fraction)
@@ -310,20 +309,18 @@ class Agent:
     def _export(self, splits: data_module.Splits) -> AgentResult:
         import autokeras  # noqa: F401  the saved model's custom layers
         import keras
-        import numpy as np
 
-        from nascloud.agent.search import trial_rows
+        from nascloud.agent.search import accuracy_on_test, trial_rows
 
         self.phase = "exporting"
         self.heartbeat()
         best = self.project_dir / "best_model.keras"
         model = keras.models.load_model(best)
-        predicted = np.argmax(model.predict(splits.x_test, verbose=0), axis=1)
-        accuracy = float(np.mean(predicted == splits.y_test))
+        accuracy = accuracy_on_test(model, splits)
         rows = trial_rows(self.project_dir, self.search.objective)
         self.store.put_file("results/best_model.keras", best)
         self.store.put_json("results/labels.json", {"labels": splits.labels,
-                                                    "input_shape": list(splits.x_test.shape[1:])})
+                                                    "input_shape": list(splits.x.shape[1:])})
         self.store.put_json("results/leaderboard.json", {
             "objective": self.search.objective, "best_trial_id": rows[0]["trial_id"] if rows else None,
             "test_accuracy": accuracy, "test_samples": int(len(splits.y_test)), "seed": self.search.seed,

@@ -25,6 +25,9 @@ PROJECT = "search"  # the KerasTuner project folder inside the snapshot director
 TRIAL_INFO = "nascloud.json"  # per-trial duration and parameter count, written into the trial folder
 IMAGE_BLOCK = "image_block"
 TABLE_BLOCK = "structured_data_block"
+BATCH_SIZE = 32
+IN_MEMORY_BYTES = 512 << 20  # an image set larger than this is fed batch by batch from its memmap
+PREDICT_ROWS = 1024
 APPLICATION_BLOCKS = {"resnet": "res_net_block_1", "xception": "xception_block_1",
                       "efficient": "efficient_net_block_1"}
 
@@ -135,6 +138,8 @@ def tuner_class(hooks: SearchHooks):
             (self.trial_dir / TRIAL_INFO).write_text(json.dumps(self.info))
 
     class ResumableTuner(ak.Greedy):
+        stream = None  # a Stream: set by fit() for a data set fed batch by batch
+
         def __init__(self, *args, max_consecutive_failed_trials: int = 3, **kwargs):
             super().__init__(*args, **kwargs)
             # Greedy does not pass this to its oracle; the oracle enforces it.
@@ -161,13 +166,33 @@ def tuner_class(hooks: SearchHooks):
                         value = callback.objective.get_value(logs)
                         if callback.objective.better_than(value, callback.best_value):
                             callback.best_value = value
-            history = super()._build_and_fit_model(trial, *args, **kwargs)
+            if self.stream is None:
+                history = super()._build_and_fit_model(trial, *args, **kwargs)
+            else:
+                history = self._fit_stream(trial, **kwargs)
             # A resumed fit only knows its own epochs: the trial is scored on all of them (and on the
             # logged ones alone when the kill came after the last epoch).
             logs = self._hook.info["logs"]
             history.history = {key: [epoch.get(key) for epoch in logs] for key in (logs[0] if logs else {})}
             history.epoch = list(range(len(logs)))
             return history
+
+        def _fit_stream(self, trial, **kwargs):
+            """AutoTuner._build_and_fit_model with the rows read from the memmap a batch at a time. AutoKeras
+            adapts its layers on the whole array and Keras copies an array input into one tensor
+            (ArrayDataAdapter's Dataset.from_tensors), so the pipeline and shapes come from the sample batch
+            fit() passed, and training reads batches. The pipeline leaves the batches as they are: an image
+            input has no preprocessors and the head's are identity on one-hot float32 labels."""
+            hp = trial.hyperparameters
+            model = self._try_build(hp)
+            pipeline, (sample, _), _ = self._prepare_model_build(hp, x=kwargs.pop("x"), y=kwargs.pop("y"))
+            pipeline.save(self._pipeline_path(trial.trial_id))
+            keras.src.backend.compute_output_spec(model, sample)
+            train = self.stream.batches(self.stream.splits.train, shuffle=True)
+            _adapt(model, train.map(lambda x, y: x))
+            kwargs.pop("batch_size", None)
+            kwargs["validation_data"] = self.stream.batches(self.stream.splits.val, shuffle=False)
+            return model.fit(train, **kwargs)
 
         def on_search_end(self):
             super().on_search_end()
@@ -203,6 +228,55 @@ def tuner_class(hooks: SearchHooks):
                 notices.release()
 
     return ResumableTuner
+
+
+def _adapt(model, batches) -> None:
+    """AutoTuner.adapt over a Dataset of input batches instead of an array: a Normalization layer adapts
+    on a batched Dataset in one pass."""
+    import keras
+    from autokeras import keras_layers
+
+    def consumers(tensor) -> list:
+        tensor = keras.tree.flatten(tensor)[0]
+        return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)
+                and keras.tree.flatten(layer.input)[0] is tensor
+                and (isinstance(layer, keras_layers.PreprocessingLayer) or hasattr(layer, "adapt"))]
+
+    queue = [(layer, batches) for layer in consumers(model.input)]
+    while queue:
+        layer, data = queue.pop(0)
+        layer.adapt(data)
+        queue += [(following, data.map(layer)) for following in consumers(layer.output)]
+
+
+class Stream:
+    """A packed data set too large to hand AutoKeras as arrays, read from its memmap a batch at a time."""
+
+    def __init__(self, splits: Splits, seed: int):
+        self.splits, self.seed = splits, seed
+
+    def batches(self, rows: np.ndarray, shuffle: bool):
+        import tensorflow as tf
+
+        x, y, classes = self.splits.x, self.splits.y, len(self.splits.labels)
+        rng = np.random.default_rng(self.seed)
+
+        def read():  # called anew for every epoch: a new order each time when shuffling
+            order = rng.permutation(rows) if shuffle else rows
+            for start in range(0, len(order), BATCH_SIZE):
+                index = np.sort(order[start:start + BATCH_SIZE])  # in file order: the reads go forward
+                yield np.asarray(x[index], dtype=np.float32), one_hot(y[index], classes)
+
+        spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None, classes), tf.float32))
+        return tf.data.Dataset.from_generator(read, output_signature=spec).prefetch(2)
+
+
+def streams(search: SearchSection, splits: Splits) -> bool:
+    """Fed batch by batch: a memory-mapped image set above IN_MEMORY_BYTES. Smaller sets (the sklearn ones)
+    are handed over as arrays, as before; tables always are (AutoKeras types their columns from the whole
+    array)."""
+    return (search.task == "image_classification" and isinstance(splits.x, np.memmap)
+            and splits.x.nbytes > IN_MEMORY_BYTES)
 
 
 def one_hot(y: np.ndarray, classes: int) -> np.ndarray:
@@ -244,10 +318,25 @@ def fit(model, search: SearchSection, splits: Splits, epochs: int | None = None)
 
     classes = len(splits.labels)
     epochs = epochs or search.epochs
-    model.fit(splits.x_train, one_hot(splits.y_train, classes),
-              validation_data=(splits.x_val, one_hot(splits.y_val, classes)), epochs=epochs,
+    train, val = splits.train, splits.val
+    if streams(search, splits):
+        # AutoKeras takes arrays only: it learns the shapes from one batch; the tuner trains on the stream.
+        model.tuner.stream = Stream(splits, search.seed)
+        train, val = np.sort(train[:BATCH_SIZE]), np.sort(val[:BATCH_SIZE])
+    model.fit(np.asarray(splits.x[train]), one_hot(splits.y[train], classes),
+              validation_data=(np.asarray(splits.x[val]), one_hot(splits.y[val], classes)), epochs=epochs,
               callbacks=[keras.callbacks.EarlyStopping(patience=epochs, min_delta=1e-4)],
-              batch_size=32, verbose=0)
+              batch_size=BATCH_SIZE, verbose=0)
+
+
+def accuracy_on_test(model, splits: Splits) -> float:
+    """The model's accuracy on the test rows, predicted a chunk of rows at a time."""
+    right = 0
+    for start in range(0, len(splits.test), PREDICT_ROWS):
+        rows = splits.test[start:start + PREDICT_ROWS]
+        predicted = np.argmax(model.predict(np.asarray(splits.x[rows]), verbose=0), axis=1)
+        right += int(np.sum(predicted == splits.y[rows]))
+    return right / len(splits.test)
 
 
 def trial_rows(project_dir: Path, objective: str) -> list[dict]:
