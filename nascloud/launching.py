@@ -1,9 +1,10 @@
-"""The use cases (one per command that changes a job): launch, stop, resume, results, drill, gc.
+"""The use cases (one per command that changes a job): launch, stop, resume, results, drill, rm, gc.
 
-Launch checks everything that costs nothing first (a bad job file, a bucket that does not suit the
-provider, a missing data set, a budget the estimate already exceeds), then writes the bundle to the bucket
-and creates the job's groups; after that the instances govern the job themselves. The others work from any
-machine on the job's bucket.
+A launch is two calls, so that the command line can show what it will spend and ask in between: `prepare`
+checks everything that costs nothing (a bad job file, a bucket that does not suit the provider, a missing
+data set, a budget the estimate already exceeds, the provider's preflight), then `launch` writes the bundle
+to the bucket and creates the job's groups; after that the instances govern the job themselves. The others
+work from any machine on the job's bucket.
 """
 
 from __future__ import annotations
