@@ -152,8 +152,9 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     elif "trial_overhead_seconds" in learned:
         overhead = Term(learned["trial_overhead_seconds"]["value"], "history", from_history)
     elif calibration is not None and "trial_overhead_seconds" in calibration:
+        when = _when(calibration["measured_at"])
         overhead = Term(calibration["trial_overhead_seconds"], "calibration",
-                        f"nascloud calibrate ({_when(calibration['measured_at'])}): the trial end to end less its epochs")
+                        f"nascloud calibrate ({when}): the trial end to end less its epochs")
     else:
         seconds, source = catalog.term("any", "trial_overhead")
         overhead = Term(seconds, "default", source)

@@ -119,16 +119,15 @@ def _fit(points: list[tuple[float, float]]) -> Optional[tuple[float, float]]:
 
 
 def terms(histories: list[dict], in_trial_overhead: float, fixed_default: float) -> dict:
-    """The model's terms measured by similar jobs, each {"value", "jobs"} (seconds; job_cv a ratio). Where the histories cannot tell
-    two terms apart, the calibration or the default decides the one they measure least: the in-trial
-    overhead (`in_trial_overhead`, a trial's time beyond its epochs, e.g. graph tracing) against seconds per
-    epoch when every job had the same epochs, the fixed per-job term (`fixed_default`) against the
-    between-trial overhead when every job had the same number of trials.
+    """The model's terms measured by similar jobs, each {"value", "jobs"} (seconds; job_cv a ratio).
 
     seconds_per_epoch (full data) and the in-trial overhead from each job's mean trial duration against its
     epochs; the fixed per-job term and the between-trial overhead from each uninterrupted job's wall time
     less its trials, against its number of trials; restart from the recoveries; checkpoint from the
-    snapshots."""
+    snapshots; job_cv from the spread of the jobs' speeds. Where the histories cannot tell two terms apart
+    (every job had the same epochs, or the same number of trials), the calibration's `in_trial_overhead`
+    (a trial's time beyond its epochs, e.g. graph tracing) or the `fixed_default` decides the term they
+    measure least."""
     if not histories:
         return {}
     found = {}

@@ -193,6 +193,11 @@ def estimate(
     _render_estimates(question, ranking, top, plot, chosen_interval)
 
 
+# The speed column's basis (gpus.csv): the reference GPU, the seed article, an estimate, this machine.
+SPEED_MARKS = {"reference": " ref", "seed": " seed", "estimated": " est.", "measured": " meas.",
+               "this machine": " here"}
+
+
 def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> None:
     from nascloud import estimating
 
@@ -202,13 +207,14 @@ def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> No
     shown = ranking.estimates[:top]
     from rich import box
 
-    table = Table("#", "cloud", "region", "instance", "GPU", "kind", "$/h", "wall P50", "wall P90", "cost P50",
-                  "cost P90", "+extras", "preempt.", *(["P(>budget)"] if budget else []), "note",
+    table = Table("#", "cloud", "region", "instance", "GPU", "speed", "kind", "$/h", "wall P50", "wall P90",
+                  "cost P50", "cost P90", "+extras", "preempt.", *(["P(>budget)"] if budget else []), "note",
                   title=f"Work: {resolved.description}", box=box.SIMPLE)
     for i, e in enumerate(shown, 1):
         o = e.option
         table.add_row(str(i), o.offer.cloud, o.offer.region, o.offer.instance_type,
-                      f"{o.offer.gpu_count}×{o.offer.gpu}" if o.offer.gpu_count > 1 else o.offer.gpu, o.kind,
+                      f"{o.offer.gpu_count}×{o.offer.gpu}" if o.offer.gpu_count > 1 else o.offer.gpu,
+                      f"{o.speed:g}{SPEED_MARKS.get(o.speed_basis, '')}", o.kind,
                       significant(o.price_per_hour), _hours(e.wall_hours.p50), _hours(e.wall_hours.p90),
                       dollars(e.cost_usd.p50), dollars(e.cost_usd.p90), dollars(e.extras_usd.mean),
                       f"{e.expected_preemptions:.2f}", *([f"{e.p_over_budget:.0%}"] if budget else []),
@@ -219,6 +225,8 @@ def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> No
     basis = "as asked" if chosen_interval else "Young/Daly"
     interval = (f"checkpoint every {best.interval_hours * 60:.0f} min ({basis})"
                 if math.isfinite(best.interval_hours) else "no periodic checkpoints needed")
+    console.print("speed: × T4 and its basis (ref: the T4 itself, seed: the seed article, est.: estimated, here: "
+                  "this machine as calibrated); --json gives each one's source")
     console.print(f"Cheapest: {best.option.offer.cloud} {best.option.offer.instance_type} {best.option.kind}, "
                   f"${best.total_usd.mean:,.2f} expected in all; {interval}. Extras: disk, IPv4, checkpoint storage, "
                   "model download.")
