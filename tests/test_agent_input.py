@@ -162,3 +162,22 @@ def test_calibrate_times_a_structured_search_and_estimate_reads_it(tmp_path):
     assert record["seconds_per_epoch"] > 0 and record["gpu"] is None
     assert record["seconds_per_sample"] == pytest.approx(record["seconds_per_epoch"] / record["samples"])
     assert str(path) in done.stdout
+
+
+@pytest.mark.search
+def test_a_two_class_data_set_is_searched_and_scored(tmp_path):
+    # Two classes give AutoKeras a one-unit sigmoid head: its targets are one 0/1 column, its outputs a
+    # probability per row (every trial failed when it was handed two one-hot columns).
+    job = tmp_path / "cancer.yaml"
+    job.write_text(json.dumps({"name": "cancer", "search": {
+        "task": "structured_data_classification", "data": "sklearn:breast_cancer", "max_trials": 1, "epochs": 2},
+        "checkpoint": {"bucket": f"file://{tmp_path / 'bucket'}"}}))
+    done = subprocess.run([sys.executable, "-m", "nascloud", "agent", str(job), "--work-dir", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NASCLOUD_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    from nascloud.checkpoints import open_store
+
+    board = open_store(f"file://{tmp_path / 'bucket'}/cancer").get_json("results/leaderboard.json")
+    assert [t["status"] for t in board["trials"]] == ["COMPLETED"]
+    assert 0.0 < board["test_accuracy"] <= 1.0 and board["test_samples"] > 100

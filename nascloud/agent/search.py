@@ -267,7 +267,8 @@ class Stream:
                 index = np.sort(order[start:start + BATCH_SIZE])  # in file order: the reads go forward
                 yield np.asarray(x[index], dtype=np.float32), one_hot(y[index], classes)
 
-        spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None, classes), tf.float32))
+        columns = 1 if classes == 2 else classes
+        spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None, columns), tf.float32))
         return tf.data.Dataset.from_generator(read, output_signature=spec).prefetch(2)
 
 
@@ -280,7 +281,16 @@ def streams(search: SearchSection, splits: Splits) -> bool:
 
 
 def one_hot(y: np.ndarray, classes: int) -> np.ndarray:
+    """The targets as AutoKeras' classification head wants them: one column per class, or a single 0/1
+    column for two classes (its head is then one sigmoid unit)."""
+    if classes == 2:
+        return np.asarray(y, dtype=np.float32).reshape(-1, 1)
     return np.eye(classes, dtype=np.float32)[y]
+
+
+def predicted_classes(scores: np.ndarray) -> np.ndarray:
+    """Class indices from the model's outputs: the likeliest class, or for one sigmoid unit, above 0.5."""
+    return (scores[:, 0] > 0.5).astype(int) if scores.shape[1] == 1 else np.argmax(scores, axis=1)
 
 
 def set_seeds(seed: int) -> None:
@@ -334,7 +344,7 @@ def accuracy_on_test(model, splits: Splits) -> float:
     right = 0
     for start in range(0, len(splits.test), PREDICT_ROWS):
         rows = splits.test[start:start + PREDICT_ROWS]
-        predicted = np.argmax(model.predict(np.asarray(splits.x[rows]), verbose=0), axis=1)
+        predicted = predicted_classes(model.predict(np.asarray(splits.x[rows]), verbose=0))
         right += int(np.sum(predicted == splits.y[rows]))
     return right / len(splits.test)
 
