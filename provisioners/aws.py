@@ -517,6 +517,16 @@ class AwsProvisioner:
                     "ResourceId": name, "ResourceType": "auto-scaling-group", "Key": REASON_TAG,
                     "Value": reason[:256], "PropagateAtLaunch": False}])
 
+    def use_on_demand(self, job_id: str, group: str) -> None:
+        """The group's later instances on-demand: only the instances distribution changes (no launch template
+        in the request, so the instance identity needs no ec2:RunInstances or iam:PassRole for it)."""
+        name = group_name(job_id, group)
+        for region in sorted(self.regions):
+            self._call(f"switching {name} to on-demand", self._client("autoscaling", region).update_auto_scaling_group,
+                       AutoScalingGroupName=name, CapacityRebalance=False, MixedInstancesPolicy={
+                           "InstancesDistribution": {"OnDemandBaseCapacity": 0,
+                                                     "OnDemandPercentageAboveBaseCapacity": 100}})
+
     def delete(self, job_id: str, tries: int = 60) -> None:
         name = _name(job_id)
         for region in sorted(self.regions):

@@ -9,7 +9,7 @@ stops and power-off. So the methods split by who calls them:
 
 - the launcher and observers (any machine): preflight, create_groups, groups, resize, delete, preempt,
   list_owned;
-- the instance itself (its own identity): whoami, resize (to 0 at the end), power_off.
+- the instance itself (its own identity): whoami, resize (to 0 at the end), use_on_demand, power_off.
 """
 
 from __future__ import annotations
@@ -108,6 +108,10 @@ class Provisioner(Protocol):
     # the instance side -----------------------------------------------------------------------
     def whoami(self, job_id: str, group: str) -> Instance:
         """On the instance: itself, from the provider's metadata (id, type, zone, spot, launch time)."""
+
+    def use_on_demand(self, job_id: str, group: str) -> None:
+        """On the instance: the group's later instances on-demand (compute.on_demand_after_preemptions),
+        where the identity may do only that to its own groups; the running ones stay. Idempotent."""
 
     def power_off(self) -> None:
         """On the instance: end this machine now, so its billing stops (the group must be at 0 first, or

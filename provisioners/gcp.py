@@ -182,10 +182,14 @@ def requests(group: GroupSpec, image: str, service_account: Optional[str], cidr:
 
 
 def identity_binding(project: str, region: str, job_id: str, groups: list[str]) -> dict:
-    """The IAM binding the service account needs to resize only the job's groups (granted by the user,
-    who owns the project's IAM): Compute Instance Admin on the project, conditioned on the groups' names."""
-    names = " || ".join(f'resource.name == "projects/{project}/regions/{region}/instanceGroupManagers/'
-                        f'{group_name(job_id, g)}"' for g in groups)
+    """The IAM binding the service account needs to resize only the job's groups and switch them to their
+    on-demand template (granted by the user, who owns the project's IAM): Compute Instance Admin on the
+    project, conditioned on the groups' and those templates' names."""
+    names = " || ".join([f'resource.name == "projects/{project}/regions/{region}/instanceGroupManagers/'
+                         f'{group_name(job_id, g)}"' for g in groups] +
+                        # the on-demand fallback points the group at this template: using it is checked on it
+                        [f'resource.name == "projects/{project}/global/instanceTemplates/'
+                         f'{standard_template(job_id, g)}"' for g in groups])
     return {"role": "roles/compute.instanceAdmin.v1", "condition": {
         "title": f"nascloud {job_id} groups", "expression": names}}
 
@@ -480,6 +484,25 @@ class GcpProvisioner:
             except Exception as error:
                 raise _error(error, f"resizing {name}") from None
             self._wait(operation, f"resizing {name}", region=region)
+
+    def use_on_demand(self, job_id: str, group: str) -> None:
+        """The group's later VMs from the STANDARD template made at launch (a VM it recreates after a
+        preemption comes from it; the running ones stay as they are). A group launched on-demand has none."""
+        from google.api_core.exceptions import NotFound
+
+        name, template = group_name(job_id, group), standard_template(job_id, group)
+        try:
+            self._client("InstanceTemplatesClient").get(project=self.project, instance_template=template)
+        except NotFound:
+            return
+        except Exception as error:
+            raise _error(error, "reading the on-demand template") from None
+        for region in sorted(self.regions):
+            self._wait(self._call(f"switching {name} to on-demand", "RegionInstanceGroupManagersClient",
+                                  "set_instance_template_unary", region=region, instance_group_manager=name,
+                                  region_instance_group_managers_set_template_request_resource={
+                                      "instance_template": f"global/instanceTemplates/{template}"}),
+                       f"switching {name} to on-demand", region=region)
 
     def delete(self, job_id: str, tries: int = 150) -> None:
         for region in sorted(self.regions):

@@ -232,6 +232,9 @@ class LocalProvisioner:
             raise RuntimeError(f"local host {instance_id} has no record under {self._group_dir(job_id, group)}")
         return found
 
+    def use_on_demand(self, job_id: str, group: str) -> None:
+        """Local hosts have no purchase option: nothing to switch."""
+
     def power_off(self) -> None:
         """This host's processes end, this one last: its supervisor records the end and, at size 0, stops."""
         me = os.getpid()

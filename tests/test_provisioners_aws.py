@@ -16,7 +16,8 @@ from nascloud.job import parse_job
 from nascloud.provisioners import GroupSpec, State, get_provisioner
 from nascloud.provisioners.aws import DLAMI_PARAMETER, launch_request
 from nascloud.provisioners.common import dry_run_group
-from tests.fixtures.moto_ec2 import assert_nothing_left_aws, preempt_ec2, publish_ssm_parameter
+from tests.fixtures.moto_ec2 import (asg_partial_updates, assert_nothing_left_aws, preempt_ec2,  # noqa: F401
+                                     publish_ssm_parameter)
 
 JOB = "digits-t4-1a2b3c"
 NAME = f"nascloud-{JOB}-search"
@@ -121,6 +122,35 @@ def test_the_template_read_back_carries_imdsv2_terminate_the_scoped_identity_and
             if a.startswith(("autoscaling:", "ec2:"))} == {
         "autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags",
         "autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances", "ec2:DescribeAvailabilityZones"}
+
+
+def test_use_on_demand_makes_the_groups_replacements_on_demand_priced_at_the_on_demand_column(
+        aws, asg_partial_updates):
+    """What the instance does at boot after compute.on_demand_after_preemptions reclaims, with its own
+    identity's one permission for it (UpdateAutoScalingGroup on its own groups)."""
+    from nascloud.bundle import OfferRecord
+
+    aws.create_groups([group()])
+    (found,) = aws.groups(JOB)
+    (first,) = found.live
+    aws.use_on_demand(JOB, "search")
+    aws.use_on_demand(JOB, "search")  # idempotent: a second boot may find the same count
+    (described,) = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    policy = described["MixedInstancesPolicy"]
+    assert policy["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 100
+    assert policy["LaunchTemplate"]["LaunchTemplateSpecification"]["LaunchTemplateName"] == NAME  # kept
+    assert [i.instance_id for i in aws.groups(JOB)[0].live] == [first.instance_id]  # the running one stays
+
+    preempt_ec2(first.instance_id)
+    (second,) = aws.groups(JOB)[0].live
+    assert second.instance_id != first.instance_id and second.spot is False
+    offer = OfferRecord.model_validate({**group().offer, "price_per_hour": 0.21, "on_demand_price_per_hour": 0.53})
+    assert offer.price_for(second.zone, second.spot) == 0.53  # what its ledger entry is booked at
+
+    policy = policy_of(boto3.client("iam").get_role_policy(RoleName=f"nascloud-{JOB}", PolicyName="job")[
+        "PolicyDocument"])
+    (own,) = [s for s in policy["Statement"] if "autoscaling:UpdateAutoScalingGroup" in s["Action"]]
+    assert own["Resource"] == [f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{NAME}"]
 
 
 def test_ssh_cidr_opens_22_from_it_only_and_delete_removes_the_rule(aws):

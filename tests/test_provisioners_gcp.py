@@ -15,7 +15,7 @@ from nascloud.errors import CloudError, UsageError
 from nascloud.job import parse_job
 from nascloud.provisioners import State, get_provisioner
 from nascloud.provisioners.common import dry_run_group
-from nascloud.provisioners.gcp import launch_request
+from nascloud.provisioners.gcp import identity_binding, launch_request
 from tests.fixtures.gce import HttpError, assert_nothing_left_gce
 
 JOB = "digits-t4-4d5e6f"
@@ -122,6 +122,31 @@ def test_the_templates_read_back_carry_spot_terminate_the_accelerator_and_no_inb
     (manager,) = gce.groups.values()
     assert [z["zone"].rsplit("/", 1)[-1] for z in manager["distributionPolicy"]["zones"]] == [
         "us-central1-a", "us-central1-b"]  # the offer's zones: the group moves between them, not nascloud
+
+
+def test_use_on_demand_points_the_group_at_its_standard_template_for_the_vms_it_recreates(gcp, gce):
+    """What the instance does at boot after compute.on_demand_after_preemptions preemptions; its identity
+    may use that template (the binding's condition names it beside the group)."""
+    gcp.create_groups([group()])
+    (first,) = running(gcp)
+    gcp.use_on_demand(JOB, "search")
+    gcp.use_on_demand(JOB, "search")  # idempotent: a second boot may find the same count
+    with gce.lock:
+        assert gce.groups["us-central1", NAME]["instanceTemplate"].endswith(f"/{NAME}-standard")
+    assert [i.instance_id for i in running(gcp)] == [first.instance_id]  # the running VM stays
+
+    gce.preempt(vm(gce, first)["name"])
+    (second,) = until(lambda: [i for i in running(gcp) if i.instance_id != first.instance_id], "a replacement")
+    assert second.spot is False and vm(gce, second)["scheduling"]["provisioningModel"] == "STANDARD"
+    binding = identity_binding(gce.project, "us-central1", JOB, ["search"])["condition"]["expression"]
+    assert f'global/instanceTemplates/{NAME}-standard"' in binding and f'instanceGroupManagers/{NAME}"' in binding
+    gcp.delete(JOB)
+    assert_nothing_left_gce(gce, JOB)
+
+    # A group launched on-demand has no second template: nothing to switch, nothing refused.
+    gcp.create_groups([group(spot=False)])
+    gcp.use_on_demand(JOB, "search")
+    gcp.delete(JOB)
 
 
 def test_ssh_cidr_adds_a_narrow_firewall_and_delete_removes_it(gcp, gce):

@@ -106,7 +106,24 @@ class Governor:
         if verdict:
             self.bucket.write_exit(*verdict, self.me.instance_id)
             self.end(*verdict)
+        self.fall_back_to_on_demand()
         self.arm_timer()
+
+    def fall_back_to_on_demand(self) -> None:
+        """compute.on_demand_after_preemptions: once the ledger counts that many, the groups' later instances
+        are on-demand (priced from the bundle's on-demand column when they boot); this one runs on as it is."""
+        after = self.bucket.bundle().spec.compute.on_demand_after_preemptions
+        preempted = sum(e.end_reason == "preempted" for e in self.bucket.ledger())
+        if not (after and self.me.spot and preempted >= after):
+            return
+        try:
+            for group in self.groups:
+                self.provisioner.use_on_demand(self.job_id, group)
+        except NascloudError as error:  # spot goes on: a switch that failed costs preemptions, not the job
+            log.warning("could not switch the job's groups to on-demand: %s", error)
+            return
+        self.bucket.add_event("on-demand", f"{preempted} preemptions: the job's next instances are on-demand",
+                              once="on-demand")
 
     def arm_timer(self) -> None:
         """A plain `sleep` in its own session that halts the job when the budget or deadline runs out at this
