@@ -11,7 +11,8 @@ does), so later launches estimate from the history of the earlier ones. Then a t
 not seen, once. For each run: the launch estimate's P50 (read from the bucket's bundle) against the
 actual spend and wall time (the job's history.json: the ledger's spend, the bundle's creation to the last
 instance's end) as ratios, and whether the P90 covered each. Target: every ratio within 0.85-1.15, the
-P90 covering at least 90 % of runs. Prints figures only, with the machine's load (the cores are shared).
+P90 covering at least 90 % of runs. Prints figures only, with the machine's load (the cores are shared:
+the local provider's estimate scales by the load average at launch, which other work can change mid-run).
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ def run(root: Path, price: float, trials: int, epochs: int, drills: int) -> dict
             "cost_p50": cost["p50"], "cost_p90": cost["p90"], "actual_usd": actual_usd,
             "wall_p50": wall["p50"] * 3600, "wall_p90": wall["p90"] * 3600, "actual_s": actual_h * 3600,
             "bases": sorted({t["basis"] for t in estimate.get("terms", {}).values()}
-                            | {estimate["workload"].get("seconds_per_epoch_basis") or ""})}
+                            | {estimate["workload"].get("seconds_per_epoch_basis") or ""}),
+            "slowdown_at_launch": estimate["workload"]["terms"]["host_load"]["value"],
+            "load_during": history["host_load"]["load_average"]}
 
 
 def main() -> None:
@@ -111,7 +114,9 @@ def main() -> None:
             rows.append(row)
             print(f"  {size} {trials}x{epochs} drills={drills}: est ${row['cost_p50']:.2f} (P90 ${row['cost_p90']:.2f}) "
                   f"vs ${row['actual_usd']:.2f}; {row['wall_p50']:.0f} s (P90 {row['wall_p90']:.0f}) vs "
-                  f"{row['actual_s']:.0f} s; terms from {', '.join(b for b in row['bases'] if b)}", flush=True)
+                  f"{row['actual_s']:.0f} s; terms from {', '.join(b for b in row['bases'] if b)}; host slowdown "
+                  f"{row['slowdown_at_launch']:.2f} at launch, load {row['load_during']:.1f} over the run's last "
+                  "5 min", flush=True)
         minutes = (time.monotonic() - began) / 60
     print(f"\nestimate vs actual on the local provider at ${args.price:g}/h, digits, 1 s heartbeat "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {minutes:.0f} min in all)")

@@ -112,9 +112,18 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     epochs = epochs or search.epochs
     notes = []
     calibration = read_calibration(spec.name) if spec else None
-    setup = setup_term(calibration)
+    # On the local provider the host's other work slows training: what the calibration and the history
+    # measured is taken back to an idle machine by their own load, then to the load now.
+    local = cloud == "local"
+    load = history.host_load() if local else None
+    now = history.slowdown(load, own=False) if local else 1.0
+    if local and calibration and "host_load" in calibration:
+        calibration = _scaled(calibration, 1 / history.slowdown(calibration["host_load"], own=True))
     learned = history.terms(histories or [], (calibration or {}).get("in_trial_overhead_seconds", 0.0),
-                            default_job_term(catalog, cloud, setup).value)
+                            default_job_term(catalog, cloud, setup_term(calibration)).value, idle=local)
+    learned = {k: {**v, "value": v["value"] * (now if k in SLOWED else 1.0)} for k, v in learned.items()}
+    calibration = _scaled(calibration, now) if calibration else None
+    setup = setup_term(calibration)
     samples = samples or search.samples or (calibration or {}).get("samples") or KNOWN_SAMPLES.get(search.data)
     samples_used = samples * search.data_fraction if samples else None
     from_history = f"the history of {len(histories or [])} similar job(s)"
@@ -159,10 +168,11 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
         seconds, source = catalog.term("any", "trial_overhead")
         overhead = Term(seconds, "default", source)
     if "job_cv" in learned:
-        job_cv = Term(learned["job_cv"]["value"], "history", f"{from_history}: their speed's run-to-run spread")
+        job_cv = Term(learned["job_cv"]["value"], "history",
+                      f"{from_history}: the spread of their wall time against their launch estimates")
     else:
-        job_cv = Term(0.0, "default", "fewer than two similar jobs in the history: the run-to-run spread of the "
-                                      "machine's speed is not known yet (only the trials' own spread counts)")
+        job_cv = Term(0.0, "default", "fewer than two similar jobs in the history: how far a run strays from its "
+                                      "estimate is not known yet (only the trials' own spread counts)")
     workload = cost.workload_from_trials(trials, epochs, spe, overhead.value, job_cv=job_cv.value,
                                          keep=spec.checkpoint.keep if spec else 3)
     sample_text = f" × {samples_used:g} samples" if samples_used else ""
@@ -174,9 +184,24 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
             found[name] = Term(learned[key]["value"], "history", from_history)
     if setup is not None:
         found["setup"] = setup
+    if local:
+        found["host_load"] = Term(now, "measured", f"load average {load['load_average']:g} on {load['cpus']} cores now "
+                                                   "(+ the job's own): CPU-bound work runs this many times slower than "
+                                                   "on an idle machine; the calibration and history are scaled by it "
+                                                   "from their own load")
     return ResolvedWorkload(workload, description, basis, tuple(notes), trials=trials, epochs=epochs,
                             seconds_per_epoch=spe, overhead_seconds=overhead.value,
                             data_fraction=search.data_fraction, terms=found, keep=workload.keep)
+
+
+# What a busy host slows down (CPU-bound), of the history's terms and a calibration's figures.
+SLOWED = ("seconds_per_epoch", "trial_overhead_seconds", "job_seconds", "restart_seconds")
+CALIBRATION_TIMES = ("seconds_per_epoch", "seconds_per_sample", "trial_overhead_seconds",
+                     "in_trial_overhead_seconds", "setup_seconds")
+
+
+def _scaled(calibration: dict, factor: float) -> dict:
+    return {k: v * factor if k in CALIBRATION_TIMES else v for k, v in calibration.items()}
 
 
 def setup_term(calibration: Optional[dict]) -> Optional[Term]:
@@ -389,12 +414,14 @@ def estimate_json(e: cost.Estimate, terms: Optional[dict] = None) -> dict:
     }
 
 
+WORKLOAD_TERMS = ("seconds_per_epoch", "trial_overhead", "job_cv", "host_load")
+
+
 def workload_json(resolved: ResolvedWorkload) -> dict:
     return {"t4_hours": round(resolved.workload.t4_hours, 4),
             "overhead_hours": round(resolved.workload.overhead_hours, 4), "description": resolved.description,
             "seconds_per_epoch_basis": resolved.seconds_per_epoch_basis, "notes": list(resolved.notes),
-            "terms": {name: resolved.terms[name].json() for name in ("seconds_per_epoch", "trial_overhead", "job_cv")
-                      if name in resolved.terms}}
+            "terms": {name: resolved.terms[name].json() for name in WORKLOAD_TERMS if name in resolved.terms}}
 
 
 def plan_json(p: cost.Plan) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +29,21 @@ def similarity_key(spec, cloud: str, gpu: Optional[str]) -> dict:
     space = json.dumps(search.space.model_dump(mode="json"), sort_keys=True)
     return {"data": search.data, "task": search.task, "space": hashlib.sha256(space.encode()).hexdigest()[:16],
             "cloud": cloud, "gpu": gpu}
+
+
+def host_load(minutes: int = 1) -> dict:
+    """This machine's load average (over 1 or 5 minutes) and cores: a local host shares its cores with
+    whatever else runs there, and CPU-bound training slows down with them."""
+    return {"load_average": round(os.getloadavg()[0 if minutes == 1 else 1], 2), "cpus": os.cpu_count() or 1}
+
+
+def slowdown(load: dict, own: bool) -> float:
+    """How much slower than on an idle machine CPU-bound work runs at `load`: the runnable work over the
+    cores. `own`: the load was measured while the work itself ran (a job, a calibration), else the work
+    will add about one machine's worth to it (TensorFlow keeps every core busy)."""
+    cpus = load["cpus"]
+    total = load["load_average"] if own else load["load_average"] + cpus
+    return max(cpus, total) / cpus
 
 
 def measure(bucket, status: str, now: Optional[float] = None) -> dict:
@@ -63,6 +79,8 @@ def measure(bucket, status: str, now: Optional[float] = None) -> dict:
         "instances": len(ledger), "created_at": bundle.created_at, "ended_at": ended,
         "wall_seconds": round(ended - bundle.created_at, 3), "spend_usd": round(spend(bucket, now), 6),
         "price_per_hour": offer.price_per_hour, "estimate": bundle.estimate,
+        # Over the last 5 minutes, on the instance: its own work and, on a shared local machine, the rest.
+        "host_load": host_load(minutes=5),
     }
 
 
@@ -118,19 +136,35 @@ def _fit(points: list[tuple[float, float]]) -> Optional[tuple[float, float]]:
     return my - b * mx, b
 
 
-def terms(histories: list[dict], in_trial_overhead: float, fixed_default: float) -> dict:
+def _at_idle(record: dict) -> dict:
+    if "host_load" not in record:
+        return record
+    factor = slowdown(record["host_load"], own=True)
+    scaled = {key: [v / factor for v in record[key]] for key in ("trial_seconds", "recovery_seconds")}
+    return {**record, **scaled, "wall_seconds": record["wall_seconds"] / factor}
+
+
+def terms(histories: list[dict], in_trial_overhead: float, fixed_default: float, idle: bool = False) -> dict:
     """The model's terms measured by similar jobs, each {"value", "jobs"} (seconds; job_cv a ratio).
 
     seconds_per_epoch (full data) and the in-trial overhead from each job's mean trial duration against its
     epochs; the fixed per-job term and the between-trial overhead from each uninterrupted job's wall time
     less its trials, against its number of trials; restart from the recoveries; checkpoint from the
-    snapshots; job_cv from the spread of the jobs' speeds. Where the histories cannot tell two terms apart
+    snapshots; job_cv from the spread of their wall times against their launch estimates. Where the histories cannot tell two terms apart
     (every job had the same epochs, or the same number of trials), the calibration's `in_trial_overhead`
     (a trial's time beyond its epochs, e.g. graph tracing) or the `fixed_default` decides the term they
-    measure least."""
+    measure least. `idle`: the times as on an idle machine (each job divided by its host's slowdown)."""
     if not histories:
         return {}
     found = {}
+    # How far runs strayed from their launch estimates (a shared or throttled machine, a model that is still
+    # learning): the spread the Monte Carlo draws for the whole run.
+    ratios = [h["wall_seconds"] / 3600 / h["estimate"]["wall_hours"]["p50"] for h in histories
+              if (h.get("estimate") or {}).get("wall_hours", {}).get("p50")]
+    if len(ratios) >= 2:
+        found["job_cv"] = statistics.stdev(ratios) / statistics.fmean(ratios)
+    if idle:  # each job's times as on an idle machine: a shared local host ran them at its load then
+        histories = [_at_idle(h) for h in histories]
     per_job = [(h["epochs"], statistics.fmean(h["trial_seconds"]) / h.get("data_fraction", 1.0)) for h in histories]
     line = _fit(per_job)
     if line and line[1] > 0:
@@ -139,9 +173,6 @@ def terms(histories: list[dict], in_trial_overhead: float, fixed_default: float)
         spe = statistics.fmean(max(1e-3, (d - in_trial_overhead) / e) for e, d in per_job)
         in_trial = in_trial_overhead
     found["seconds_per_epoch"] = spe
-    if len(per_job) >= 2:  # how much the same search's speed varies from run to run on this machine
-        speeds = [max(1e-3, d - in_trial) / e for e, d in per_job]
-        found["job_cv"] = statistics.stdev(speeds) / statistics.fmean(speeds)
     calm = [h for h in histories if not h["preemptions"]]
     residuals = [(h["trials"], h["wall_seconds"] - sum(h["trial_seconds"])) for h in calm]
     line = _fit(residuals)

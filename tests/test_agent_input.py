@@ -152,7 +152,7 @@ def test_calibrate_times_a_structured_search_and_estimate_reads_it(tmp_path):
     path = tmp_path / "home" / "calibrations" / "wine-cal.json"
     record = json.loads(path.read_text())
     assert set(record) == {"seconds_per_epoch", "seconds_per_sample", "samples", "gpu", "measured_at",
-                           "trial_overhead_seconds", "in_trial_overhead_seconds", "setup_seconds"}
+                           "trial_overhead_seconds", "in_trial_overhead_seconds", "setup_seconds", "host_load"}
     # The whole trial is timed: its overhead beyond two epochs (tracing inside the fit, the build and the
     # tuner's bookkeeping around it) and the set-up before it (TensorFlow, the data) are measured too.
     assert 0 <= record["in_trial_overhead_seconds"] <= record["trial_overhead_seconds"]

@@ -11,7 +11,11 @@ from nascloud.cli import main
 
 @pytest.fixture
 def cli(capsys, monkeypatch, tmp_path):
+    from nascloud import history
+
     monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
+    # The local provider's estimate follows this machine's load average; a test fixes it (an idle 2-core host).
+    monkeypatch.setattr(history, "host_load", lambda minutes=1: {"load_average": 0.0, "cpus": 2})
     monkeypatch.delenv("NASCLOUD_CATALOG", raising=False)
 
     def run(*args):
@@ -157,10 +161,11 @@ def test_plan_stages_with_overrides(cli, tmp_path):
     (["estimate", "--hours", "0"], "Error: --hours must be a number of hours in (0, 100,000], got 0"),
     (["estimate", "--hours", "-5"], "Error: --hours must be a number of hours in (0, 100,000], got -5"),
     (["estimate", "--hours", "5", "--budget", "0"], "Error: --budget must be a number of dollars in (0, 1,000,000]"),
-    (["plan", "--trials", "5", "--budget", "-1"], "Error: --budget must be a number of dollars in (0, 1,000,000]"),
+    (["plan", "--trials", "5", "--epochs", "3", "--budget", "-1"],
+     "Error: --budget must be a number of dollars in (0, 1,000,000]"),
     (["estimate", "--hours", "5", "--trials", "3"], "Error: give either --hours or a workload"),
     (["estimate"], "Error: nothing to estimate"),
-    (["plan", "--trials", "5"], "Error: plan needs a budget"),
+    (["plan", "--trials", "5", "--epochs", "3"], "Error: plan needs a budget"),
     (["estimate", "--hours", "5", "--plot", "x.jpg"], "Error: --plot writes a PNG"),
     (["estimate", "--gpu", "T4", "--cloud", "lambda", "--hours", "3"], "Error: unknown GPU 'T4' on lambda"),
     (["prices", "--refresh", "aws"], "Error: --refresh writes a catalog file: give --catalog DIR"),

@@ -78,8 +78,7 @@ def test_terms_fit_the_fixed_term_and_overheads_from_jobs_of_two_sizes():
     assert found["trial_overhead_seconds"]["value"] == pytest.approx(1.7)  # 1.0 in the trial + 0.7 between
     assert found["job_seconds"]["value"] == pytest.approx(15.0, abs=1e-6)
     assert found["restart_seconds"]["value"] == pytest.approx(12.0)
-    # Two sizes and three runs: the speed's run-to-run spread is measured (here nil).
-    assert found["job_cv"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert "job_cv" not in found  # no launch estimates to compare with
     # One size only: the calibration (in-trial overhead) and the default (fixed term) decide what it cannot.
     one = history.terms(jobs[:1], in_trial_overhead=1.0, fixed_default=15.0)
     assert one["seconds_per_epoch"]["value"] == pytest.approx(0.5) and "job_cv" not in one
@@ -106,3 +105,24 @@ def test_nascloud_history_reports_how_close_past_estimates_were(job, tmp_path, c
     assert row["cost_ratio"] == pytest.approx(1.08 / 1.2) and row["cost_p90_covered"] is True
     assert row["wall_ratio"] == pytest.approx(0.03 * 36) and row["wall_p90_covered"] is False
     assert time.time() - record["written_at"] < 60
+
+
+def test_a_busy_host_is_taken_back_to_idle_and_runs_strayed_from_their_estimates_give_the_spread():
+    key = {"k": 1}
+    base = {"similar": key, "epochs": 10, "trials": 10, "data_fraction": 1.0, "preemptions": 0,
+            "recovery_seconds": [], "snapshot_seconds": []}
+    # The same search twice: on an idle 2-core host and at load average 4 (twice as slow), each launched
+    # with an estimate of 60 s.
+    idle = {**base, "trial_seconds": [5.0] * 10, "wall_seconds": 60.0, "host_load": {"load_average": 2, "cpus": 2},
+            "estimate": {"wall_hours": {"p50": 60 / 3600}}}
+    busy = {**base, "trial_seconds": [10.0] * 10, "wall_seconds": 120.0, "host_load": {"load_average": 4, "cpus": 2},
+            "estimate": {"wall_hours": {"p50": 60 / 3600}}}
+    found = history.terms([idle, busy], in_trial_overhead=0.0, fixed_default=10.0, idle=True)
+    assert found["seconds_per_epoch"]["value"] == pytest.approx(0.5)  # both at idle speed
+    assert found["job_seconds"]["value"] == pytest.approx(10.0) and found["trial_overhead_seconds"]["value"] == 0
+    # 1x and 2x their estimates: a spread of sd/mean = 0.707/1.5
+    assert found["job_cv"]["value"] == pytest.approx(0.7071 / 1.5, rel=1e-3)
+    raw = history.terms([idle, busy], in_trial_overhead=0.0, fixed_default=10.0)
+    assert raw["seconds_per_epoch"]["value"] == pytest.approx(0.75)  # a cloud's instance: its own load
+    assert history.slowdown({"load_average": 3.0, "cpus": 2}, own=False) == pytest.approx(2.5)
+    assert history.slowdown({"load_average": 0.5, "cpus": 2}, own=True) == 1.0

@@ -373,6 +373,8 @@ def calibrate(spec: JobSpec, directory: Path) -> dict:
     epoch (the first one includes graph tracing); the rest of the trial (model build, tracing, the tuner's
     trial end) is the per-trial overhead; TensorFlow's import, the data and the search's set-up are the
     per-job set-up. Returns the record `estimate` reads."""
+    from nascloud import history
+
     began = time.monotonic()
     data_module.check_data_source(spec.search)
     quiet_tensorflow()
@@ -394,4 +396,4 @@ def calibrate(spec: JobSpec, directory: Path) -> dict:
             "samples": int(len(splits.y_train)), "gpu": gpus[0] if gpus else None, "measured_at": time.time(),
             "trial_overhead_seconds": max(0.0, fit_seconds - 2 * seconds),
             "in_trial_overhead_seconds": max(0.0, clock.ends[2] - clock.ends[0] - 2 * seconds),  # tracing
-            "setup_seconds": fit_began - began}
+            "setup_seconds": fit_began - began, "host_load": history.host_load()}
