@@ -133,7 +133,8 @@ class LocalObjects:
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         # Half-written temp files are listed too, so pruning can clear those a killed writer left.
-        folder = self._path(prefix) if prefix.endswith("/") else self._path(prefix).parent
+        # "" is the whole job folder (not its parent, which holds other jobs and the bucket's data sets)
+        folder = self._path(prefix) if prefix.endswith("/") or not prefix else self._path(prefix).parent
         infos = []
         with self._errors("list", prefix):
             for dirpath, _, names in os.walk(folder, onerror=_raise_unless_absent):
