@@ -137,11 +137,11 @@ make_venv() {
       fail "$python -m venv failed (the image needs python3-venv)"
   fi
   local pip="$NASCLOUD_ROOT/venv/bin/pip"
-  requirements=("$wheel${NASCLOUD_EXTRAS:+[$NASCLOUD_EXTRAS]}")
-  # A GPU needs TensorFlow's CUDA libraries (pip wheels; the image brings only the driver).
-  [ -n "$NASCLOUD_GPU" ] && requirements+=("tensorflow[and-cuda]>=2.16")
-  flavor=cpu
-  [ -n "$NASCLOUD_GPU" ] && flavor=cuda
+  requirements=("$wheel${NASCLOUD_EXTRAS:+[$NASCLOUD_EXTRAS]}") flavor=cpu
+  if [ -n "$NASCLOUD_GPU" ]; then
+    # TensorFlow's CUDA and cuDNN libraries as pip wheels: the default images bring only the driver.
+    requirements+=("tensorflow[and-cuda]>=2.16") flavor=cuda
+  fi
   key="bundle/wheelhouse/$(sha256sum "$wheel" | cut -c1-16)-$("$python" -c \
     'import platform, sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')-$flavor.tar"
   mkdir -p "$wheelhouse"
