@@ -84,12 +84,14 @@ def main() -> None:
                 for number, what in ((1, "from the index, building the wheelhouse"),
                                      (2, "from the bucket's wheelhouse, --no-index")):
                     log = boot(folder, number, endpoint, metadata, args.extras)
-                    start, ready = stamp(log, "nascloud bootstrap: boot on"), stamp(log, "starting the instance's governor")
+                    start = stamp(log, "nascloud bootstrap: boot on")
+                    ready = stamp(log, "starting the instance's governor")
                     results[what] = ready - start if ready else f"failed: {log.strip().splitlines()[-1]}"
                     uploaded = stamp(log, "wheelhouse uploaded")
                     if uploaded:
                         results["  the wheelhouse's upload, in the background"] = uploaded - ready
-            listed = json.load(urllib.request.urlopen(f"{endpoint}/storage/v1/b/bench/o?prefix={JOB}/bundle/wheelhouse/"))
+            listed = json.load(urllib.request.urlopen(
+                f"{endpoint}/storage/v1/b/bench/o?prefix={JOB}/bundle/wheelhouse/"))
             sizes = [int(item["size"]) for item in listed.get("items", [])]
         finally:
             server.terminate()
