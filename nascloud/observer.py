@@ -68,7 +68,10 @@ def tidy(bucket: JobBucket, found: Optional[list], status: str) -> None:
     if found is None:
         return
     bundle = bucket.bundle()
-    bucket.reconcile([i for g in found for i in g.instances], time.time())
+    try:
+        bucket.reconcile([i for g in found for i in g.instances], time.time())
+    except NascloudError:
+        pass  # a bucket this machine cannot write either: the view still shows what it can read
     if status not in SHOWN_FINAL:
         return
     prov = provisioner(bucket)
