@@ -95,6 +95,11 @@ def _trust(service: str) -> dict:
 TRUST_POLICY = _trust("ec2.amazonaws.com")
 
 
+def data_prefix(job_prefix: str) -> str:
+    """Where the bucket keeps data sets, beside the job prefixes: PREFIX/data/ for PREFIX/JOB-ID."""
+    return "/".join([*job_prefix.split("/")[:-1], "data", ""])
+
+
 def role_policy(bucket: str, prefix: str, job_id: str, groups: list[str]) -> dict:
     """The instance identity: objects under the job's prefix, and resizing (and tagging the reason on) only
     the job's own groups, by name and by tag; describing is not scoped by AWS, so it is allowed as is."""
@@ -107,6 +112,9 @@ def role_policy(bucket: str, prefix: str, job_id: str, groups: list[str]) -> dic
              "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"},
             {"Sid": "JobListing", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
              "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}},
+            # The data set lives beside the jobs (data/, shared by content): read only.
+            {"Sid": "DataSets", "Effect": "Allow", "Action": "s3:GetObject",
+             "Resource": f"arn:aws:s3:::{bucket}/{data_prefix(prefix)}*"},
             {"Sid": "OwnGroups", "Effect": "Allow",
              "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup",
                         "autoscaling:CreateOrUpdateTags"],

@@ -113,6 +113,9 @@ def test_the_template_read_back_carries_imdsv2_terminate_the_scoped_identity_and
     statements = {s["Sid"]: s for s in policy["Statement"]}
     assert statements["JobObjects"]["Resource"] == f"arn:aws:s3:::nascloud-test/jobs/{JOB}/*"
     assert statements["JobListing"]["Condition"] == {"StringLike": {"s3:prefix": [f"jobs/{JOB}/*"]}}
+    # The data set beside the jobs, read only: the instance fetches its parts (they are shared by content).
+    assert statements["DataSets"] == {"Sid": "DataSets", "Effect": "Allow", "Action": "s3:GetObject",
+                                      "Resource": "arn:aws:s3:::nascloud-test/jobs/data/*"}
     own = statements["OwnGroups"]
     assert own["Resource"] == [f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{NAME}"]
     assert own["Condition"] == {"StringEquals": {"autoscaling:ResourceTag/nascloud-job": JOB}}
