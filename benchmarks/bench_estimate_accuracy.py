@@ -79,9 +79,12 @@ def run(root: Path, price: float, trials: int, epochs: int, drills: int) -> dict
     bucket = JobBucket.open(f"file://{root / 'bucket'}/{job_id}")
     estimate = bucket.bundle().estimate
     expected = estimate["wall_hours"]["p50"] * 3600
-    for n in range(drills):  # spread over the run, each while the agent trains
-        wait_for(lambda: time.time() - bucket.bundle().created_at > expected * (n + 1) / (drills + 1)
-                 and bucket.heartbeat().get("phase") == "searching", 900, "a moment to drill")
+    for n in range(drills):  # spread over the run, each while the agent trains (none once it has ended)
+        wait_for(lambda: bucket.exit_record() or (time.time() - bucket.bundle().created_at > expected * (n + 1) /
+                                                  (drills + 1) and bucket.heartbeat().get("phase") == "searching"),
+                 900, "a moment to drill")
+        if bucket.exit_record():
+            break
         nascloud("drill", bucket.url)
     history = wait_for(lambda: bucket.store.get_json("history.json"), 1200, f"job {job_id}'s history", 1.0)
     nascloud("status", bucket.url, "--json")  # an observer command: copies the history into the cache

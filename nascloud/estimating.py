@@ -115,7 +115,7 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     # On the local provider the host's other work slows training: what the calibration and the history
     # measured is taken back to an idle machine by their own load, then to the load now.
     local = cloud == "local"
-    load = history.host_load() if local else None
+    load = history.host_load_now() if local else None
     now = history.slowdown(load, own=False) if local else 1.0
     if local and calibration and "host_load" in calibration:
         calibration = _scaled(calibration, 1 / history.slowdown(calibration["host_load"], own=True))
@@ -185,10 +185,10 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     if setup is not None:
         found["setup"] = setup
     if local:
-        found["host_load"] = Term(now, "measured", f"load average {load['load_average']:g} on {load['cpus']} cores now "
-                                                   "(+ the job's own): CPU-bound work runs this many times slower than "
-                                                   "on an idle machine; the calibration and history are scaled by it "
-                                                   "from their own load")
+        found["host_load"] = Term(now, "measured", f"{load['load_average']:g} runnable threads on {load['cpus']} cores "
+                                                   "now (+ the job's own): CPU-bound work runs this many times slower "
+                                                   "than on an idle machine; the calibration and history are scaled by "
+                                                   "it from the load average they ran at")
     return ResolvedWorkload(workload, description, basis, tuple(notes), trials=trials, epochs=epochs,
                             seconds_per_epoch=spe, overhead_seconds=overhead.value,
                             data_fraction=search.data_fraction, terms=found, keep=workload.keep)

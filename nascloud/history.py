@@ -31,10 +31,21 @@ def similarity_key(spec, cloud: str, gpu: Optional[str]) -> dict:
             "cloud": cloud, "gpu": gpu}
 
 
-def host_load(minutes: int = 1) -> dict:
-    """This machine's load average (over 1 or 5 minutes) and cores: a local host shares its cores with
+def host_load() -> dict:
+    """This machine's load average over the last minute and its cores: a local host shares its cores with
     whatever else runs there, and CPU-bound training slows down with them."""
-    return {"load_average": round(os.getloadavg()[0 if minutes == 1 else 1], 2), "cpus": os.cpu_count() or 1}
+    return {"load_average": round(os.getloadavg()[0], 2), "cpus": os.cpu_count() or 1}
+
+
+def host_load_now(seconds: float = 1.0, samples: int = 10) -> dict:
+    """The runnable threads right now, other than this process, averaged over `seconds`: unlike the load
+    average it does not still count a job that has just ended (the minute's average decays slowly)."""
+    counts = []
+    for _ in range(samples):
+        with open("/proc/loadavg") as handle:  # "1.2 0.9 0.7 3/130 1234": the 4th field is running/total
+            counts.append(int(handle.read().split()[3].split("/")[0]) - 1)
+        time.sleep(seconds / samples)
+    return {"load_average": round(statistics.fmean(counts), 2), "cpus": os.cpu_count() or 1}
 
 
 def slowdown(load: dict, own: bool) -> float:
@@ -79,8 +90,8 @@ def measure(bucket, status: str, now: Optional[float] = None) -> dict:
         "instances": len(ledger), "created_at": bundle.created_at, "ended_at": ended,
         "wall_seconds": round(ended - bundle.created_at, 3), "spend_usd": round(spend(bucket, now), 6),
         "price_per_hour": offer.price_per_hour, "estimate": bundle.estimate,
-        # Over the last 5 minutes, on the instance: its own work and, on a shared local machine, the rest.
-        "host_load": host_load(minutes=5),
+        # Over the job's last minute, on the instance: its own work and, on a shared local machine, the rest.
+        "host_load": host_load(),
     }
 
 
@@ -150,7 +161,8 @@ def terms(histories: list[dict], in_trial_overhead: float, fixed_default: float,
     seconds_per_epoch (full data) and the in-trial overhead from each job's mean trial duration against its
     epochs; the fixed per-job term and the between-trial overhead from each uninterrupted job's wall time
     less its trials, against its number of trials; restart from the recoveries; checkpoint from the
-    snapshots; job_cv from the spread of their wall times against their launch estimates. Where the histories cannot tell two terms apart
+    snapshots; job_cv from the spread of their wall times against their launch estimates. Where the
+    histories cannot tell two terms apart
     (every job had the same epochs, or the same number of trials), the calibration's `in_trial_overhead`
     (a trial's time beyond its epochs, e.g. graph tracing) or the `fixed_default` decides the term they
     measure least. `idle`: the times as on an idle machine (each job divided by its host's slowdown)."""

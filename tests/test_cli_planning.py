@@ -15,7 +15,7 @@ def cli(capsys, monkeypatch, tmp_path):
 
     monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
     # The local provider's estimate follows this machine's load average; a test fixes it (an idle 2-core host).
-    monkeypatch.setattr(history, "host_load", lambda minutes=1: {"load_average": 0.0, "cpus": 2})
+    monkeypatch.setattr(history, "host_load_now", lambda: {"load_average": 0.0, "cpus": 2})
     monkeypatch.delenv("NASCLOUD_CATALOG", raising=False)
 
     def run(*args):

@@ -126,3 +126,8 @@ def test_a_busy_host_is_taken_back_to_idle_and_runs_strayed_from_their_estimates
     assert raw["seconds_per_epoch"]["value"] == pytest.approx(0.75)  # a cloud's instance: its own load
     assert history.slowdown({"load_average": 3.0, "cpus": 2}, own=False) == pytest.approx(2.5)
     assert history.slowdown({"load_average": 0.5, "cpus": 2}, own=True) == 1.0
+
+
+def test_the_load_now_counts_other_threads_not_a_decaying_average():
+    found = history.host_load_now(seconds=0.2, samples=4)
+    assert found["cpus"] >= 1 and found["load_average"] >= 0  # this process itself is not counted
