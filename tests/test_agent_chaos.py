@@ -34,8 +34,9 @@ def test_named_kills_lose_no_completed_trial_and_resume_mid_trial(digits_chain):
     report = check_chain([run.log for run in digits_chain["runs"]])
     assert report.problems == []
     assert len(report.completed) == MAX_TRIALS
-    # The mid-epoch kill (5th epoch: trial 1's second) resumes trial 1 at its published epoch 1.
-    assert (1, "1", 1) in report.resumes
+    # The mid-epoch kill (5th epoch: the second trial's second) resumes it at its published epoch 1 (the logs
+    # number trials from 1, as the screens do; the leaderboard keeps KerasTuner's ids, from 0).
+    assert (1, "2", 1) in report.resumes
     board = leaderboard(digits_chain["url"])
     assert [row["status"] for row in board["trials"]] == ["COMPLETED"] * MAX_TRIALS
     assert sorted(row["trial_id"] for row in board["trials"]) == ["0", "1", "2"]

@@ -72,7 +72,7 @@ def test_sigterm_and_aws_notice_each_end_in_a_final_snapshot_and_the_search_resu
     logs = []
 
     agent = LiveAgent(url, tmp_path / "work-0", NASCLOUD_AWS_METADATA_URL=endpoint)
-    agent.wait_for(r"publishing a snapshot after trial 1 epoch 1")
+    agent.wait_for(r"publishing a snapshot after trial 2 epoch 1")  # the second trial
     agent.proc.send_signal(signal.SIGTERM)
     run = agent.finish(timeout=AWS_NOTICE_WINDOW)
     logs.append(run.log)
@@ -82,7 +82,7 @@ def test_sigterm_and_aws_notice_each_end_in_a_final_snapshot_and_the_search_resu
     assert store.get_json("agent/exit.json")["status"] == "preempted"
 
     agent = LiveAgent(url, tmp_path / "work-1", NASCLOUD_AWS_METADATA_URL=endpoint)
-    agent.wait_for(r"publishing a snapshot after trial 2 epoch 1")
+    agent.wait_for(r"publishing a snapshot after trial 3 epoch 1")  # the third
     handler.armed = True
     run = agent.finish(timeout=AWS_NOTICE_WINDOW)
     logs.append(run.log)
@@ -98,8 +98,9 @@ def test_sigterm_and_aws_notice_each_end_in_a_final_snapshot_and_the_search_resu
     assert run.code == 0, run.log
     report = check_chain(logs)
     assert report.problems == []
-    assert any(trial == "1" and epoch >= 1 for _, trial, epoch in report.resumes)
+    # The logs number trials as the screens do, from 1 (KerasTuner's ids, in the leaderboard, from 0).
     assert any(trial == "2" and epoch >= 1 for _, trial, epoch in report.resumes)
+    assert any(trial == "3" and epoch >= 1 for _, trial, epoch in report.resumes)
     statuses = {row["trial_id"]: row["status"] for row in store.get_json("results/leaderboard.json")["trials"]}
     assert statuses == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED", "3": "FAILED"}
     progress = store.get_json("agent/progress.json")
