@@ -5,7 +5,7 @@
     stop.json              a stop request (`nascloud stop`, from any machine)
     ledger/<instance>.json each instance: its price at launch, launch time, last seen, end
     charges/<source>.json  the bucket's own charges: launch's requests, storage measured by the instances
-    events/<ms>-<kind>-<id>.json   one object per event, created once, ordered by name
+    events/<ns>-<kind>-<id>.json   one object per event, created once, ordered by name
     claims/<key>           create-only markers: an alert or notice fired once, whoever fires it
     agent/heartbeat.json, agent/progress.json, agent/exit.json    the agent's reports
     logs/<instance>.log    the agent's log on that instance
@@ -231,10 +231,10 @@ class JobBucket:
         if once is not None and not self.store.objects.put_if_absent(f"claims/{_key(once)}", b"1"):
             return False
         self._changed("events")
-        now = time.time()
-        name = f"events/{int(now * 1000):013d}-{kind}-{secrets.token_hex(3)}.json"
+        stamp = time.time_ns()  # nanoseconds: events a process writes in one millisecond keep their order
+        name = f"events/{stamp:019d}-{kind}-{secrets.token_hex(3)}.json"
         self.store.objects.put_if_absent(name, json.dumps(
-            {"time": now, "kind": kind, "message": message, "data": data}).encode())
+            {"time": stamp / 1e9, "kind": kind, "message": message, "data": data}).encode())
         return True
 
     def events(self, after: str = "") -> list[Event]:
@@ -252,8 +252,9 @@ class JobBucket:
         return found
 
     def fired(self) -> set[str]:
-        """The alert keys already fired for this job (by any instance)."""
-        return {e.data["key"] for e in self.events() if e.kind == "alert" and e.data and "key" in e.data}
+        """The alert keys already fired for this job (by any instance): its claims, in one listing (an alert's
+        key is already a valid claim name, so the names are the keys)."""
+        return {info.key[len("claims/"):] for info in self.store.objects.list("claims/")}
 
     # -- logs --------------------------------------------------------------------------------
     def put_log(self, instance_id: str, path: Path) -> None:
