@@ -119,7 +119,7 @@ def main() -> None:
                   f"vs ${row['actual_usd']:.2f}; {row['wall_p50']:.0f} s (P90 {row['wall_p90']:.0f}) vs "
                   f"{row['actual_s']:.0f} s; terms from {', '.join(b for b in row['bases'] if b)}; host slowdown "
                   f"{row['slowdown_at_launch']:.2f} at launch, load {row['load_during']:.1f} over the run's last "
-                  "5 min", flush=True)
+                  "minute", flush=True)
         minutes = (time.monotonic() - began) / 60
     print(f"\nestimate vs actual on the local provider at ${args.price:g}/h, digits, 1 s heartbeat "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {minutes:.0f} min in all)")

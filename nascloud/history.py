@@ -162,8 +162,8 @@ def terms(histories: list[dict], in_trial_overhead: float, fixed_default: float,
     epochs; the fixed per-job term and the between-trial overhead from each uninterrupted job's wall time
     less its trials, against its number of trials; restart from the recoveries; checkpoint from the
     snapshots; job_cv from the spread of their wall times against their launch estimates. Where the
-    histories cannot tell two terms apart
-    (every job had the same epochs, or the same number of trials), the calibration's `in_trial_overhead`
+    histories cannot tell two terms apart (every job had the same epochs, or the same number of trials),
+    the calibration's `in_trial_overhead`
     (a trial's time beyond its epochs, e.g. graph tracing) or the `fixed_default` decides the term they
     measure least. `idle`: the times as on an idle machine (each job divided by its host's slowdown)."""
     if not histories:

@@ -300,17 +300,3 @@ def _load(folder: Path) -> Catalog:
 def load_catalog(folder: Optional[str | Path] = None) -> Catalog:
     """The catalog in `folder`, else NASCLOUD_CATALOG, else the packaged one; read once per folder."""
     return _load(catalog_folder(folder).resolve())
-
-
-def cheapest_offer(cloud: Optional[str] = None, gpu: Optional[str] = None, region: Optional[str] = None,
-                   zone: Optional[str] = None, instance_type: Optional[str] = None, spot: bool = True,
-                   preemptible: bool = False, catalog: Optional[Catalog] = None) -> Option:
-    """The single-GPU offer with the lowest price per unit of work (price ÷ speed) that matches."""
-    catalog = catalog or load_catalog()
-    offers = catalog.select(gpu=gpu, cloud=cloud, region=region, zone=zone, instance_type=instance_type)
-    options = [o for o in (catalog.option(offer, spot, preemptible=preemptible) for offer in offers
-                           if offer.gpu_count == 1 or instance_type) if o]
-    if not options:
-        raise UsageError(f"no {'spot' if spot else 'on-demand'} single-GPU offer matches; try "
-                         f"{'--on-demand' if spot else '--spot'} or another --gpu/--cloud (see `nascloud prices`)")
-    return min(options, key=lambda o: (o.price_per_hour / o.speed, o.price_per_hour))
