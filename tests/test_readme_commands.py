@@ -66,10 +66,11 @@ def sandbox(tmp_path):
     wait_for(lambda: not running_hosts(home), 60, "the README's local hosts to end")
 
 
-@pytest.mark.parametrize("line, script, why", BLOCKS, ids=[f"line-{line}" for line, _, _ in BLOCKS])
-def test_a_readme_block_runs_as_written(sandbox, line, script, why):
-    if why:
-        pytest.skip(f"README.md line {line} is marked: {why}")
+RUNNABLE = [(line, script) for line, script, why in BLOCKS if why is None]  # the marked ones say why above
+
+
+@pytest.mark.parametrize("line, script", RUNNABLE, ids=[f"line-{line}" for line, _ in RUNNABLE])
+def test_a_readme_block_runs_as_written(sandbox, line, script):
     work, env = sandbox
     done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=work, env=env, capture_output=True,
                           text=True, timeout=300, stdin=subprocess.DEVNULL)
