@@ -28,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_recovery import wait_for  # noqa: E402
+
 NAME = "bench-accuracy"
 SPACE = {"block_type": ["vanilla"], "num_blocks": [1, 1], "dropout": [0.0, 0.25]}
 SIZES = {"A": (24, 12), "B": (28, 14)}  # (max_trials, epochs): about 3.5 and 4.5 minutes on this loaded machine
@@ -43,16 +45,6 @@ def nascloud(*args: str, timeout: float = 900) -> str:
     if done.returncode != 0:
         raise SystemExit(f"nascloud {' '.join(args)} failed ({done.returncode}): {done.stdout}{done.stderr}")
     return done.stdout
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def job_file(root: Path, trials: int, epochs: int, rate: float | None) -> Path:
