@@ -190,7 +190,7 @@ def check_the_search(url: str, status: dict) -> None:
     job = JobBucket.open(url)
     logs = [job.store.objects.get(f"logs/{e.instance_id}.log") for e in job.ledger()]
     assert all(logs), [e.instance_id for e, found in zip(job.ledger(), logs) if not found]  # uploaded as it ran
-    report = check_chain([found[0].decode() for found in logs])
+    report = check_chain([found[0].decode() for found in logs], truncated_ok=True)
     assert report.problems == [] and len(report.completed) == SEARCH["max_trials"], report  # each trial once
 
 

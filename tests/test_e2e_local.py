@@ -219,7 +219,7 @@ def test_laptop_gone_two_preemptions_the_group_recovers_and_the_webhook_hears_ea
     assert [(g["size"], g["live"]) for g in status["groups"]] == [(0, 0)]
     assert not (cli.home / "local" / "groups" / url.rsplit("/", 1)[1]).exists()  # the empty group, deleted
 
-    report = check_chain(agent_logs(url))
+    report = check_chain(agent_logs(url), truncated_ok=True)
     assert report.problems == [] and len(report.completed) == 3  # every trial completed once, none re-run
     board = json.loads(cli.run("results", url, "--json", home=fresh).stdout)
     assert sorted(t["status"] for t in board["trials"]) == ["COMPLETED"] * 3
@@ -253,7 +253,7 @@ def test_the_cap_holds_with_the_laptop_gone_and_resume_from_elsewhere_finishes(c
     final = json.loads(cli.run("status", url, "--json", home=fresh).stdout)
     assert final["status"] == "finished" and final["budget_usd"] == pytest.approx(budget + 5)
     assert final["progress"]["trials_done"] == 5
-    report = check_chain(agent_logs(url))
+    report = check_chain(agent_logs(url), truncated_ok=True)
     assert report.problems == [] and len(report.completed) == 5
     alerts = [a["message"] for a in final["alerts"]]
     assert alerts[0].startswith("25% of the $0.90 budget spent"), alerts
@@ -314,4 +314,4 @@ def test_a_bucket_the_instance_cannot_write_halts_the_job_with_the_reason_and_re
     resumed = cli.run("resume", url, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert bucket(url).progress()["trials_done"] == 2
-    assert check_chain(agent_logs(url)).problems == []
+    assert check_chain(agent_logs(url), truncated_ok=True).problems == []
