@@ -20,7 +20,13 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 
 from nascloud.errors import UsageError
 
-TASKS = ("image_classification", "structured_data_classification", "text_classification")
+TASKS = ("image_classification", "structured_data_classification")
+# The metrics a classification search produces on its validation split, and the way each is better.
+OBJECTIVES = {"val_accuracy": "max", "val_balanced_accuracy": "max", "val_loss": "min"}
+# A weighted objective's terms (each higher is better; model_size is defined in the README's objective section).
+WEIGHTED_TERMS = ("val_accuracy", "val_balanced_accuracy", "model_size")
+WEIGHTED_OBJECTIVE = "val_weighted_score"  # the tuner's objective name for a weighted objective
+MAX_SEEDS = 20
 CLOUDS = ("local", "aws", "gcp")
 SSH_NARROWEST_PREFIX = 16  # compute.ssh_cidr: a wider range needs compute.ssh_allow_wide
 
@@ -64,14 +70,14 @@ class SearchSpace(_Section):
     num_blocks: tuple[Depth, Depth] = (1, 2)  # depth range, inclusive
     num_layers: tuple[Depth, Depth] = (1, 2)  # conv layers per block (vanilla), inclusive
     kernel_size: list[Number("a whole number", ge=1, le=15, whole=True)] = [3]
-    normalize: list[bool] = [False]  # normalisation choices
+    normalize: Optional[list[bool]] = None  # normalisation choices; None: on for tables, off for images
     dropout: list[Number("a fraction", ge=0, lt=1)] = [0.0, 0.25]
     augment: bool = False
 
     @model_validator(mode="after")
     def _allows_something(self) -> "SearchSpace":
         for name in ("block_type", "kernel_size", "normalize", "dropout"):
-            if not getattr(self, name):
+            if getattr(self, name) == []:
                 raise ValueError(f"{name} is empty: the search space allows nothing; list at least one choice")
         for name in ("num_blocks", "num_layers"):
             low, high = getattr(self, name)
@@ -82,6 +88,9 @@ class SearchSpace(_Section):
         return self
 
 
+Seed = Number("a whole number", ge=0, le=2**32 - 1, whole=True)  # numpy's seed range
+
+
 class SearchSection(_Section):
     task: Literal[TASKS] = "image_classification"  # type: ignore[valid-type]
     # sklearn:digits | sklearn:wine | sklearn:breast_cancer | a folder of class sub-folders | x.csv | x.npz
@@ -89,8 +98,12 @@ class SearchSection(_Section):
     label_column: Optional[str] = None  # for CSV data
     max_trials: Whole = 4
     epochs: Whole = 3
-    objective: str = "val_accuracy"
-    seed: Number("a whole number", ge=0, le=2**32 - 1, whole=True) = 1  # numpy's seed range
+    # A metric name (see OBJECTIVES), or weights over WEIGHTED_TERMS summing to 1, e.g.
+    # {val_accuracy: 0.7, model_size: 0.3}.
+    objective: Union[str, dict[str, Number("a weight", gt=0, le=1)]] = "val_accuracy"
+    seed: Seed = 1
+    seeds: Optional[list[Seed]] = None  # the same search once per seed, inside one job
+    class_weight: Optional[Literal["balanced"]] = None  # balanced: each class weighs as much in training
     data_fraction: Fraction = 1.0
     space: SearchSpace = SearchSpace()
     max_consecutive_failed_trials: Whole = 3
@@ -100,6 +113,56 @@ class SearchSection(_Section):
     seconds_per_epoch: Optional[Number("a number of seconds", gt=0, le=7 * 86400)] = None
     # None: measured (the job history, `nascloud calibrate`), else the catalog's default (terms.csv, 3 s)
     trial_overhead_seconds: Optional[Number("a number of seconds", ge=0, le=86400)] = None
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, value):
+        if isinstance(value, str):
+            if value not in OBJECTIVES:
+                raise ValueError(f"{value!r} is not a metric a classification search produces; use one of "
+                                 f"{', '.join(OBJECTIVES)}, or weights such as {{val_accuracy: 0.7, model_size: 0.3}}")
+            return value
+        unknown = [name for name in value if name not in WEIGHTED_TERMS]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} cannot be weighted; the terms are {', '.join(WEIGHTED_TERMS)}")
+        if not any(name != "model_size" for name in value):
+            raise ValueError("a weighted objective needs an accuracy term beside model_size "
+                             "(e.g. {val_accuracy: 0.7, model_size: 0.3})")
+        if abs(sum(value.values()) - 1) > 1e-6:
+            raise ValueError(f"the weights must sum to 1, got {sum(value.values()):g}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_seed(self) -> "SearchSection":
+        if self.seeds is not None:
+            if not 1 <= len(self.seeds) <= MAX_SEEDS:
+                raise ValueError(f"seeds: list 1 to {MAX_SEEDS} seeds, got {len(self.seeds)}")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds: {self.seeds} repeats a seed; each seed runs once, list each once")
+            if "seed" in self.model_fields_set:
+                raise ValueError("give seed or seeds, not both")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds the job runs, in order (one search each)."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    @property
+    def objective_name(self) -> str:
+        """The tuner's objective: the metric, or WEIGHTED_OBJECTIVE for weights."""
+        return self.objective if isinstance(self.objective, str) else WEIGHTED_OBJECTIVE
+
+    @property
+    def maximize(self) -> bool:
+        return isinstance(self.objective, dict) or OBJECTIVES[self.objective] == "max"
+
+    @property
+    def normalize_choices(self) -> list[bool]:
+        """Feature normalisation choices: a table's columns span orders of magnitude, so on by default."""
+        if self.space.normalize is not None:
+            return list(self.space.normalize)
+        return [self.task == "structured_data_classification"]
 
 
 class ComputeSection(_Section):

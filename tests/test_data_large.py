@@ -180,7 +180,7 @@ def test_a_short_search_streams_an_image_folder_from_its_memmap(tmp_path, monkey
     search_module.set_seeds(search.seed)
     model = search_module.build_auto_model(search, tmp_path / "snap", _EpochClock())
     search_module.fit(model, search, splits)
-    rows = search_module.trial_rows(tmp_path / "snap" / search_module.PROJECT, search.objective)
+    rows = search_module.trial_rows(tmp_path / "snap" / search_module.PROJECT, search.objective_name, search.maximize)
     assert [(row["status"], row["epochs"]) for row in rows] == [("COMPLETED", 2)] * 2
     assert len(fed) == 2 and all("Dataset" in kind for kind in fed)  # batches, never the array
     best = keras.models.load_model(tmp_path / "snap" / search_module.PROJECT / "best_model.keras")

@@ -24,7 +24,6 @@ from nascloud.job import SearchSection
 
 SKLEARN_SETS = ("digits", "wine", "breast_cancer")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-SUPPORTED_TASKS = ("image_classification", "structured_data_classification")
 X_FILE, Y_FILE, LABELS_FILE = "x.npy", "y.npy", "labels.json"
 PACKED_FILES = (X_FILE, Y_FILE, LABELS_FILE)
 ROW_CHUNK_BYTES = 8 << 20  # a CSV's or .npz's rows are converted this many bytes at a time
@@ -82,17 +81,10 @@ def _kind(source: str) -> str:
     return "folder"
 
 
-def check_task(task: str) -> None:
-    if task not in SUPPORTED_TASKS:
-        raise UsageError(f"search.task {task}: the agent runs {' or '.join(SUPPORTED_TASKS)}; "
-                         "change search.task")
-
-
 def check_data_source(search: SearchSection) -> None:
     """Cheap checks that refuse bad input before any compute (called by launch on the laptop and by
-    the agent): the task is one the agent runs, the source exists and fits the task."""
+    the agent): the source exists and fits the task (the schema knows the tasks)."""
     task, source = search.task, search.data
-    check_task(task)
     kind = _kind(source)
     if kind == "sklearn":
         name = source.split(":", 1)[1]

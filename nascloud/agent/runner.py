@@ -83,10 +83,8 @@ def open_job(target: str) -> Job:
         cloud = spec.compute.cloud
         job = Job(spec.name, spec, open_store(job_url(spec.checkpoint.bucket, spec.name), keep=spec.checkpoint.keep),
                   None, cloud, None if cloud == "local" else spec.compute.gpu, minutes * 60, in_bucket=False)
-    if job.data_name is None:
+    if job.data_name is None:  # else the data was checked and packed by launch
         data_module.check_data_source(spec.search)
-    else:
-        data_module.check_task(spec.search.task)  # the data was checked and packed by launch
     return job
 
 
@@ -161,13 +159,14 @@ class Agent:
     def progress(self, finished: bool = False) -> None:
         from nascloud.agent.search import trial_rows
 
-        rows = trial_rows(self.project_dir, self.search.objective) if self.project_dir.exists() else []
+        search = self.search
+        rows = trial_rows(self.project_dir, search.objective_name, search.maximize) if self.project_dir.exists() else []
         done = [r for r in rows if r["status"] == "COMPLETED"]
         self.store.put_json("agent/progress.json", {
             "max_trials": self.search.max_trials, "trials_done": len(done),
             "trials_failed": sum(r["status"] in ("FAILED", "INVALID") for r in rows),
             "running": self.running, "best_score": done[0]["score"] if done else None,
-            "objective": self.search.objective, "trial_durations": [r["duration_seconds"] for r in done],
+            "objective": self.search.objective_name, "trial_durations": [r["duration_seconds"] for r in done],
             "trials": [{k: r[k] for k in ("trial_id", "status", "score", "duration_seconds")} for r in rows],
             "finished": finished, "snapshot_id": self.snapshot_id, "snapshot_seconds": self.snapshot_seconds[-100:],
             "updated_at": time.time()})
@@ -317,12 +316,12 @@ class Agent:
         best = self.project_dir / "best_model.keras"
         model = keras.models.load_model(best)
         accuracy = accuracy_on_test(model, splits)
-        rows = trial_rows(self.project_dir, self.search.objective)
+        rows = trial_rows(self.project_dir, self.search.objective_name, self.search.maximize)
         self.store.put_file("results/best_model.keras", best)
         self.store.put_json("results/labels.json", {"labels": splits.labels,
                                                     "input_shape": list(splits.x.shape[1:])})
         self.store.put_json("results/leaderboard.json", {
-            "objective": self.search.objective, "best_trial_id": rows[0]["trial_id"] if rows else None,
+            "objective": self.search.objective_name, "best_trial_id": rows[0]["trial_id"] if rows else None,
             "test_accuracy": accuracy, "test_samples": int(len(splits.y_test)), "seed": self.search.seed,
             "data_fraction": self.search.data_fraction, "trials": rows})
         self.phase = "done"
@@ -332,7 +331,7 @@ class Agent:
         if self.governance is not None:
             self.governance.sample_storage()
         best = f"{rows[0]['score']:.4g}" if rows and rows[0]["score"] is not None else "-"
-        return self.exit_status("finished", f"{done} trials completed; best {self.search.objective} {best}, "
+        return self.exit_status("finished", f"{done} trials completed; best {self.search.objective_name} {best}, "
                                             f"test accuracy {accuracy:.4f}")
 
     def _stop(self, stop: StopRequested) -> AgentResult:

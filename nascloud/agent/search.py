@@ -302,9 +302,11 @@ def set_seeds(seed: int) -> None:
 def build_auto_model(search: SearchSection, directory: Path, hooks: SearchHooks,
                      max_trials: int | None = None):
     import autokeras as ak
+    import keras_tuner
 
     space = search.space
-    normalize = space.normalize[0] if len(space.normalize) == 1 else None  # None: AutoKeras tunes it
+    choices = search.normalize_choices
+    normalize = choices[0] if len(choices) == 1 else None  # None: AutoKeras tunes it
     if search.task == "structured_data_classification":
         inputs = ak.StructuredDataInput()
         block = ak.StructuredDataBlock(normalize=normalize, name=TABLE_BLOCK)(inputs)
@@ -317,7 +319,8 @@ def build_auto_model(search: SearchSection, directory: Path, hooks: SearchHooks,
     return ak.AutoModel(
         inputs=inputs, outputs=outputs, tuner=tuner_class(hooks), overwrite=False,
         max_trials=max_trials or search.max_trials, directory=str(directory), project_name=PROJECT,
-        objective=search.objective, seed=search.seed, hyperparameters=constraints(search),
+        objective=keras_tuner.Objective(search.objective_name, "max" if search.maximize else "min"),
+        seed=search.seed, hyperparameters=constraints(search),
         tune_new_entries=True, max_consecutive_failed_trials=search.max_consecutive_failed_trials)
 
 
@@ -349,7 +352,7 @@ def accuracy_on_test(model, splits: Splits) -> float:
     return right / len(splits.test)
 
 
-def trial_rows(project_dir: Path, objective: str) -> list[dict]:
+def trial_rows(project_dir: Path, objective: str, maximize: bool) -> list[dict]:
     """The leaderboard: every trial KerasTuner recorded, best score first, failed ones last."""
     rows = []
     for trial_dir in sorted(project_dir.glob("trial_*")):
@@ -362,7 +365,6 @@ def trial_rows(project_dir: Path, objective: str) -> list[dict]:
                      "hyperparameters": trial["hyperparameters"]["values"], "score": trial.get("score"),
                      "objective": objective, "duration_seconds": round(info.get("elapsed", 0.0), 3),
                      "epochs": info.get("epochs_done"), "parameters": info.get("params")})
-    maximize = objective.endswith(("acc", "accuracy", "auc", "precision", "recall"))
     done = [r for r in rows if r["status"] == "COMPLETED" and r["score"] is not None]
     done.sort(key=lambda r: -r["score"] if maximize else r["score"])
     return done + [r for r in rows if r not in done]
