@@ -29,7 +29,6 @@ from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
 from nascloud import cost
 from nascloud.errors import UsageError
 
-MIN_BILLED_SECONDS = 60.0  # AWS Linux and GCP: a 60 s minimum, per-second after it
 DEFAULT_ALERTS = (0.5, 0.8, 1.0)
 SHUTDOWN_SECONDS = 180.0  # final snapshot (the agent's SIGTERM path) + terminate, billed all the way
 P_OVER_SAMPLES = 1000  # enough for a percentage on a dashboard; a tick stays in milliseconds
@@ -40,7 +39,7 @@ Stop = Literal["none", "budget", "deadline"]
 # ---- the ledger ------------------------------------------------------------------------------
 
 def billed_seconds(launched_at: Optional[float], ended_at: Optional[float], now: float,
-                   minimum_seconds: float = MIN_BILLED_SECONDS) -> float:
+                   minimum_seconds: float) -> float:
     """Seconds the provider bills for one instance: from launch to its end (or now), at least the
     minimum, by the second after it. An intent whose launch never happened costs nothing."""
     if launched_at is None:
@@ -49,12 +48,12 @@ def billed_seconds(launched_at: Optional[float], ended_at: Optional[float], now:
     return max(minimum_seconds, end - launched_at)
 
 
-def span_cost(row: Any, now: float, minimum_seconds: float = MIN_BILLED_SECONDS) -> float:
+def span_cost(row: Any, now: float, minimum_seconds: float) -> float:
     """USD for one ledger row at the price recorded at its launch."""
     return row.price_per_hour * billed_seconds(row.launched_at, row.ended_at, now, minimum_seconds) / 3600
 
 
-def ledger_total(rows: Iterable[Any], now: float, minimum_seconds: float = MIN_BILLED_SECONDS) -> float:
+def ledger_total(rows: Iterable[Any], now: float, minimum_seconds: float) -> float:
     """The job's instance spend: the sum over its spans, each at its own launch price."""
     return sum(span_cost(row, now, minimum_seconds) for row in rows)
 
@@ -203,7 +202,7 @@ class BudgetConfig:
     started_at: float = 0.0  # the deadline runs from here (the job's creation)
     tick_seconds: float = 10.0  # the loop's next chance to act: the billing it cannot avoid
     shutdown_seconds: float = SHUTDOWN_SECONDS
-    minimum_billed_seconds: float = MIN_BILLED_SECONDS
+    minimum_billed_seconds: float = field(kw_only=True)  # the cloud's, from billing.csv (the bundle's copy)
     interruptions_per_hour: float = 0.0  # for P(over budget); the offer's rate
     interval_hours: Optional[float] = None  # checkpoint interval, for P(over budget)
     trial_seconds_hint: Optional[float] = None  # a trial's time before any trial has finished
@@ -228,6 +227,7 @@ class BudgetConfig:
         work = estimate.get("work_hours")  # pure training time on the offer's GPU
         return cls(budget_usd=budget.get("usd"), alerts=tuple(spec.budget.alerts), max_hours=budget.get("max_hours"),
                    started_at=bundle.created_at, tick_seconds=tick_seconds, shutdown_seconds=shutdown_seconds,
+                   minimum_billed_seconds=bundle.billing_minimum_seconds,
                    interruptions_per_hour=spec.compute.interruptions_per_hour
                    or estimate.get("interruptions_per_hour") or 0.0,
                    interval_hours=bundle.interval_minutes / 60 if bundle.interval_minutes else None,

@@ -78,6 +78,7 @@ class Bundle(_Record):
     wheel: Optional[str] = None  # bundle/nascloud-*.whl, for a cloud instance
     interval_minutes: float  # the checkpoint interval the agent uses
     bucket_rates: dict = {}  # storage and request rates of the bucket (billing.csv), for the ledger
+    billing_minimum_seconds: float  # the offer's cloud's billing minimum (billing.csv), for the ledger
     estimate: Optional[dict] = None  # the estimate made before launch, for estimate vs actual
     local_root: Optional[str] = None  # local provider: where its groups and hosts live (absolute)
     # compute.ssh_cidr jobs: the public half of the launching machine's client key, for the instances to

@@ -53,7 +53,7 @@ class Offer:
 class Billing:
     """What a cloud charges besides the instance-hour (USD)."""
 
-    minimum_hours: float = 60 / 3600
+    minimum_hours: float  # the cloud's billing minimum (billing.csv)
     boot_disk_gb_month: float = 0.0
     public_ipv4_hour: float = 0.0
     storage_gb_month: float = 0.0
@@ -79,7 +79,7 @@ class Option:
     rate_cv: float = 0.0  # uncertainty of the rate (coefficient of variation); 0: the rate is known
     rate_source: str = ""
     max_run_hours: Optional[float] = None  # GCP preemptible VMs are stopped within 24 h
-    billing: Billing = field(default_factory=Billing)
+    billing: Billing = field(kw_only=True)  # the cloud's minimum and extras (billing.csv)
     price_source: str = ""
     note: str = ""  # shown beside the option: "estimate only: ...", the GPUs it leaves idle
     launchable: bool = True  # `launch` runs on it (the other catalogs are for comparison)

@@ -282,7 +282,8 @@ def spend(bucket: JobBucket, now: float) -> float:
     and the estimate-vs-actual report use."""
     from nascloud.budget import ledger_total
 
-    return ledger_total([e.billed(now) for e in bucket.ledger()], now) + bucket.charges_usd()
+    minimum = bucket.bundle().billing_minimum_seconds
+    return ledger_total([e.billed(now) for e in bucket.ledger()], now, minimum) + bucket.charges_usd()
 
 
 def money(bucket: JobBucket, now: float):

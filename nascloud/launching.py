@@ -150,6 +150,7 @@ class Prepared:
     packed: Path  # the data set's manifest, packed and sealed in scratch
     scratch: tempfile.TemporaryDirectory
     provisioner: object
+    warnings: tuple[str, ...] = ()  # about the data set (imbalance, few samples): shown, never a refusal
 
     @property
     def costs_money(self) -> bool:
@@ -160,7 +161,8 @@ def prepare(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool =
     """Every check that costs nothing (a bad job file, a bucket that does not suit the provider or is the
     examples' placeholder, a missing data set, a budget the estimate already exceeds, the provider's
     preflight of quota, names and the bucket), then the job's bundle, ready to write."""
-    from nascloud.agent.data import check_data_source, pack_dataset
+    from nascloud.agent.data import check_data_source, load_packed, pack_dataset, split
+    from nascloud.agent.evaluation import data_warnings
     from nascloud.datasets import object_name
     from nascloud.provisioners import provisioner_for
 
@@ -177,10 +179,13 @@ def prepare(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool =
     check_data_source(spec.search)
     scratch = tempfile.TemporaryDirectory(prefix="nascloud-data-")
     packed = pack_dataset(spec.search, Path(scratch.name))
+    # The packed labels and the agent's own split (x stays memory-mapped: no pixel is read).
+    warnings = data_warnings(spec.search, split(load_packed(packed.parent), spec.search.seed,
+                                                spec.search.data_fraction))
     bundle = new_bundle(found, new_job_id(spec), object_name(packed))
     provisioner = provisioner_for(bundle)
     provisioner.preflight(group_specs(bundle))  # quota, names, the bucket: before anything is created
-    return Prepared(found, bundle, packed, scratch, provisioner)
+    return Prepared(found, bundle, packed, scratch, provisioner, tuple(warnings))
 
 
 def new_bundle(found: Quote, job_id: str, data: str):
@@ -192,9 +197,11 @@ def new_bundle(found: Quote, job_id: str, data: str):
 
     job_url = job_prefix_url(found.spec.checkpoint.bucket, job_id)
     record = OfferRecord.model_validate({k: v for k, v in found.offer.items() if k in OfferRecord.model_fields})
+    catalog = load_catalog()
     return Bundle(job_id=job_id, job_url=job_url, created_at=time.time(), spec=found.spec, offer=record, data=data,
                   interval_minutes=found.interval_minutes, estimate=found.estimate,
-                  bucket_rates=load_catalog().bucket_rates(parse_url(job_url).scheme),
+                  bucket_rates=catalog.bucket_rates(parse_url(job_url).scheme),
+                  billing_minimum_seconds=catalog.billing_for(record.cloud).minimum_hours * 3600,
                   local_root=str((nascloud_home() / "local").resolve()) if record.cloud == "local" else None)
 
 
@@ -319,12 +326,17 @@ def remove(bucket) -> None:
 
 
 def results(bucket, folder: Path) -> Optional[dict]:
-    """The leaderboard, labels and best model, copied into folder; None when the search has none yet."""
+    """The leaderboard, labels, best model and its deployability report with the .tflite files that
+    converted, copied into folder; the leaderboard (its report under "deploy"), or None when the search has
+    none yet."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("leaderboard.json", "labels.json", "best_model.keras"):
+    for name in ("leaderboard.json", "labels.json", "best_model.keras", "deploy.json", "best_model.tflite",
+                 "best_model_int8.tflite"):
         bucket.store.get_file(f"results/{name}", folder / name)
-    board = folder / "leaderboard.json"
-    return json.loads(board.read_text()) if board.exists() else None
+    board, deploy = folder / "leaderboard.json", folder / "deploy.json"
+    if not board.exists():
+        return None
+    return json.loads(board.read_text()) | ({"deploy": json.loads(deploy.read_text())} if deploy.exists() else {})
 
 
 def drill(bucket, timeout_seconds: float = 1800) -> float:

@@ -12,6 +12,14 @@ from nascloud.errors import UsageError
 from nascloud.bundle import Bundle, OfferRecord
 from nascloud.jobbucket import LedgerEntry
 from nascloud.job import parse_job
+from nascloud.pricing import load_catalog
+
+
+AWS_MINIMUM = load_catalog().billing_for("aws").minimum_hours * 3600  # billing.csv: 60 s
+
+
+def aws_config(**fields) -> BudgetConfig:
+    return BudgetConfig(minimum_billed_seconds=AWS_MINIMUM, **fields)
 
 
 def row(launched_at, ended_at=None, price=3.6, reason=None, seq=1) -> LedgerEntry:
@@ -27,17 +35,17 @@ def progress(done=0, max_trials=4, durations=(), running_epoch=None, epochs=None
 # ---- the ledger --------------------------------------------------------------------------------
 
 def test_billing_has_a_minimum_then_counts_seconds():
-    assert budget.billed_seconds(1000.0, 1010.0, now=5000.0) == 60  # 10 s run: the 60 s minimum
-    assert budget.billed_seconds(1000.0, 1090.5, now=5000.0) == 90.5  # per second after it
-    assert budget.billed_seconds(1000.0, None, now=1300.0) == 300  # still running: up to now
-    assert budget.billed_seconds(None, None, now=1300.0) == 0  # an intent that never launched
-    assert budget.span_cost(row(0.0, 1800.0, price=2.0), now=99999.0) == pytest.approx(1.0)
+    assert budget.billed_seconds(1000.0, 1010.0, now=5000.0, minimum_seconds=AWS_MINIMUM) == 60  # 10 s run: the 60 s minimum
+    assert budget.billed_seconds(1000.0, 1090.5, now=5000.0, minimum_seconds=AWS_MINIMUM) == 90.5  # per second after it
+    assert budget.billed_seconds(1000.0, None, now=1300.0, minimum_seconds=AWS_MINIMUM) == 300  # still running: up to now
+    assert budget.billed_seconds(None, None, now=1300.0, minimum_seconds=AWS_MINIMUM) == 0  # an intent that never launched
+    assert budget.span_cost(row(0.0, 1800.0, price=2.0), now=99999.0, minimum_seconds=AWS_MINIMUM) == pytest.approx(1.0)
 
 
 def test_ledger_keeps_each_span_at_its_launch_price():
     # A preempted spot instance at $1/h, then its replacement at $3/h (the price rose): no re-pricing.
     rows = [row(0.0, 3600.0, price=1.0, reason="preempted", seq=1), row(4000.0, None, price=3.0, seq=2)]
-    assert budget.ledger_total(rows, now=4000.0 + 1800) == pytest.approx(1.0 + 1.5)
+    assert budget.ledger_total(rows, now=4000.0 + 1800, minimum_seconds=AWS_MINIMUM) == pytest.approx(1.0 + 1.5)
     assert budget.burn_rate(rows) == 3.0
     # Between instances, the next one will burn at about the last one's price.
     assert budget.burn_rate(rows[:1]) == 1.0
@@ -66,7 +74,7 @@ def test_progress_from_the_agent_report():
 
 
 def test_projection_is_spent_plus_burn_times_remaining_work():
-    config = BudgetConfig(budget_usd=100.0)
+    config = aws_config(budget_usd=100.0)
     tick = budget.evaluate([row(0.0, price=3.6)], progress(done=2, max_trials=6, durations=[1800, 1800]),
                            config, set(), now=3600.0)
     assert tick.spent_usd == pytest.approx(3.6)
@@ -79,12 +87,12 @@ def test_projection_is_spent_plus_burn_times_remaining_work():
 def test_p_over_budget_comes_from_the_cost_model():
     # $10.80 spent of $16, 2 h of work left at $3.60/h ($7.20): over in most futures.
     rows = [row(0.0, price=3.6)]
-    config = BudgetConfig(budget_usd=16.0, interruptions_per_hour=0.5)
+    config = aws_config(budget_usd=16.0, interruptions_per_hour=0.5)
     tick = budget.evaluate(rows, progress(done=3, max_trials=5, durations=[3000, 4000, 3800]), config,
                            set(), now=3 * 3600)
     assert 0.6 < tick.p_over <= 1.0
     roomy = budget.evaluate(rows, progress(done=3, max_trials=5, durations=[3000, 4000, 3800]),
-                            BudgetConfig(budget_usd=40.0, interruptions_per_hour=0.5), set(), now=3 * 3600)
+                            aws_config(budget_usd=40.0, interruptions_per_hour=0.5), set(), now=3 * 3600)
     assert roomy.p_over < 0.1
 
 
@@ -107,7 +115,7 @@ def run_loop(rows_for, config, prog, start, end, step):
 
 def test_spend_alerts_fire_once_each_in_order():
     # $36/h = 1 cent a second, $10 budget; thresholds 0.5, 0.8, 1.0; a tick every 10 s, no cap.
-    config = BudgetConfig(budget_usd=10.0, tick_seconds=0, shutdown_seconds=0)
+    config = aws_config(budget_usd=10.0, tick_seconds=0, shutdown_seconds=0)
     alerts, stop, _ = run_loop(lambda now: [row(0.0, price=36.0)], config, progress(), 0.0, 1200.0, 10.0)
     spend = [a for a in alerts if a.kind == "spend"]
     assert [a.message for a in spend] == [
@@ -120,13 +128,13 @@ def test_spend_alerts_fire_once_each_in_order():
 
 
 def test_a_jump_past_several_thresholds_fires_each_in_order():
-    config = BudgetConfig(budget_usd=10.0, alerts=(0.25, 0.5, 0.8, 1.0))
+    config = aws_config(budget_usd=10.0, alerts=(0.25, 0.5, 0.8, 1.0))
     tick = budget.evaluate([row(0.0, 3600.0, price=8.5)], progress(), config, {"spend:0.25@10.00"}, now=3600.0)
     assert [a.key for a in tick.alerts if a.kind == "spend"] == ["spend:0.5@10.00", "spend:0.8@10.00"]
 
 
 def test_projection_alert_says_what_the_search_will_cost_and_fires_once():
-    config = BudgetConfig(budget_usd=10.0)
+    config = aws_config(budget_usd=10.0)
     prog = progress(done=1, max_trials=4, durations=[3600])  # 3 h left at $3/h
     tick = budget.evaluate([row(0.0, price=3.0)], prog, config, set(), now=3600.0)
     assert [a.message for a in tick.alerts] == [
@@ -137,7 +145,7 @@ def test_projection_alert_says_what_the_search_will_cost_and_fires_once():
 
 def test_raising_the_budget_rearms_the_alerts():
     fired = {"spend:0.5@10.00", "spend:0.8@10.00", "spend:1@10.00", "projection@10.00"}
-    raised = BudgetConfig(budget_usd=budget.parse_budget_change("+10", 10.0))
+    raised = aws_config(budget_usd=budget.parse_budget_change("+10", 10.0))
     tick = budget.evaluate([row(0.0, 3600.0, price=10.5)], progress(finished=True), raised, fired, now=4000.0)
     assert [a.message for a in tick.alerts] == ["50% of the $20.00 budget spent ($10.50)"]
 
@@ -147,14 +155,14 @@ def test_raising_the_budget_rearms_the_alerts():
 @pytest.mark.parametrize("price,tick_seconds,shutdown_seconds", [(36.0, 10.0, 120.0), (3.6, 30.0, 180.0),
                                                                  (720.0, 5.0, 60.0)])
 def test_the_cap_stops_with_spend_within_one_billing_increment(price, tick_seconds, shutdown_seconds):
-    config = BudgetConfig(budget_usd=50.0, tick_seconds=tick_seconds, shutdown_seconds=shutdown_seconds)
+    config = aws_config(budget_usd=50.0, tick_seconds=tick_seconds, shutdown_seconds=shutdown_seconds)
     launched = 100.0
     alerts, stop, stopped_at = run_loop(lambda now: [row(launched, price=price)], config, progress(),
                                         launched, launched + 10 * 24 * 3600, tick_seconds)
     assert stop is not None and stop.stop == "budget"
     assert stop.reason.startswith("spent $")
     # The orchestrator then snapshots and terminates, taking at most the shutdown time.
-    final = budget.ledger_total([row(launched, stopped_at + shutdown_seconds, price=price)], now=math.inf)
+    final = budget.ledger_total([row(launched, stopped_at + shutdown_seconds, price=price)], now=math.inf, minimum_seconds=AWS_MINIMUM)
     increment = price / 3600  # per-second billing
     assert final <= config.budget_usd + increment
     # ...and it did not stop early: one more tick would have passed the budget.
@@ -165,7 +173,7 @@ def test_the_cap_counts_the_billing_minimum_of_a_fresh_instance():
     # $9.70 on a preempted instance, then a replacement at $36/h (1 cent a second), $10.40 budget. Its
     # 60 s minimum ($0.60) is billed at once, and covers the ticks inside it; after it, per second.
     rows = [row(0.0, 970.0, price=36.0, reason="preempted", seq=1), row(1000.0, price=36.0, seq=2)]
-    config = BudgetConfig(budget_usd=10.40, tick_seconds=10, shutdown_seconds=0)
+    config = aws_config(budget_usd=10.40, tick_seconds=10, shutdown_seconds=0)
     tick = budget.evaluate(rows, progress(), config, set(), now=1001.0)
     assert tick.spent_usd == pytest.approx(9.70 + 0.60)
     assert tick.stop == "none"
@@ -179,15 +187,15 @@ def test_the_cap_counts_the_billing_minimum_of_a_fresh_instance():
 def test_no_recovery_is_launched_into_a_budget_that_cannot_pay_its_minimum():
     # Preempted with $9.50 spent of $10: a replacement at $36/h would bill $0.60 at once.
     rows = [row(0.0, 950.0, price=36.0, reason="preempted")]
-    tick = budget.evaluate(rows, progress(), BudgetConfig(budget_usd=10.0, tick_seconds=10, shutdown_seconds=0),
+    tick = budget.evaluate(rows, progress(), aws_config(budget_usd=10.0, tick_seconds=10, shutdown_seconds=0),
                            set(), now=960.0)
     assert tick.stop == "budget"
-    assert budget.evaluate(rows, progress(), BudgetConfig(budget_usd=10.2, tick_seconds=10, shutdown_seconds=0),
+    assert budget.evaluate(rows, progress(), aws_config(budget_usd=10.2, tick_seconds=10, shutdown_seconds=0),
                            set(), now=960.0).stop == "none"
 
 
 def test_a_finished_search_is_not_stopped():
-    tick = budget.evaluate([row(0.0, price=36.0)], progress(finished=True), BudgetConfig(budget_usd=1.0), set(),
+    tick = budget.evaluate([row(0.0, price=36.0)], progress(finished=True), aws_config(budget_usd=1.0), set(),
                            now=3600.0)
     assert tick.stop == "none"
 
@@ -195,7 +203,7 @@ def test_a_finished_search_is_not_stopped():
 # ---- the deadline ------------------------------------------------------------------------------
 
 def test_deadline_alerts_then_stop_before_it_passes():
-    config = BudgetConfig(max_hours=2.0, started_at=0.0, tick_seconds=60, shutdown_seconds=180)
+    config = aws_config(max_hours=2.0, started_at=0.0, tick_seconds=60, shutdown_seconds=180)
     prog = progress(done=1, max_trials=4, durations=[3000])
     alerts, stop, stopped_at = run_loop(lambda now: [row(0.0, price=1.0)], config, prog, 0.0, 3 * 3600, 60.0)
     assert [a.message for a in alerts] == [
@@ -213,11 +221,11 @@ def test_config_for_a_bundle_takes_the_budget_record_in_force():
     spec = parse_job({"name": "job", "search": {"max_trials": 8}, "budget": {"usd": 5, "alerts": [0.5, 0.9]}})
     offer = OfferRecord(cloud="aws", instance_type="g4dn.xlarge", price_per_hour=0.2, on_demand_price_per_hour=0.5)
     bundle = Bundle(job_id="job-abc123", job_url="file:///b/job-abc123", created_at=1000.0, spec=spec, offer=offer,
-                    data="data/x.npz", interval_minutes=12.0,
+                    data="data/x.npz", interval_minutes=12.0, billing_minimum_seconds=AWS_MINIMUM,
                     estimate={"work_hours": 2.0, "interruptions_per_hour": 0.07})
     # `resume --budget 25 --max-hours 48` wrote the record: it wins over the job file's $5.
     config = BudgetConfig.for_bundle(bundle, {"usd": 25.0, "max_hours": 48.0}, tick_seconds=10)
-    assert config == BudgetConfig(budget_usd=25.0, alerts=(0.5, 0.9), max_hours=48.0, started_at=1000.0,
+    assert config == aws_config(budget_usd=25.0, alerts=(0.5, 0.9), max_hours=48.0, started_at=1000.0,
                                   tick_seconds=10, interruptions_per_hour=0.07, interval_hours=0.2,
                                   trial_seconds_hint=900.0)
     assert config.deadline_at == 1000.0 + 48 * 3600
@@ -254,10 +262,10 @@ def test_bad_budgets_are_usage_errors(text, current, message):
 ])
 def test_bad_thresholds_are_usage_errors(alerts, message):
     with pytest.raises(UsageError) as error:
-        BudgetConfig(budget_usd=3.0, alerts=alerts)
+        aws_config(budget_usd=3.0, alerts=alerts)
     assert str(error.value) == message and error.value.exit_code == 2
 
 
 def test_config_validation():
     with pytest.raises(UsageError, match="budget.usd must be a positive number of dollars"):
-        BudgetConfig(budget_usd=-3.0)
+        aws_config(budget_usd=-3.0)

@@ -29,7 +29,8 @@ def summary(status="running", reason=None, cloud="aws") -> dict:
     rows = [LedgerEntry("i-first", "search", cloud, "g4dn.xlarge", None, True, 0.25, NOW - 9000, NOW - 5000,
                         NOW - 5000, "preempted"),
             LedgerEntry("i-second", "search", cloud, "g4dn.xlarge", None, True, 0.30, NOW - 4000, NOW)]
-    tick = budget.evaluate(rows, Progress.of(PROGRESS, epochs=4), BudgetConfig(budget_usd=2.0), set(), NOW)
+    config = BudgetConfig(budget_usd=2.0, minimum_billed_seconds=60)
+    tick = budget.evaluate(rows, Progress.of(PROGRESS, epochs=4), config, set(), NOW)
     return {
         "job_id": "digits-1a2b3c", "status": status, "reason": reason, "budget_usd": 2.0, "max_hours": 4.0,
         "alert_thresholds": [0.5, 0.8, 1.0], "spent_usd": tick.spent_usd,

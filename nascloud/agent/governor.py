@@ -136,7 +136,8 @@ class Governor:
         limits = []
         if budget.get("usd") and entry.price_per_hour > 0:
             # What this instance may still bill: the budget less everything else, from its own launch.
-            others = ledger_total([e.billed(now) for e in ledger if e is not entry], now) + self.bucket.charges_usd()
+            others = (ledger_total([e.billed(now) for e in ledger if e is not entry], now,
+                                   self.bucket.bundle().billing_minimum_seconds) + self.bucket.charges_usd())
             runs_out = entry.launched_at + (budget["usd"] - others) / entry.price_per_hour * 3600
             limits.append(runs_out - now)
         if budget.get("max_hours"):
