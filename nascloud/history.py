@@ -95,6 +95,46 @@ def measure(bucket, status: str, now: Optional[float] = None) -> dict:
     }
 
 
+def priced_by_steps(steps: list[tuple[float, float]], start: float, end: float) -> float:
+    """USD for [start, end] at a price that changes in steps ((from time, USD/h), oldest first): each step
+    holds until the next; before the first, the first holds (the cloud gives the one in force at start)."""
+    total = 0.0
+    for index, (since, price) in enumerate(steps):
+        until = steps[index + 1][0] if index + 1 < len(steps) else end
+        low, high = (start if index == 0 else max(start, since)), min(end, until)
+        total += price * max(0.0, high - low) / 3600
+    return total
+
+
+def bill_check(bucket, provider, now: Optional[float] = None) -> dict:
+    """The ledger against the cloud's own record of the spot price over each instance's life. The ledger
+    bills an instance at its launch price for its whole life; AWS moves spot prices gradually, so the bill
+    differs by as much as the price moved over the instance's life; GCP moves Spot prices at most once every
+    30 days; a local host bills the price given."""
+    from nascloud.budget import billed_seconds, span_cost
+
+    now = now or time.time()
+    bundle = bucket.bundle()
+    minimum = bundle.billing_minimum_seconds
+    ledger_usd = checked_usd = 0.0
+    checked = 0
+    for entry in (e.billed(now) for e in bucket.ledger()):
+        cost = span_cost(entry, now, minimum)
+        ledger_usd += cost
+        if entry.launched_at is None or not entry.spot:
+            checked_usd += cost
+            continue
+        end = entry.launched_at + billed_seconds(entry.launched_at, entry.ended_at, now, minimum)
+        steps = provider.spot_prices(bundle.offer.region, entry.instance_type, entry.zone, entry.launched_at, end)
+        if steps is None:
+            checked_usd += cost
+            continue
+        checked_usd += priced_by_steps(steps, entry.launched_at, end)
+        checked += 1
+    return {"ledger_usd": round(ledger_usd, 6), "by_price_history_usd": round(checked_usd, 6),
+            "drift_usd": round(checked_usd - ledger_usd, 6), "instances_checked": checked}
+
+
 def write(bucket, status: str) -> dict:
     record = measure(bucket, status)
     bucket.store.put_json(OBJECT, record)
@@ -105,13 +145,20 @@ def folder() -> Path:
     return nascloud_home() / "history"
 
 
-def cache(bucket, job_id: str) -> None:
-    """Copy a finished job's history into this machine's cache once (one GET, then none)."""
+def cache(bucket, job_id: str, provider) -> None:
+    """Copy a finished job's history into this machine's cache once (one GET, then none), with the ledger
+    checked against the cloud's price history (`bill_check`) while the cloud can still be asked."""
+    from nascloud.errors import NascloudError
+
     path = folder() / f"{job_id}.json"
     if path.exists():
         return
     record = bucket.store.get_json(OBJECT)
     if record:
+        try:
+            record["bill_check"] = bill_check(bucket, provider)
+        except NascloudError as error:
+            record["bill_check"] = {"error": str(error)}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))
 
@@ -218,4 +265,5 @@ def accuracy(record: dict) -> Optional[dict]:
             "preemptions": record["preemptions"], "actual_usd": record["spend_usd"], "actual_hours": actual_hours,
             "cost_ratio": cost["p50"] / record["spend_usd"], "wall_ratio": wall["p50"] / actual_hours,
             "cost_p90_covered": cost["p90"] >= record["spend_usd"],
+            "by_price_history_usd": (record.get("bill_check") or {}).get("by_price_history_usd"),
             "wall_p90_covered": wall["p90"] >= actual_hours}

@@ -457,6 +457,21 @@ class AwsProvisioner:
         except Exception as error:
             raise _error(error, "describe_instances") from None
 
+    def spot_prices(self, region: str, instance_type: str, zone: Optional[str], start: float,
+                    end: float) -> Optional[list[tuple[float, float]]]:
+        """EC2's spot price history (kept 90 days): the changes within [start, end] and the last one before
+        start, which is the price in force at start."""
+        selector = {"AvailabilityZoneId": zone} if zone else {}
+        pages = self._client("ec2", region).get_paginator("describe_spot_price_history").paginate(
+            InstanceTypes=[instance_type], ProductDescriptions=["Linux/UNIX"], **selector,
+            StartTime=datetime.fromtimestamp(start, timezone.utc), EndTime=datetime.fromtimestamp(end, timezone.utc))
+        try:
+            steps = [(item["Timestamp"].timestamp(), float(item["SpotPrice"])) for page in pages
+                     for item in page["SpotPriceHistory"]]
+        except Exception as error:
+            raise _error(error, "describe_spot_price_history") from None
+        return sorted(steps) or None
+
     def _zone_id(self, region: str, zone: Optional[str]) -> Optional[str]:
         """The zone's ID, what the bundle's price table is keyed by (one describe per region, cached)."""
         if region not in self._zone_names:

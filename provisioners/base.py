@@ -105,6 +105,12 @@ class Provisioner(Protocol):
     def job_url(self, group: Group) -> Optional[str]:
         """The bucket URL of the job a group belongs to (a tag or label on the group), for gc."""
 
+    def spot_prices(self, region: str, instance_type: str, zone: Optional[str], start: float,
+                    end: float) -> Optional[list[tuple[float, float]]]:
+        """The spot price in force over [start, end] as (from time, USD/h) steps, oldest first: what the cloud
+        billed a spot instance, to check the ledger (which bills its launch price) against. None where the
+        cloud keeps no such record or its prices do not move within an instance's life."""
+
     # the instance side -----------------------------------------------------------------------
     def whoami(self, job_id: str, group: str) -> Instance:
         """On the instance: itself, from the provider's metadata (id, type, zone, spot, launch time)."""

@@ -485,6 +485,13 @@ class GcpProvisioner:
                 raise _error(error, f"resizing {name}") from None
             self._wait(operation, f"resizing {name}", region=region)
 
+    def spot_prices(self, region: str, instance_type: str, zone: Optional[str], start: float,
+                    end: float) -> Optional[list[tuple[float, float]]]:
+        """Compute Engine changes Spot prices at most once every 30 days (cloud.google.com/skus: "Spot prices are
+        dynamic and can change up to once every 30 days") and its API keeps no history of them: the launch
+        price is the bill unless a change fell within the VM's life."""
+        return None
+
     def use_on_demand(self, job_id: str, group: str) -> None:
         """The group's later VMs from the STANDARD template made at launch (a VM it recreates after a
         preemption comes from it; the running ones stay as they are). A group launched on-demand has none."""

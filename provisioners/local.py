@@ -232,6 +232,11 @@ class LocalProvisioner:
             raise RuntimeError(f"local host {instance_id} has no record under {self._group_dir(job_id, group)}")
         return found
 
+    def spot_prices(self, region: str, instance_type: str, zone: Optional[str], start: float,
+                    end: float) -> Optional[list[tuple[float, float]]]:
+        """A local host bills the price given at launch: there is nothing to check it against."""
+        return None
+
     def use_on_demand(self, job_id: str, group: str) -> None:
         """Local hosts have no purchase option: nothing to switch."""
 

@@ -131,3 +131,36 @@ def test_a_busy_host_is_taken_back_to_idle_and_runs_strayed_from_their_estimates
 def test_the_load_now_counts_other_threads_not_a_decaying_average():
     found = history.host_load_now(seconds=0.2, samples=4)
     assert found["cpus"] >= 1 and found["load_average"] >= 0  # this process itself is not counted
+
+
+def test_a_price_that_changes_in_steps_is_billed_step_by_step():
+    # $0.20/h in force at launch, $0.30/h from 30 min in: one hour costs $0.10 + $0.15.
+    steps = [(-600.0, 0.20), (1800.0, 0.30)]
+    assert history.priced_by_steps(steps, 0.0, 3600.0) == pytest.approx(0.25)
+    assert history.priced_by_steps(steps[1:], 0.0, 3600.0) == pytest.approx(0.30)  # only a later one: it held
+
+
+def test_the_ledger_is_checked_against_ec2s_spot_price_history(moto_reset, tmp_path):
+    from nascloud.bundle import Bundle, OfferRecord
+    from nascloud.job import parse_job
+    from nascloud.provisioners import get_provisioner
+
+    url = f"file://{tmp_path}/bucket/aws-job-0a1b2c"
+    bucket = JobBucket.open(url)
+    offer = OfferRecord(cloud="aws", region="us-east-1", instance_type="g4dn.xlarge", gpu="T4", spot=True,
+                        price_per_hour=0.21, on_demand_price_per_hour=0.526)
+    bucket.store.put_json("bundle/job.json", Bundle(
+        job_id="aws-job-0a1b2c", job_url=url, created_at=0.0, spec=parse_job({"name": "aws-job"}), offer=offer,
+        data="data/x.json", interval_minutes=10.0, billing_minimum_seconds=60.0).to_json())
+    now = time.time()
+    # An hour of spot at its launch price, then an hour on-demand (its price does not move).
+    bucket.put_entry(LedgerEntry("i-spot", "search", "aws", "g4dn.xlarge", "use1-az1", True, 0.21, now - 7200,
+                                 now - 3600, now - 3600, "preempted"))
+    bucket.put_entry(LedgerEntry("i-od", "search", "aws", "g4dn.xlarge", "use1-az1", False, 0.526, now - 3600,
+                                 now, now, "finished"))
+    check = history.bill_check(bucket, get_provisioner("aws", region="us-east-1", home=tmp_path / "home"), now=now)
+    # moto's price history holds one price for every type, $0.00001/h: the spot hour is billed at it.
+    assert check["ledger_usd"] == pytest.approx(0.21 + 0.526)
+    assert check["by_price_history_usd"] == pytest.approx(0.00001 + 0.526)
+    assert check["drift_usd"] == pytest.approx(0.00001 - 0.21)
+    assert check["instances_checked"] == 1

@@ -440,7 +440,7 @@ def history(
         return
     from rich.table import Table
 
-    table = Table("job", "trials", "preempt.", "spent", "cost P50 / actual", "P90 covers", "took",
+    table = Table("job", "trials", "preempt.", "spent", "by price history", "cost P50 / actual", "P90 covers", "took",
                   "wall P50 / actual", "P90 covers", title="Launch estimates against the bill")
     for r in rows:
         table.add_row(r["job_id"], str(r["trials"]), str(r["preemptions"]), dollars(r["actual_usd"]),
@@ -448,3 +448,4 @@ def history(
                       f"{r['wall_ratio']:.2f}", "yes" if r["wall_p90_covered"] else "no")
     console = _console()
     console.print(table)
+        checked = r["by_price_history_usd"]
