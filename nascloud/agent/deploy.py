@@ -2,7 +2,7 @@
 accuracy it keeps, and CPU latency per sample, measured on the instance at the end of the search.
 
 TensorFlow's converter writes the .tflite files; they are run with LiteRT (`ai-edge-litert`, Google's
-successor to tf.lite.Interpreter, deprecated since TensorFlow 2.20), the runtime an edge device would use.
+successor to tf.lite.Interpreter, which TensorFlow deprecates), the runtime an edge device would use.
 A conversion that fails is reported (with the unsupported ops it names), never fatal: the search's results
 stand without it. TensorFlow, Keras and LiteRT are imported inside the functions (the CLI stays light).
 """
