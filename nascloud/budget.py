@@ -231,7 +231,7 @@ class BudgetConfig:
                    interruptions_per_hour=spec.compute.interruptions_per_hour
                    or estimate.get("interruptions_per_hour") or 0.0,
                    interval_hours=bundle.interval_minutes / 60 if bundle.interval_minutes else None,
-                   trial_seconds_hint=work * 3600 / spec.search.max_trials if work else None)
+                   trial_seconds_hint=work * 3600 / spec.search.job_trials if work else None)
 
 
 # ---- alerts and the tick ---------------------------------------------------------------------

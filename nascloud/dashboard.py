@@ -80,6 +80,7 @@ class JobView:
     trials: tuple[TrialView, ...] = ()  # in trial order
     running_trial: Optional[str] = None
     running_epoch: Optional[int] = None  # the epoch being trained, from 1
+    seed: Optional[str] = None  # a job of several seeds: the one searching, "2/3"
     best_score: Optional[float] = None
     objective: str = ""
     events: tuple[EventView, ...] = ()
@@ -128,6 +129,7 @@ class JobView:
             running_trial=trial_number(running["trial_id"]) if running else None,
             # The agent reports the epochs a trial has done; the one training now is the next.
             running_epoch=min(running["epoch"] + 1, epochs or running["epoch"] + 1) if running else None,
+            seed=f"{progress['seed']['index']}/{progress['seed']['of']}" if progress.get("seed") else None,
             best_score=progress.get("best_score"), objective=progress.get("objective") or "",
             events=tuple(EventView(e.time, e.kind, e.message) for e in events), alerts=tuple(new_alerts))
 
@@ -166,11 +168,12 @@ def trials_line(view: JobView) -> str:
         of = f"/{view.epochs}" if view.epochs else ""
         running = f", running trial {view.running_trial} (epoch {view.running_epoch}{of})"
     failed = f", {view.trials_failed} failed" if view.trials_failed else ""
+    seed = f"seed {view.seed}, " if view.seed and not view.final else ""
     best = ""
     if view.best_score is not None:
         which = f" (trial {view.best_trial})" if view.best_trial else ""
         best = f", best {view.objective or 'score'} {_score(view.best_score)}{which}"
-    return f"trials {view.trials_done}/{view.max_trials or '?'}{failed}{running}{best}"
+    return f"{seed}trials {view.trials_done}/{view.max_trials or '?'}{failed}{running}{best}"
 
 
 def instance_line(view: JobView) -> str:

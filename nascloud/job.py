@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+                      model_serializer, model_validator)
 
 from nascloud.errors import UsageError
 
@@ -143,10 +143,22 @@ class SearchSection(_Section):
                 raise ValueError("give seed or seeds, not both")
         return self
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        data = handler(self)
+        if self.seeds is not None:
+            data.pop("seed", None)  # the default seed beside seeds would be refused when the dump is read back
+        return data
+
     @property
     def seed_list(self) -> list[int]:
         """The seeds the job runs, in order (one search each)."""
         return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    @property
+    def job_trials(self) -> int:
+        """The trials of the whole job: max_trials for each seed."""
+        return self.max_trials * len(self.seed_list)
 
     @property
     def objective_name(self) -> str:
@@ -312,6 +324,10 @@ def with_settings(spec: JobSpec, settings: Sequence[str]) -> JobSpec:
                 raise UsageError(f"--set {path}: {'.'.join(sections[:depth + 1])} is a value, not a section")
         node[field] = value
         paths.append(path)
+    search = data.get("search")
+    for given, other in (("seeds", "seed"), ("seed", "seeds")):  # a setting of one replaces the file's other
+        if f"search.{given}" in paths and f"search.{other}" not in paths and isinstance(search, dict):
+            search.pop(other, None)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as error:

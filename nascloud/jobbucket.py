@@ -296,6 +296,6 @@ def money(bucket: JobBucket, now: float):
     shutdown = float(os.environ.get("NASCLOUD_SHUTDOWN_SECONDS", SHUTDOWN_SECONDS))
     config = BudgetConfig.for_bundle(bundle, bucket.budget(), tick_seconds=heartbeat_seconds(),
                                      shutdown_seconds=shutdown)
-    progress = Progress.of(bucket.progress(), bundle.spec.search.epochs, bundle.spec.search.max_trials)
+    progress = Progress.of(bucket.progress(), bundle.spec.search.epochs, bundle.spec.search.job_trials)
     ledger = [e.billed(now) for e in bucket.ledger()]
     return evaluate(ledger, progress, config, bucket.fired(), now, extra_usd=bucket.charges_usd())
