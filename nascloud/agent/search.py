@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from nascloud.agent import objectives
 from nascloud.agent.data import Splits
 from nascloud.agent.notices import Notices, fault_point
 from nascloud.job import SearchSection
@@ -90,8 +91,9 @@ def _trial_info(trial_dir: Path) -> dict:
         return {"elapsed": 0.0, "params": None, "epochs_done": 0, "logs": []}
 
 
-def tuner_class(hooks: SearchHooks):
-    """A Greedy tuner that resumes the running trial from its last epoch and reports its moments."""
+def tuner_class(hooks: SearchHooks, search: SearchSection):
+    """A Greedy tuner that resumes the running trial from its last epoch, scores trials on the job's
+    objective and reports its moments."""
     import autokeras as ak
     import keras
     from keras_tuner.src.engine import tuner_utils
@@ -139,6 +141,7 @@ def tuner_class(hooks: SearchHooks):
 
     class ResumableTuner(ak.Greedy):
         stream = None  # a Stream: set by fit() for a data set fed batch by batch
+        largest = None  # the space's largest parameter count, when the objective weighs model_size
 
         def __init__(self, *args, max_consecutive_failed_trials: int = 3, **kwargs):
             super().__init__(*args, **kwargs)
@@ -153,8 +156,9 @@ def tuner_class(hooks: SearchHooks):
             fault_point("fail-trial")
             # Added here, after KerasTuner deep-copied the user's callbacks: the hook holds references
             # (the store, the notices) that must not be copied.
+            metrics = self._objective_metrics(kwargs["validation_data"])
             self._hook = TrialHook(trial.trial_id, Path(self.get_trial_dir(trial.trial_id)))
-            kwargs["callbacks"] = [HoldAtEpochEnd(), *kwargs.get("callbacks", []),
+            kwargs["callbacks"] = [*metrics, HoldAtEpochEnd(), *kwargs.get("callbacks", []),
                                    keras.callbacks.BackupAndRestore(self._backup_dir(trial.trial_id),
                                                                     delete_checkpoint=False),
                                    self._hook]
@@ -176,6 +180,23 @@ def tuner_class(hooks: SearchHooks):
             history.history = {key: [epoch.get(key) for epoch in logs] for key in (logs[0] if logs else {})}
             history.epoch = list(range(len(logs)))
             return history
+
+        def _objective_metrics(self, validation_data) -> list:
+            """The objective's own metrics when Keras does not log it, first in the list: KerasTuner's
+            callbacks and the trial's record (a resumed trial is scored on it) read the logs they write."""
+            if not objectives.computed(search):
+                return []
+            if objectives.SIZE in objectives.terms(search) and self.largest is None:
+                self.largest = objectives.cached_largest(Path(self.project_dir), self._try_build,
+                                                         self.oracle.get_space())
+            if self.stream is None:
+                x, y = validation_data
+
+                def validation():
+                    return ((x[i:i + PREDICT_ROWS], y[i:i + PREDICT_ROWS]) for i in range(0, len(y), PREDICT_ROWS))
+            else:
+                validation = self.stream.batches(self.stream.splits.val, shuffle=False).as_numpy_iterator
+            return [objectives.epoch_objectives(search, validation, self.largest)]
 
         def _fit_stream(self, trial, **kwargs):
             """AutoTuner._build_and_fit_model with the rows read from the memmap a batch at a time. AutoKeras
@@ -317,7 +338,7 @@ def build_auto_model(search: SearchSection, directory: Path, hooks: SearchHooks,
                               name=IMAGE_BLOCK)(inputs)
     outputs = ak.ClassificationHead(name="classification_head")(block)
     return ak.AutoModel(
-        inputs=inputs, outputs=outputs, tuner=tuner_class(hooks), overwrite=False,
+        inputs=inputs, outputs=outputs, tuner=tuner_class(hooks, search), overwrite=False,
         max_trials=max_trials or search.max_trials, directory=str(directory), project_name=PROJECT,
         objective=keras_tuner.Objective(search.objective_name, "max" if search.maximize else "min"),
         seed=search.seed, hyperparameters=constraints(search),
@@ -332,6 +353,7 @@ def fit(model, search: SearchSection, splits: Splits, epochs: int | None = None)
     classes = len(splits.labels)
     epochs = epochs or search.epochs
     train, val = splits.train, splits.val
+    class_weight = objectives.class_weights(splits.y[train], classes) if search.class_weight == "balanced" else None
     if streams(search, splits):
         # AutoKeras takes arrays only: it learns the shapes from one batch; the tuner trains on the stream.
         model.tuner.stream = Stream(splits, search.seed)
@@ -339,7 +361,7 @@ def fit(model, search: SearchSection, splits: Splits, epochs: int | None = None)
     model.fit(np.asarray(splits.x[train]), one_hot(splits.y[train], classes),
               validation_data=(np.asarray(splits.x[val]), one_hot(splits.y[val], classes)), epochs=epochs,
               callbacks=[keras.callbacks.EarlyStopping(patience=epochs, min_delta=1e-4)],
-              batch_size=BATCH_SIZE, verbose=0)
+              class_weight=class_weight, batch_size=BATCH_SIZE, verbose=0)
 
 
 def accuracy_on_test(model, splits: Splits) -> float:
