@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Optional
@@ -45,7 +44,7 @@ def host_load_now(seconds: float = 1.0, samples: int = 10) -> dict:
         with open("/proc/loadavg") as handle:  # "1.2 0.9 0.7 3/130 1234": the 4th field is running/total
             counts.append(int(handle.read().split()[3].split("/")[0]) - 1)
         time.sleep(seconds / samples)
-    return {"load_average": round(statistics.fmean(counts), 2), "cpus": os.cpu_count() or 1}
+    return {"load_average": round(sum(counts) / len(counts), 2), "cpus": os.cpu_count() or 1}
 
 
 def slowdown(load: dict, own: bool) -> float:
@@ -188,6 +187,8 @@ def _fit(points: list[tuple[float, float]]) -> Optional[tuple[float, float]]:
     xs = {x for x, _ in points}
     if len(xs) < 2:
         return None
+    import statistics  # see terms
+
     mx = statistics.fmean(x for x, _ in points)
     my = statistics.fmean(y for _, y in points)
     b = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
@@ -215,6 +216,8 @@ def terms(histories: list[dict], in_trial_overhead: float, fixed_default: float,
     measure least. `idle`: the times as on an idle machine (each job divided by its host's slowdown)."""
     if not histories:
         return {}
+    import statistics  # here, not at the top: it brings random, fractions and decimal (~7 ms of every estimate)
+
     found = {}
     # How far runs strayed from their launch estimates (a shared or throttled machine, a model that is still
     # learning): the spread the Monte Carlo draws for the whole run.

@@ -248,17 +248,87 @@ def test_the_local_provider_costs_nothing_and_never_asks(monkeypatch, tmp_path):
 
 # ---- nascloud check ---------------------------------------------------------------------------------------
 
-def test_check_says_each_thing_a_launch_needs_in_one_line(cli, aws_bucket):
+@pytest.fixture
+def iam_simulator(monkeypatch, moto_reset):
+    """iam:SimulatePrincipalPolicy at the moto server (moto has none), evaluated as IAM does for a user's own
+    inline policies with moto's policy engine: the caller must itself be allowed the call, else AccessDenied.
+    Returns a function that makes a user with an inline policy of (action, resource) statements, and sets
+    this process's AWS keys to that user's."""
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+    from moto.iam.exceptions import IAMException
+    from moto.iam.responses import IamResponse
+
+    from moto.core.responses import ActionResult
+
+    def decide(user, action: str, resource: str) -> str:
+        results = [IAMPolicy(document).is_action_permitted(action, resource) for document in user.policies.values()]
+        if PermissionResult.DENIED in results:
+            return "explicitDeny"
+        return "allowed" if PermissionResult.PERMITTED in results else "implicitDeny"
+
+    def simulate_principal_policy(self):
+        key = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", "")).group(1)
+        caller = self.backend.get_user_from_access_key_id(key)
+        if caller is None or decide(caller, "iam:SimulatePrincipalPolicy", "*") != "allowed":
+            raise IAMException("AccessDenied", "User is not authorized to perform: iam:SimulatePrincipalPolicy")
+        user = self.backend.get_user(self._get_param("PolicySourceArn").rsplit("/", 1)[1])
+        resources = self._get_param("ResourceArns") or ["*"]
+        return ActionResult({"IsTruncated": False, "EvaluationResults": [
+            {"EvalActionName": action, "EvalResourceName": resource, "EvalDecision": decide(user, action, resource)}
+            for action in self._get_param("ActionNames") for resource in resources]})
+
+    monkeypatch.setattr(IamResponse, "simulate_principal_policy", simulate_principal_policy, raising=False)
+
+    def user(name: str, statements: list[tuple[list[str], str]]) -> str:
+        iam = boto3.client("iam")
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="launch", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": actions, "Resource": resource}
+                          for actions, resource in statements]}))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        return f"arn:aws:iam::123456789012:user/{name}"
+
+    return user
+
+
+def test_check_says_each_thing_a_launch_needs_in_one_line(cli, aws_bucket, iam_simulator):
     url, held = aws_bucket
     code, out, err = cli("check", "--cloud", "aws", "--bucket", url)
     assert code == 0, out + err
-    assert out.splitlines() == [
+    lines = out.splitlines()
+    assert lines[:2] == [
         "ok    credentials: aws accepts them in us-east-1",
         "ok    offer and GPU quota: g4dn.xlarge (T4, spot) in us-east-1: the type, its zones and your GPU quota "
         "allow the job's group",
-        f"ok    bucket: {url} is reachable and writable",
     ]
+    # moto's default caller is no IAM user that may ask: the permissions are not known, which fails nothing.
+    assert re.fullmatch(r"skip  permissions: could not check: .* iam:SimulatePrincipalPolicy .*; a launch refused "
+                        r"for a permission leaves nothing behind \(README: Providers and permissions\)", lines[2])
+    assert lines[3:] == [f"ok    bucket: {url} is reachable and writable"]
     assert held() == 0  # the probe is gone
+
+
+def test_check_names_the_permissions_the_caller_lacks_on_the_resources_launch_uses(cli, aws_bucket, iam_simulator):
+    from nascloud.checking import AWS_ACTIONS
+
+    url, _ = aws_bucket
+    everything_but = [a for a in AWS_ACTIONS if a not in ("ec2:RunInstances", "iam:PassRole")]
+    # iam:PassRole only on other roles than the job's: the simulation asks about nascloud-<job>'s role.
+    statements = [([*everything_but, "iam:SimulatePrincipalPolicy"], "*"),
+                  (["iam:PassRole"], "arn:aws:iam::123456789012:role/other-*")]
+    alice = iam_simulator("alice", statements)
+    code, out, _ = cli("check", "--cloud", "aws", "--bucket", url)
+    assert code == 1
+    assert out.splitlines()[2] == (f"FAIL  permissions: {alice} may not call ec2:RunInstances, iam:PassRole; grant "
+                                   "them (README: Providers and permissions lists each with why)")
+    bob = iam_simulator("bob", [*statements, (["ec2:RunInstances"], "*"),
+                                (["iam:PassRole"], "arn:aws:iam::*:role/nascloud-*")])
+    code, out, _ = cli("check", "--cloud", "aws", "--bucket", url)
+    assert code == 0, out
+    assert out.splitlines()[2] == f"ok    permissions: {bob} may call all {len(AWS_ACTIONS)} actions the launch uses"
 
 
 def test_check_names_each_failure_and_exits_1(cli, aws_bucket, ec2_quotas):
@@ -268,7 +338,7 @@ def test_check_names_each_failure_and_exits_1(cli, aws_bucket, ec2_quotas):
     lines = out.splitlines()
     assert lines[0].startswith("ok    credentials")
     assert lines[1].startswith("FAIL  offer and GPU quota: ") and "no-such-bucket-here" in lines[1]
-    assert lines[2].startswith("FAIL  bucket: ") and "no-such-bucket-here" in lines[2]
+    assert lines[3].startswith("FAIL  bucket: ") and "no-such-bucket-here" in lines[3]
     code, out, _ = cli("check", AWS_JOB, "--bucket", aws_bucket[0])
     assert code == 1 and re.search(r"FAIL  offer and GPU quota: .*quota.*0 vCPUs", out), out
 
@@ -326,9 +396,47 @@ def test_rm_of_a_job_in_a_folder_leaves_no_folder_behind(cli, tmp_path):
     assert not (tmp_path / "bucket" / "digits-0a1b2c").exists()
 
 
+# ---- nascloud gc ------------------------------------------------------------------------------------------
+
+def test_gc_asks_as_launch_does_and_without_a_terminal_refuses_unless_yes(cli, tmp_path):
+    import dataclasses
+
+    from nascloud import launching
+    from nascloud.jobbucket import JobBucket
+    from nascloud.provisioners.local import LocalProvisioner
+    from tests.fixtures.search import make_bundle
+
+    job = JobBucket.open(make_bundle(tmp_path, "digits-0a1b2c"))
+    provider = LocalProvisioner(root=tmp_path / "home" / "local")  # the cli's NASCLOUD_HOME
+    provider.create_groups([dataclasses.replace(s, size=0) for s in launching.group_specs(job.bundle())])
+    found = "group search of job digits-0a1b2c (0 running): it is at size 0"
+
+    code, out, err = cli("gc")  # stdin is no terminal: what a pipe says is no answer
+    assert code == 2 and out == "" and "--yes" in one_error(err) and "no terminal" in one_error(err)
+    assert err.splitlines()[0] == found
+    assert [g.job_id for g in provider.list_owned()] == ["digits-0a1b2c"]
+
+    controller, terminal = pty.openpty()
+    done = subprocess.Popen([sys.executable, "-m", "nascloud", "gc"], stdin=terminal, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "NASCLOUD_HOME": str(tmp_path / "home")})
+    os.close(terminal)
+    os.write(controller, b"n\n")
+    out, err = done.communicate(timeout=120)
+    os.close(controller)
+    assert done.returncode == 1 and out.strip() == "", err  # (click's prompt leaves its space on stdout)
+    assert found in err and "End and delete these 1 group(s)? [y/N]" in err and "nothing done" in err
+    assert [g.job_id for g in provider.list_owned()] == ["digits-0a1b2c"]
+
+    code, out, err = cli("gc", "--yes")
+    assert code == 0 and out == f"{found}\nremoved 1 group(s)\n", err
+    assert provider.list_owned() == []
+
+
 def test_check_on_gcp_against_the_compute_engine_fake_and_fake_gcs(cli, gce, gcs_server, monkeypatch):
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
+
+    from nascloud.checking import GCP_PERMISSIONS
 
     monkeypatch.setenv("NASCLOUD_GCP_PROJECT", gce.project)
     monkeypatch.delenv("NASCLOUD_GCP_SERVICE_ACCOUNT", raising=False)
@@ -339,11 +447,20 @@ def test_check_on_gcp_against_the_compute_engine_fake_and_fake_gcs(cli, gce, gcs
     # Without a service account for the VM, the preflight says so (a VM would boot and never reach the bucket).
     assert code == 1 and lines[0] == "ok    credentials: gcp accepts them in us-central1"
     assert lines[1].startswith("FAIL  offer and GPU quota: ") and "NASCLOUD_GCP_SERVICE_ACCOUNT" in lines[1]
-    assert lines[2] == "ok    bucket: gs://nascloud-check-gcp/jobs is reachable and writable"
+    assert lines[3] == "ok    bucket: gs://nascloud-check-gcp/jobs is reachable and writable"
     monkeypatch.setenv("NASCLOUD_GCP_SERVICE_ACCOUNT", f"nascloud-vm@{gce.project}.iam.gserviceaccount.com")
     code, out, _ = cli("check", job, "--bucket", "gs://nascloud-check-gcp/jobs")
     assert code == 0, out
-    assert out.splitlines()[1].startswith("ok    offer and GPU quota: n1-standard-4 (T4, spot) in us-central1")
+    lines = out.splitlines()
+    assert lines[1].startswith("ok    offer and GPU quota: n1-standard-4 (T4, spot) in us-central1")
+    assert lines[2] == (f"ok    permissions: your identity in project {gce.project} may call all "
+                        f"{len(GCP_PERMISSIONS)} permissions the launch uses")
+    # The project grants all but two: check names them, and fails.
+    gce.granted = set(GCP_PERMISSIONS) - {"compute.instances.create", "compute.disks.create"}
+    code, out, _ = cli("check", job, "--bucket", "gs://nascloud-check-gcp/jobs")
+    assert code == 1 and out.splitlines()[2] == (
+        f"FAIL  permissions: your identity in project {gce.project} may not call compute.instances.create, "
+        "compute.disks.create; grant them (README: Providers and permissions lists each with why)")
 
 
 # ---- estimate --plot -------------------------------------------------------------------------------------
