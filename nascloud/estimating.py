@@ -9,13 +9,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from nascloud import cost, history
 from nascloud.errors import UsageError
-from nascloud.job import JobSpec, SearchSection
 from nascloud.paths import nascloud_home
 from nascloud.pricing.catalog import Catalog
+
+if TYPE_CHECKING:  # the job's schema (pydantic, ~70 ms) is imported where a workload is read from it, not by --hours
+    from nascloud.job import JobSpec
 
 # When neither the job, a flag nor a calibration says how long an epoch takes on the T4: about 500
 # samples a second for a mid-sized AutoKeras CNN on small images (a guess, said so in the output), or
@@ -45,7 +47,7 @@ class ResolvedWorkload:
     description: str
     seconds_per_epoch_basis: Optional[str]  # given | job file | history | calibration | guess; None for --hours
     notes: tuple[str, ...] = ()
-    trials: int = 1
+    trials: int = 1  # per search: the job runs one search per seed
     epochs: int = 1
     seconds_per_epoch: Optional[float] = None  # on the reference GPU, for the job's full data
     overhead_seconds: float = 0.0
@@ -107,6 +109,8 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     if spec is None and not counts_given:
         raise UsageError("nothing to estimate: give --hours H, a workload (--trials N --epochs E "
                          "--seconds-per-epoch X) or a job file")
+    from nascloud.job import SearchSection
+
     search = spec.search if spec else SearchSection()
     trials = trials or search.max_trials
     epochs = epochs or search.epochs
@@ -173,10 +177,12 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     else:
         job_cv = Term(0.0, "default", "fewer than two similar jobs in the history: how far a run strays from its "
                                       "estimate is not known yet (only the trials' own spread counts)")
-    workload = cost.workload_from_trials(trials, epochs, spe, overhead.value, job_cv=job_cv.value,
+    seeds = len(search.seed_list)  # search.seeds: the same search once per seed, in this one job
+    workload = cost.workload_from_trials(seeds * trials, epochs, spe, overhead.value, job_cv=job_cv.value,
                                          keep=spec.checkpoint.keep if spec else 3)
     sample_text = f" × {samples_used:g} samples" if samples_used else ""
-    description = (f"{trials} trials × {epochs} epochs{sample_text} at {spe:.3g} s/epoch on a T4 "
+    description = (f"{f'{seeds} seeds × ' if seeds > 1 else ''}{trials} trials × {epochs} epochs{sample_text} "
+                   f"at {spe:.3g} s/epoch on a T4 "
                    f"(+{overhead.value:.3g} s per trial) = {workload.t4_hours + workload.overhead_hours:.3g} hours")
     found = {"seconds_per_epoch": Term(spe, basis, source), "trial_overhead": overhead, "job_cv": job_cv}
     for name, key in (("job", "job_seconds"), ("restart", "restart_seconds"), ("checkpoint", "checkpoint_seconds")):

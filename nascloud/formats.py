@@ -1,4 +1,4 @@
-"""How money and durations read wherever a user sees it (tables, the live view, events, errors): one format each."""
+"""Money, sizes and durations as a user sees them anywhere (tables, the live view, events, errors): one format each."""
 
 from __future__ import annotations
 
@@ -22,6 +22,17 @@ def significant(number: float) -> str:
 def dollars(usd: Optional[float]) -> str:
     """An amount spent or budgeted, to the cent: $1,234.56."""
     return "-" if usd is None else f"${usd:,.2f}"
+
+
+def data_size(n: float) -> str:
+    """Bytes in decimal units: 812 B, 43.4 kB, 1.2 GB."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB", "GB"):
+        n /= 1000
+        if n < 1000 or unit == "GB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def duration(hours: Optional[float]) -> str:

@@ -129,7 +129,7 @@ def _summary(bucket: JobBucket, now: Optional[float], tidy_up: bool) -> dict:
                                               for g in found],
         "preemptions": sum(1 for e in ledger if e.end_reason in ("preempted", "lost")),
         # Until the agent reports, the job file says how many trials there will be.
-        "progress": {"max_trials": bundle.spec.search.max_trials, "epochs": bundle.spec.search.epochs,
+        "progress": {"max_trials": bundle.spec.search.job_trials, "epochs": bundle.spec.search.epochs,
                      **bucket.progress()},
         "alerts": [{"time": e.time, "message": e.message, **(e.data or {})} for e in bucket.events() if e.kind == "alert"],
     }
@@ -253,9 +253,98 @@ def render_leaderboard(board: dict, folder: Path) -> None:
     if best is not None and test is not None:
         console.print(f"best: trial {trial_number(best)}, test accuracy {test:.4f} on "
                       f"{board.get('test_samples', '?')} held-out samples")
+    _print_seeds(console, board.get("seeds"), objective)
+    _print_test_report(console, board.get("test_report"), board.get("baseline"))
     model = folder / "best_model.keras"
     if model.exists():
         console.print(f"best model: {model} (labels: {folder / 'labels.json'})")
+    if board.get("deploy"):
+        render_deploy(console, board["deploy"], folder)
+
+
+def render_deploy(console, deploy: dict, folder: Path) -> None:
+    """The deployability report: one row per model (Keras, TFLite, INT8), or why a conversion failed."""
+    from rich.table import Table
+
+    from nascloud.formats import data_size
+
+    keras = deploy["keras"]
+    console.print(f"deployability: {deploy['parameters']:,} parameters; CPU latency per sample (batch 1, median "
+                  f"of {deploy['latency_runs']}); the files in {folder}, the .tflite ones run with {deploy['runtime']}",
+                  soft_wrap=True)
+    table = Table("model", "test accuracy", "kept", "size", "latency", "file")
+    table.add_row("keras", _fmt(keras["test_accuracy"]), "", data_size(deploy["keras_bytes"]),
+                  _latency(keras["latency_ms"]), "best_model.keras")
+    for name, label in (("tflite", "tflite"), ("int8", "tflite int8")):
+        part = deploy[name]
+        if "error" in part:
+            table.add_row(label, f"conversion failed: {part['error']}", "", "", "", "", style="red")
+            continue
+        kept = part.get("accuracy_kept")
+        table.add_row(label, _fmt(part["test_accuracy"]), f"{kept:.1%}" if kept is not None else "",
+                      data_size(part["bytes"]), _latency(part["latency_ms"]), part["file"])
+    console.print(table)
+
+
+def _latency(ms: float) -> str:
+    return f"{ms * 1000:.0f} µs" if ms < 1 else f"{ms:.1f} ms"
+
+
+MATRIX_CLASSES = 12  # more classes than this: the confusion matrix is left to `results --json`
+
+
+def _print_test_report(console, report: Optional[dict], baseline: Optional[dict]) -> None:
+    """The best model against the plain baseline, then per class on the test split: precision, recall, F1,
+    support and the confusion matrix's row (how the class's samples were predicted)."""
+    from rich.table import Table
+
+    if baseline:
+        metric = baseline["compared_on"].replace("_", " ")
+        margin = baseline["margin"]
+        verdict = (f"the search beat the baseline by {margin * 100:.1f} points of test {metric}"
+                   if baseline["search_beat_it"] else "the search did not beat it ("
+                   + (f"{-margin * 100:.1f} points below" if margin < 0 else "a tie") + f" on test {metric})")
+        console.print(f"baseline ({baseline['kind']}, same split): test accuracy {baseline['test_accuracy']:.4f}, "
+                      f"balanced accuracy {baseline['balanced_accuracy']:.4f}; {verdict}", soft_wrap=True)
+    if not report:
+        return
+    classes, matrix = report["classes"], report["confusion_matrix"]
+    shown = len(classes) <= MATRIX_CLASSES
+    console.print(f"best model per class on the test split, balanced accuracy {report['balanced_accuracy']:.4f}"
+                  + ("; rows: the true class, → columns: predicted as" if shown else ""), soft_wrap=True)
+    table = Table("class", "precision", "recall", "F1", "support", *(
+        [f"→ {c['label']}" for c in classes] if shown else []))
+    for c, row in zip(classes, matrix):
+        table.add_row(c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]),
+                      *([str(n) for n in row] if shown else []), style="red" if c["recall"] == 0 else "")
+    console.print(table)
+    if not shown:
+        console.print(f"confusion matrix ({len(classes)} classes): `nascloud results --json`, test_report")
+
+
+def _print_seeds(console, seeds: Optional[dict], objective: str) -> None:
+    """Several seeds: each one's best score, test accuracy, time and cost, then how far apart they ended."""
+    if not seeds:
+        return
+    from rich.table import Table
+
+    from nascloud.formats import dollars, trial_number
+
+    table = Table("seed", f"best {objective}", "trial", "test accuracy", "seconds", "cost", "")
+    for run in seeds["runs"]:
+        table.add_row(str(run["seed"]), _fmt(run["best_score"]), trial_number(run["best_trial_id"] or "-"),
+                      _fmt(run["test_accuracy"]), f"{run['seconds']:.0f}", dollars(run["cost_usd"]),
+                      "★ exported" if run["seed"] == seeds.get("best_seed") else "")
+    console.print(table)
+    for name, label in (("best_score", f"best {objective}"), ("test_accuracy", "test accuracy")):
+        if seeds.get(name):
+            figures = seeds[name]
+            console.print(f"{label} over {len(seeds['runs'])} seeds: mean {figures['mean']:.4f}, spread (max - min) "
+                          f"{figures['spread']:.4f}, standard deviation {figures['std']:.4f}")
+    ledger = seeds["ledger"]
+    console.print(f"cost: {dollars(ledger['total_usd'])} in the ledger at the export, of which "
+                  f"{dollars(ledger['outside_seeds_usd'])} outside any seed (boot, restore, export, billing minimum, "
+                  "bucket) shared among the seeds in proportion to their own cost", soft_wrap=True)
 
 
 # The block each AutoKeras block's hyperparameter path names (image_block/<this>_1/...).

@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import subprocess
 import sys
 from importlib.metadata import version
@@ -156,8 +157,9 @@ def test_a_bad_setting_is_a_usage_error_naming_it(cli, command, setting, named):
 
 
 def trials(out: str) -> int:
-    """The trials of `estimate --json`'s workload ("40 trials × 3 epochs × ...")."""
-    return int(re.match(r"(\d+) trials", json.loads(out)["workload"]["description"]).group(1))
+    """The trials of `estimate --json`'s workload ("40 trials × 3 epochs × ...", "3 seeds × 20 trials × ...")."""
+    found = re.match(r"(?:(\d+) seeds × )?(\d+) trials", json.loads(out)["workload"]["description"])
+    return int(found.group(1) or 1) * int(found.group(2))
 
 
 def test_settings_change_the_job_as_its_file_would(cli):
@@ -176,11 +178,12 @@ def test_the_runs_plan_prints_paste_into_set(cli, tmp_path):
     runs = re.findall(r"(?:--set \S+=\S+ ?)+", out)
     assert len(runs) >= 3
     for run in runs:
-        settings = run.split()
+        settings = shlex.split(run)  # as the shell reads the pasted line
         code, out, err = cli("estimate", AWS_JOB, *settings, "--json")
         assert code == 0, (run, err)
-        asked = next(s.split("=")[1] for s in settings[1::2] if s.startswith("search.max_trials="))
-        assert trials(out) == int(asked)
+        values = dict(s.split("=", 1) for s in settings[1::2])
+        seeds = len(yaml.safe_load(values.get("search.seeds", "[1]")))
+        assert trials(out) == int(values["search.max_trials"]) * seeds  # every seed's search priced
 
 
 # ---- launch: what it will spend, and asking first on a cloud --------------------------------------------

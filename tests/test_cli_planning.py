@@ -138,20 +138,21 @@ def test_plan_stages_with_overrides(cli, tmp_path):
     result = json.loads(out)
     assert [s["name"] for s in result["stages"]] == ["explore", "full", "refine"]
     assert result["stages"][0]["runs"][0]["search.data_fraction"] == 0.25
-    assert len(result["stages"][1]["runs"]) >= 3
+    assert len(result["stages"][1]["runs"]) == 1 and len(result["stages"][1]["runs"][0]["search.seeds"]) >= 3
     # Each stage costs what `estimate` says its runs cost on the plan's offer (the job file's seconds per
-    # epoch are for all the data: a quarter of the data takes a quarter of the time).
+    # epoch are for all the data: a quarter of the data takes a quarter of the time; one job runs all the seeds).
     chosen = (result["option"]["instance_type"], result["option"]["spot"])
     for stage in result["stages"]:
         run = stage["runs"][0]
         fraction = run.get("search.data_fraction", 1.0)
-        found = options(cli, job, "--trials", run["search.max_trials"], "--epochs", run.get("search.epochs", 10),
-                        "--seconds-per-epoch", 60.0 * fraction)
+        seeds = ["--set", f"search.seeds={run['search.seeds']}"] if "search.seeds" in run else []
+        found = options(cli, job, *seeds, "--trials", run["search.max_trials"],
+                        "--epochs", run.get("search.epochs", 10), "--seconds-per-epoch", 60.0 * fraction)
         alone = next(o for o in found if (o["instance_type"], o["spot"]) == chosen)
         runs = len(stage["runs"])
         assert stage["cost_usd"] == pytest.approx(alone["total_usd"]["mean"] * runs, abs=0.01 * runs), stage["name"]
     code, out, _ = cli("plan", job, "--budget", "800")
-    assert code == 0 and "reserve" in out and "search.seed=2" in out
+    assert code == 0 and "reserve" in out and "--set 'search.seeds=[1,2,3" in out
 
 
 @pytest.mark.parametrize("args, message", [

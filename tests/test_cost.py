@@ -175,15 +175,17 @@ def test_plan_fits_its_budget_and_is_derived_from_the_estimate(budget):
     assert names == ["explore", "full", "refine"]
     explore, full, refine = p.stages
     assert explore.runs[0]["search.data_fraction"] == 0.25
-    assert [r["search.seed"] for r in full.runs] == list(range(1, len(full.runs) + 1))
-    assert 3 <= len(full.runs) <= 5
+    seeds = full.runs[0]["search.seeds"]  # one job runs the full searches, one per seed
+    assert len(full.runs) == 1 and seeds == list(range(1, len(seeds) + 1)) and 3 <= len(seeds) <= 5
     # Each stage costs what `estimate` says its runs cost, not a share of the budget: twice the trials on a
-    # quarter of the data, the full searches, a quarter of the trials at twice the epochs.
+    # quarter of the data, the full searches (seeds × the trials, one job), a quarter of the trials at twice
+    # the epochs.
     n = full.runs[0]["search.max_trials"]
     assert explore.runs[0]["search.max_trials"] == 2 * n
     assert (refine.runs[0]["search.max_trials"], refine.runs[0]["search.epochs"]) == (max(1, n // 4), 40)
     alone = {name: cost.estimate(_workload_for(*size), option(), FAST).total_usd for name, size in
-             {"explore": (2 * n, 20, 0.25), "full": (n, 20, 1.0), "refine": (max(1, n // 4), 40, 1.0)}.items()}
+             {"explore": (2 * n, 20, 0.25), "full": (len(seeds) * n, 20, 1.0),
+              "refine": (max(1, n // 4), 40, 1.0)}.items()}
     assert [s.mean_usd for s in p.stages] == pytest.approx([alone[s.name].mean * len(s.runs) for s in p.stages])
     # The reserve is the stages' P90 beyond their mean, and all of it at P90 fits the budget.
     at_p90 = sum(alone[s.name].p90 * len(s.runs) for s in p.stages)
@@ -192,7 +194,7 @@ def test_plan_fits_its_budget_and_is_derived_from_the_estimate(budget):
     if budget == 5.0:
         assert full.runs[0]["search.max_trials"] < 50
     if budget == 800.0:
-        assert len(full.runs) == 5 and p.unallocated_usd > 0
+        assert len(seeds) == 5 and p.unallocated_usd > 0
 
 
 def test_plan_refuses_a_budget_below_one_trial():

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Optional
 
 from nascloud.agent import data as data_module
 from nascloud.agent.notices import Notices, StopRequested, fault_armed, fault_point, pollers, start_polling
+from nascloud.agent.seeds import SeedRecord, job_trial_id, project_parent
 from nascloud.errors import NascloudError, StaleWriterError, UsageError
 from nascloud.formats import trial_number
 from nascloud.job import JobSpec
@@ -129,6 +130,10 @@ class Agent:
         self.work = Path(options.work_dir)
         self.snapshot_dir = self.work / "snapshot"
         self.project_dir = self.snapshot_dir / "search"
+        self.seeds = self.search.seed_list
+        self.multi = len(self.seeds) > 1  # one seed keeps its project at snapshot/search
+        self.seed_index = 0  # the seed whose search runs now, as an index into self.seeds
+        self.seed_record: Optional[SeedRecord] = None  # read from the restored snapshot (several seeds only)
         self.phase = "restoring"
         self.started = time.time()
         self.running: Optional[dict] = None
@@ -157,19 +162,43 @@ class Agent:
                 self._storage_sampled = time.time()
 
     def progress(self, finished: bool = False) -> None:
-        from nascloud.agent.search import trial_rows
-
-        search = self.search
-        rows = trial_rows(self.project_dir, search.objective_name, search.maximize) if self.project_dir.exists() else []
+        rows = self.rows()
         done = [r for r in rows if r["status"] == "COMPLETED"]
-        self.store.put_json("agent/progress.json", {
-            "max_trials": self.search.max_trials, "trials_done": len(done),
+        # Several seeds: which one runs ("seed 2/3" on the screens), the trials counted over all of them.
+        seed = ({"seed": {"index": self.seed_index + 1, "of": len(self.seeds), "seed": self.seeds[self.seed_index]}}
+                if self.multi else {})
+        self.store.put_json("agent/progress.json", seed | {
+            "max_trials": self.search.job_trials, "trials_done": len(done),
             "trials_failed": sum(r["status"] in ("FAILED", "INVALID") for r in rows),
             "running": self.running, "best_score": done[0]["score"] if done else None,
             "objective": self.search.objective_name, "trial_durations": [r["duration_seconds"] for r in done],
             "trials": [{k: r[k] for k in ("trial_id", "status", "score", "duration_seconds")} for r in rows],
             "finished": finished, "snapshot_id": self.snapshot_id, "snapshot_seconds": self.snapshot_seconds[-100:],
             "updated_at": time.time()})
+
+    def project(self, index: int) -> Path:
+        """The KerasTuner project of the index-th seed."""
+        return project_parent(self.snapshot_dir, self.seeds[index]) / "search" if self.multi else self.project_dir
+
+    def job_trial(self, trial_id: str, index: Optional[int] = None) -> str:
+        """A seed's trial under its job-wide id (nascloud.agent.seeds); one seed's ids are KerasTuner's."""
+        if not self.multi:
+            return trial_id
+        return job_trial_id(self.seed_index if index is None else index, trial_id, self.search.max_trials,
+                            len(self.seeds))
+
+    def rows(self) -> list[dict]:
+        """The job's trials, best first; with several seeds, every seed's, under job-wide ids and with their seed."""
+        from nascloud.agent.search import rank_trials, trial_rows
+
+        search = self.search
+        rows = []
+        for index, seed in enumerate(self.seeds):
+            if self.project(index).exists():
+                found = trial_rows(self.project(index), search.objective_name, search.maximize)
+                rows += [r | {"trial_id": self.job_trial(r["trial_id"], index), "seed": seed} if self.multi else r
+                         for r in found]
+        return rank_trials(rows, search.maximize)
 
     def exit_status(self, status: str, message: str) -> AgentResult:
         self.store.put_json("agent/exit.json", {"status": status, "message": message, "time": time.time(),
@@ -195,17 +224,20 @@ class Agent:
 
     # -- search hooks ----------------------------------------------------------------------
     def trial_started(self, trial_id: str, epoch: int) -> None:
+        trial_id = self.job_trial(trial_id)
         self.running = {"trial_id": trial_id, "epoch": epoch}
         log.info("trial %s starts at epoch %d", trial_number(trial_id), epoch + 1)  # numbered as every screen
         self.progress()
 
     def epoch_ended(self, trial_id: str, epoch: int) -> None:
+        trial_id = self.job_trial(trial_id)
         self.running = {"trial_id": trial_id, "epoch": epoch + 1}
         if time.monotonic() - self.last_snapshot >= self.job.interval_seconds:
             self.snapshot(f"trial {trial_number(trial_id)} epoch {epoch + 1}")
         self.progress()
 
     def trial_ended(self, trial_id: str) -> None:
+        trial_id = self.job_trial(trial_id)
         self.running = None
         self.snapshot(f"trial {trial_number(trial_id)} end")
         self.progress()
@@ -215,6 +247,8 @@ class Agent:
         log.info("publishing a snapshot after %s", why)
         if fault_armed("snapshot"):
             self._die_inside_publish()
+        if self.seed_record is not None:
+            self.seed_record.touch()  # the running seed's time, up to this snapshot, goes into it
         self.snapshot_id = self.store.publish(self.snapshot_dir)
         self.snapshot_seconds.append(round(self.store.last_publish.seconds, 4))
         self.last_snapshot = time.monotonic()
@@ -245,7 +279,8 @@ class Agent:
             dataset = data_module.load_packed(folder)
         else:
             dataset = data_module.load_source(self.search)
-        return data_module.split(dataset, self.search.seed, self.search.data_fraction)
+        # Every seed searches the same split (the first seed's), so their test accuracies compare.
+        return data_module.split(dataset, self.seeds[0], self.search.data_fraction)
 
     def run(self) -> AgentResult:
         if self.finished_before():
@@ -296,34 +331,76 @@ class Agent:
         # When this instance trains: boot-to-training and recovery times for the job history.
         self.store.put_json(f"agent/training/{self.options.instance_id}.json",
                             {"time": time.time(), "agent_started": self.started})
-        search_module.set_seeds(self.search.seed)
-        self.notices.hold()  # the tuner writes its project files while it is built
-        model = search_module.build_auto_model(self.search, self.snapshot_dir, self)
-        self.searching = True
-        self.notices.release()
-        search_module.fit(model, self.search, splits)
-        self.snapshot("search end")
+        if not self.multi:
+            search = self.search.model_copy(update={"seed": self.seeds[0]})  # `seeds: [7]` is seed 7
+            search_module.set_seeds(search.seed)
+            self.notices.hold()  # the tuner writes its project files while it is built
+            model = search_module.build_auto_model(search, self.snapshot_dir, self)
+            self.searching = True
+            self.notices.release()
+            search_module.fit(model, search, splits)
+            self.snapshot("search end")
+            return self._export(splits)
+        self.seed_record = SeedRecord(self.snapshot_dir, self.seeds)
+        for index, seed in enumerate(self.seeds):
+            self.seed_index = index
+            if self.seed_record.finished(seed):
+                continue  # its search is in the snapshot: never run again
+            self._search_seed(seed, splits)
         return self._export(splits)
+
+    def _search_seed(self, seed: int, splits: data_module.Splits) -> None:
+        """One seed's search, in its own project (resumed where its snapshot left it), then a snapshot that
+        marks it finished."""
+        import keras
+
+        from nascloud.agent import search as search_module
+
+        log.info("seed %d/%d (seed %d): trials %s-%s", self.seed_index + 1, len(self.seeds), seed,
+                 trial_number(self.job_trial("0")), trial_number(self.job_trial(str(self.search.max_trials - 1))))
+        search = self.search.model_copy(update={"seed": seed})
+        self.notices.hold()  # the tuner writes its project files while it is built
+        self.seed_record.begin(seed)
+        keras.backend.clear_session()  # the previous seed's models: free them, and start from the same state
+        search_module.set_seeds(seed)
+        model = search_module.build_auto_model(search, project_parent(self.snapshot_dir, seed), self)
+        self.searching = True
+        self.progress()
+        self.notices.release()
+        search_module.fit(model, search, splits)
+        self.notices.hold()  # the record and the snapshot that holds it agree: a stop waits for both
+        try:
+            self.seed_record.touch(finished=True)
+            self.snapshot(f"seed {seed} end")
+        finally:
+            self.notices.release()
 
     def _export(self, splits: data_module.Splits) -> AgentResult:
         import autokeras  # noqa: F401  the saved model's custom layers
         import keras
 
-        from nascloud.agent.search import accuracy_on_test, trial_rows
+        from nascloud.agent import deploy
+        from nascloud.agent.evaluation import baseline, report_on_test
 
         self.phase = "exporting"
         self.heartbeat()
-        best = self.project_dir / "best_model.keras"
+        best, seeds_board, seed = self._best_model(splits)
         model = keras.models.load_model(best)
-        accuracy = accuracy_on_test(model, splits)
-        rows = trial_rows(self.project_dir, self.search.objective_name, self.search.maximize)
+        report = report_on_test(model, splits)
+        accuracy = report["accuracy"]
+        plain = baseline(self.search, splits, report)  # on the same split: did the search beat a plain model?
+        log.info("baseline (%s): test accuracy %.4f, balanced accuracy %.4f", plain["kind"], plain["test_accuracy"],
+                 plain["balanced_accuracy"])
+        rows = self.rows()
         self.store.put_file("results/best_model.keras", best)
         self.store.put_json("results/labels.json", {"labels": splits.labels,
                                                     "input_shape": list(splits.x.shape[1:])})
+        deploy.export(self.store, best, splits, accuracy, self.work / "deploy", seed)
         self.store.put_json("results/leaderboard.json", {
             "objective": self.search.objective_name, "best_trial_id": rows[0]["trial_id"] if rows else None,
-            "test_accuracy": accuracy, "test_samples": int(len(splits.y_test)), "seed": self.search.seed,
-            "data_fraction": self.search.data_fraction, "trials": rows})
+            "test_accuracy": accuracy, "test_samples": int(len(splits.y_test)), "seed": seed,
+            "data_fraction": self.search.data_fraction, "test_report": report, "baseline": plain, "trials": rows}
+            | ({"seeds": seeds_board} if seeds_board else {}))
         self.phase = "done"
         self.progress(finished=True)  # last: the marker that stops a rerun from refitting
         self.heartbeat()
@@ -333,6 +410,36 @@ class Agent:
         best = f"{rows[0]['score']:.4g}" if rows and rows[0]["score"] is not None else "-"
         return self.exit_status("finished", f"{done} trials completed; best {self.search.objective_name} {best}, "
                                             f"test accuracy {accuracy:.4f}")
+
+    def _best_model(self, splits: data_module.Splits) -> tuple[Path, Optional[dict], int]:
+        """The model to export and its seed: the search's best or, with several seeds, the best seed's (by the
+        objective), with the seeds' report (nascloud.agent.seeds) beside it."""
+        if not self.multi:
+            return self.project_dir / "best_model.keras", None, self.seeds[0]
+        import keras
+
+        from nascloud.agent.search import accuracy_on_test
+        from nascloud.agent.seeds import report
+
+        rows, results = self.rows(), []
+        for index, seed in enumerate(self.seeds):
+            top = next((r for r in rows if r["seed"] == seed and r["status"] == "COMPLETED"
+                        and r["score"] is not None), None)
+            saved = self.project(index) / "best_model.keras"
+            accuracy = accuracy_on_test(keras.models.load_model(saved), splits) if top and saved.exists() else None
+            results.append({"best_score": top and top["score"], "best_trial_id": top and top["trial_id"],
+                            "test_accuracy": accuracy, "trials": sum(r["seed"] == seed for r in rows)})
+        self.heartbeat()  # this instance seen now: its ledger entry bills up to the export, not a beat before it
+        now = time.time()
+        ledger, spent = (self.governance.bucket.ledger(), self.governance.spent(now)) if self.governance else ([], 0.0)
+        board = report(self.seed_record, results, ledger, spent, now)
+        best_seed = rows[0]["seed"] if rows and rows[0]["status"] == "COMPLETED" else self.seeds[0]
+        for run in board["runs"]:
+            log.info("seed %d: best %s %s, test accuracy %s, %.0f s, $%.4f (own $%.4f)", run["seed"],
+                     self.search.objective_name, run["best_score"], run["test_accuracy"], run["seconds"],
+                     run["cost_usd"], run["own_usd"])
+        board["best_seed"] = best_seed
+        return self.project(self.seeds.index(best_seed)) / "best_model.keras", board, best_seed
 
     def _stop(self, stop: StopRequested) -> AgentResult:
         self.notices.hold()  # a second notice must not interrupt the final snapshot

@@ -364,14 +364,18 @@ def fit(model, search: SearchSection, splits: Splits, epochs: int | None = None)
               class_weight=class_weight, batch_size=BATCH_SIZE, verbose=0)
 
 
+def predict_test_rows(predict, splits: Splits) -> np.ndarray:
+    """The predicted class of every test row, in the test split's order; `predict` (rows -> class scores, a
+    Keras model's or scikit-learn's predict_proba) is called a chunk of rows at a time, so a memory-mapped
+    set is never read whole."""
+    return np.concatenate([predicted_classes(predict(np.asarray(splits.x[splits.test[start:start + PREDICT_ROWS]])))
+                           for start in range(0, len(splits.test), PREDICT_ROWS)])  # split: a test row at least
+
+
 def accuracy_on_test(model, splits: Splits) -> float:
-    """The model's accuracy on the test rows, predicted a chunk of rows at a time."""
-    right = 0
-    for start in range(0, len(splits.test), PREDICT_ROWS):
-        rows = splits.test[start:start + PREDICT_ROWS]
-        predicted = predicted_classes(model.predict(np.asarray(splits.x[rows]), verbose=0))
-        right += int(np.sum(predicted == splits.y[rows]))
-    return right / len(splits.test)
+    """The model's accuracy on the test rows."""
+    predicted = predict_test_rows(lambda x: model.predict(x, verbose=0), splits)
+    return float(np.mean(predicted == splits.y[splits.test]))
 
 
 def trial_rows(project_dir: Path, objective: str, maximize: bool) -> list[dict]:
@@ -387,6 +391,11 @@ def trial_rows(project_dir: Path, objective: str, maximize: bool) -> list[dict]:
                      "hyperparameters": trial["hyperparameters"]["values"], "score": trial.get("score"),
                      "objective": objective, "duration_seconds": round(info.get("elapsed", 0.0), 3),
                      "epochs": info.get("epochs_done"), "parameters": info.get("params")})
+    return rank_trials(rows, maximize)
+
+
+def rank_trials(rows: list[dict], maximize: bool) -> list[dict]:
+    """Best score first, failed ones last (a job's seeds' trials are ranked together too)."""
     done = [r for r in rows if r["status"] == "COMPLETED" and r["score"] is not None]
     done.sort(key=lambda r: -r["score"] if maximize else r["score"])
     return done + [r for r in rows if r not in done]

@@ -11,6 +11,7 @@ import typer
 
 from nascloud.cli.app import Typer, app, complete_job
 from nascloud.errors import NascloudError, UsageError
+from nascloud.formats import data_size
 
 checkpoints_app = Typer(help="A job's search-state snapshots in its bucket: list them, pull one.",
                         no_args_is_help=True)
@@ -38,16 +39,6 @@ def _open(job_or_url: str):
     return open_store(url)
 
 
-def _size(n: float) -> str:
-    if n < 1000:
-        return f"{n:.0f} B"
-    for unit in ("kB", "MB", "GB"):
-        n /= 1000
-        if n < 1000 or unit == "GB":
-            break
-    return f"{n:.1f} {unit}"
-
-
 @checkpoints_app.command("list")
 def list_snapshots(
     job_or_url: str = typer.Argument(..., metavar="JOB", help=JOB_HELP, autocompletion=complete_job),
@@ -67,7 +58,7 @@ def list_snapshots(
     typer.echo(f"{'SNAPSHOT':<10} {'CREATED (UTC)':<20} {'FILES':>6} {'SIZE':>10}  COMMITTED")
     for s in snapshots:
         created = "-" if s.created_at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s.created_at))
-        files, size = ("-", "-") if s.files is None else (s.files, _size(s.bytes))
+        files, size = ("-", "-") if s.files is None else (s.files, data_size(s.bytes))
         typer.echo(f"{s.snapshot_id:<10} {created:<20} {files:>6} {size:>10}  {_STATUS[s.status]}")
 
 
@@ -87,5 +78,5 @@ def pull(
     if store.last_restore_warning:
         typer.echo(f"Warning: {store.last_restore_warning}", err=True)
     info = next((s for s in store.list() if s.snapshot_id == restored), None)
-    detail = f" ({info.files} files, {_size(info.bytes)})" if info else ""
+    detail = f" ({info.files} files, {data_size(info.bytes)})" if info else ""
     typer.echo(f"restored snapshot {restored}{detail} into {directory}")

@@ -68,6 +68,8 @@ def launch(
         typer.echo(json.dumps(request, indent=2))
         return 0
     prepared = launching.prepare(spec, price_per_hour, force)
+    for warning in prepared.warnings:  # before the question: they may change the user's mind
+        typer.echo(f"Warning: {warning}", err=True)
     if prepared.costs_money and not yes:
         ask_first(_spending(prepared.quote), "Launch, and start spending?",
                   f"a launch on {spec.compute.cloud} spends money")
@@ -191,7 +193,8 @@ def resume(
 @app.command()
 def results(
     job: str = typer.Argument(..., help=JOB_HELP, autocompletion=complete_job),
-    download: Optional[Path] = typer.Option(None, help="Copy the leaderboard, labels and best model here."),
+    download: Optional[Path] = typer.Option(
+        None, help="Copy the leaderboard, labels, best model and its TFLite files here."),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
 ) -> None:
     """The leaderboard of trials and the best model."""
@@ -220,16 +223,16 @@ def rm(
     """Delete an ended job: its data in the bucket (snapshots, results, ledger, logs) and this machine's record
     of it, after saying how much it holds. A running job must be stopped first."""
     from nascloud import launching
-    from nascloud.cli.checkpoints import _size
+    from nascloud.formats import data_size
 
     bucket = _open(job)
     job_id = bucket.bundle().job_id
     status, count, size = launching.holdings(bucket)
     if not yes:
-        ask_first([f"job {job_id} ({status}) holds {count} objects, {_size(size)}, in {bucket.url}"],
+        ask_first([f"job {job_id} ({status}) holds {count} objects, {data_size(size)}, in {bucket.url}"],
                   "Delete them all?", f"rm deletes job {job_id}'s data")
     launching.remove(bucket)
-    typer.echo(f"removed job {job_id}: {count} objects, {_size(size)}")
+    typer.echo(f"removed job {job_id}: {count} objects, {data_size(size)}")
 
 
 @app.command()
@@ -276,9 +279,11 @@ def gc(
     if not garbage:
         typer.echo("nothing to collect")
         return
-    for group, why in garbage:
-        typer.echo(f"group {group.name} of job {group.job_id} ({len(group.live)} running): {why}")
-    if not yes and not typer.confirm(f"end and delete these {len(garbage)} group(s)?"):
-        raise typer.Exit(1)
+    found = [f"group {group.name} of job {group.job_id} ({len(group.live)} running): {why}" for group, why in garbage]
+    if yes:
+        typer.echo("\n".join(found))
+    else:
+        ask_first(found, f"End and delete these {len(garbage)} group(s)?",
+                  f"gc ends and deletes {len(garbage)} group(s)")
     launching.collect(provisioner, garbage)
     typer.echo(f"removed {len(garbage)} group(s)")

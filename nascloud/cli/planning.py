@@ -38,8 +38,10 @@ def _console():
 
     from rich.console import Console
 
-    # Piped or captured output gets room for the whole table instead of rich's 80 columns.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    # Piped or captured output gets room for the whole table instead of rich's 80 columns. The text is data,
+    # never markup: a note's "[min, max]" or a setting's "=[vanilla]" prints as written (and no emoji table
+    # is loaded: ~4 ms of every estimate).
+    return Console(highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200)
 
 
 def _hours(value: float) -> str:
@@ -101,11 +103,13 @@ def _refresh(cloud: str, catalog_dir: Optional[Path]) -> None:
 
 
 def _load_job(job: Optional[Path], settings: Optional[list[str]]):
-    from nascloud.job import load_job
-
     if settings and not job:
         raise UsageError("--set changes a job file's fields: give the job file too (e.g. examples/digits-local.yaml)")
-    return load_job(job, settings or ()) if job else None
+    if job is None:
+        return None
+    from nascloud.job import load_job  # the job's schema (pydantic, ~15 ms): not for `estimate --hours`
+
+    return load_job(job, settings or ())
 
 
 # The numeric flags and the job-file field each one sets: a flag is checked by its field's rule.
@@ -118,13 +122,13 @@ MAX_HOURS = 100_000  # --hours: the work, not a job-file field
 
 def _check_flags(hours: Optional[float], **flags) -> None:
     """Before the job file is read and anything slow runs: each flag given is finite and in its range."""
-    from nascloud.job import check_field
-
     if hours is not None and not (math.isfinite(hours) and 0 < hours <= MAX_HOURS):
         raise UsageError(f"--hours must be a number of hours in (0, {MAX_HOURS:,}], got {hours:g}")
     for name, value in flags.items():
         flag = "--" + name.replace("_", "-")
         if value is not None:
+            from nascloud.job import check_field  # the job's schema (pydantic): only for a flag to check
+
             check_field(FLAG_FIELDS[flag], value, flag)
 
 
@@ -179,6 +183,13 @@ def estimate(
     question = _prepare(
         job, settings, gpu, cloud, region, spot, hours, trials, epochs, samples, seconds_per_epoch, price_per_hour,
         interruptions_per_hour, checkpoint_minutes, budget, catalog_dir, all_offers)
+    stated = samples if samples is not None else question.spec.search.samples if question.spec else None
+    if stated is not None:
+        from nascloud.agent.evaluation import small_data_warning  # with the agent's modules: ~65 ms, only if needed
+
+        warning = small_data_warning(stated, "the job states")
+        if warning:  # stderr: stdout stays the estimate (and valid JSON with --json)
+            typer.echo(f"Warning: {warning}", err=True)
     ranking = estimating.rank(question)
     if plot:
         _plot(ranking.estimates, plot, question.budget)
@@ -320,6 +331,14 @@ def _spread_labels(fig, ax, labels: list) -> None:
         placed.append(box)
 
 
+def _setting(path: str, value) -> str:
+    """One pasteable `--set`: a list as the job file writes it, quoted for the shell (brackets are a glob)."""
+    import shlex
+
+    text = json.dumps(value, separators=(",", ":")) if isinstance(value, list) else value
+    return f"--set {shlex.quote(f'{path}={text}')}"
+
+
 @app.command()
 def plan(
     job: Optional[Path] = JOB_ARG,
@@ -353,7 +372,7 @@ def plan(
     if budget is None:
         raise UsageError("plan needs a budget: give --budget USD or set budget.usd in the job file")
     best = estimating.rank(question).launchable().option  # what `launch` of the job would run on
-    result = cost.plan(budget, resolved.trials, resolved.epochs, spec.search.seed if spec else 1,
+    result = cost.plan(budget, resolved.trials, resolved.epochs, spec.search.seed_list[0] if spec else 1,
                        resolved.for_stage, best, question.assumptions[estimating.option_key(best)],
                        resolved.data_fraction)
     if as_json:
@@ -370,7 +389,7 @@ def plan(
                   title=f"Plan for {dollars(budget)} on {offer.cloud} {offer.instance_type} ({offer.gpu}, {best.kind}, "
                         f"{per_hour(best.price_per_hour)})")
     for s in result.stages:
-        overrides = "\n".join(" ".join(f"--set {k}={v}" for k, v in run.items()) for run in s.runs)
+        overrides = "\n".join(" ".join(_setting(k, v) for k, v in run.items()) for run in s.runs)
         table.add_row(s.name, str(len(s.runs)), dollars(s.mean_usd), dollars(s.estimate.total_usd.p90 * len(s.runs)),
                       _hours(s.estimate.wall_hours.p50), s.buys, overrides)
     table.add_row("reserve", "", dollars(result.reserve_usd), "", "", "the P90 spread of the stages above: "
@@ -394,7 +413,8 @@ def check(
                                          "checkpoint.bucket)."),
 ) -> int:
     """Check what a launch needs from the cloud before any money moves: credentials, the offer and GPU quota,
-    the bucket reachable and writable. One line each; exit 1 when any fails."""
+    the permissions the launch uses, the bucket reachable and writable. One line each (ok, FAIL, or skip when
+    the cloud would not say); exit 1 when any fails."""
     from nascloud.checking import check as check_launch
     from nascloud.job import parse_job
 
@@ -409,8 +429,9 @@ def check(
         raise UsageError("the local provider needs no credentials, quota or bucket check; give --cloud aws or gcp")
     answers = check_launch(spec)
     for answer in answers:
-        typer.echo(f"{'ok' if answer.ok else 'FAIL':<4}  {answer.what}: {answer.detail}")
-    return 0 if all(answer.ok for answer in answers) else 1
+        typer.echo(f"{'skip' if answer.ok is None else 'ok' if answer.ok else 'FAIL':<4}  {answer.what}: "
+                   f"{answer.detail}")
+    return 1 if any(answer.ok is False for answer in answers) else 0
 
 
 @app.command()
@@ -443,9 +464,10 @@ def history(
     table = Table("job", "trials", "preempt.", "spent", "by price history", "cost P50 / actual", "P90 covers", "took",
                   "wall P50 / actual", "P90 covers", title="Launch estimates against the bill")
     for r in rows:
+        checked = r["by_price_history_usd"]
         table.add_row(r["job_id"], str(r["trials"]), str(r["preemptions"]), dollars(r["actual_usd"]),
+                      "-" if checked is None else dollars(checked),
                       f"{r['cost_ratio']:.2f}", "yes" if r["cost_p90_covered"] else "no", _hours(r["actual_hours"]),
                       f"{r['wall_ratio']:.2f}", "yes" if r["wall_p90_covered"] else "no")
     console = _console()
     console.print(table)
-        checked = r["by_price_history_usd"]
