@@ -1,4 +1,5 @@
-"""Money, sizes and durations as a user sees them anywhere (tables, the live view, events, errors): one format each."""
+"""Money, sizes, durations and advice about them as a user sees them anywhere (tables, the live view, events,
+errors): one format each."""
 
 from __future__ import annotations
 
@@ -47,3 +48,15 @@ def trial_number(trial_id) -> str:
     """The trial as every screen numbers it: 1 for the first (KerasTuner's ids count from 00)."""
     text = str(trial_id)
     return str(int(text) + 1) if text.isdigit() else text
+
+
+SMALL_DATA_SAMPLES = 5000  # the seed article: searches on fewer training samples lost to a hand-made baseline
+
+
+def small_data_warning(samples: int, what: str) -> Optional[str]:
+    """Advice, not a refusal (launch, on the packed data; estimate, on the samples stated)."""
+    if samples >= SMALL_DATA_SAMPLES:
+        return None
+    return (f"{what} {samples:,} samples, under {SMALL_DATA_SAMPLES:,}: the seed article found that searches on "
+            f"under {SMALL_DATA_SAMPLES:,} samples lost to a hand-made baseline; compare the search with the "
+            "baseline `nascloud results` reports")

@@ -177,7 +177,7 @@ def test_estimate_warns_when_the_job_states_under_5000_samples(cli, tmp_path):  
         done = cli.run("estimate", str(job), *flags, timeout=60)
         assert done.returncode == 0, done.stderr
         assert [line for line in done.stderr.splitlines() if line.startswith("Warning: ")] == [
-            "Warning: the job states 1,200 samples, under 5,000: the seed article found that searches on under "
+            "Warning: the workload states 1,200 samples, under 5,000: the seed article found that searches on under "
             "5,000 samples lost to a hand-made baseline; compare the search with the baseline `nascloud results` "
             "reports"]
     json.loads(done.stdout)  # --json: stdout stays the estimate

@@ -14,14 +14,12 @@ the functions that use them.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from nascloud.agent.data import Splits
+from nascloud.formats import small_data_warning
 from nascloud.job import SearchSection
 
-SMALL_DATA_SAMPLES = 5000  # the seed article: searches on fewer training samples lost to a hand-made baseline
 MAJORITY_SHARE = 0.9  # above this, plain accuracy rewards predicting the majority class
 BASELINE_EPOCHS = 5  # the image baseline's training: a few epochs, enough to be a fair bar, cheap on a CPU
 TABLE_BASELINE = "standardised logistic regression"
@@ -120,14 +118,6 @@ def _small_cnn(splits: Splits, seed: int):
 
 
 # -- data warnings, before anything is spent -------------------------------------------------------------
-def small_data_warning(samples: int, what: str) -> Optional[str]:
-    if samples >= SMALL_DATA_SAMPLES:
-        return None
-    return (f"{what} {samples:,} samples, under {SMALL_DATA_SAMPLES:,}: the seed article found that searches on "
-            f"under {SMALL_DATA_SAMPLES:,} samples lost to a hand-made baseline; compare the search with the "
-            "baseline `nascloud results` reports")
-
-
 def data_warnings(search: SearchSection, splits: Splits) -> list[str]:
     """What launch says about the packed data set (its labels and split sizes only; no pixel is read): a
     majority class above MAJORITY_SHARE under plain accuracy, and a train split under SMALL_DATA_SAMPLES."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Optional
 from nascloud.agent import data as data_module
 from nascloud.agent.notices import Notices, StopRequested, fault_armed, fault_point, pollers, start_polling
 from nascloud.agent.seeds import SeedRecord, job_trial_id, project_parent
-from nascloud.errors import NascloudError, StaleWriterError, UsageError
+from nascloud.errors import NascloudError, StaleWriterError
 from nascloud.formats import trial_number
 from nascloud.job import JobSpec
 

@@ -185,9 +185,9 @@ def estimate(
         interruptions_per_hour, checkpoint_minutes, budget, catalog_dir, all_offers)
     stated = samples if samples is not None else question.spec.search.samples if question.spec else None
     if stated is not None:
-        from nascloud.agent.evaluation import small_data_warning  # with the agent's modules: ~65 ms, only if needed
+        from nascloud.formats import small_data_warning
 
-        warning = small_data_warning(stated, "the job states")
+        warning = small_data_warning(stated, "the workload states")
         if warning:  # stderr: stdout stays the estimate (and valid JSON with --json)
             typer.echo(f"Warning: {warning}", err=True)
     ranking = estimating.rank(question)
