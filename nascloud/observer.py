@@ -236,12 +236,14 @@ def render_leaderboard(board: dict, folder: Path) -> None:
     objective = board.get("objective") or "score"
     best = board.get("best_trial_id")
     test = board.get("test_accuracy")
-    table = Table("trial", objective, "test accuracy", "block", "depth", "kernel", "dropout", "optimizer",
-                  "params", "seconds", "")
+    seeded = bool(board.get("seeds"))  # several seeds: each trial says whose search it was
+    table = Table("trial", *(["seed"] if seeded else []), objective, "test accuracy", "block", "depth", "kernel",
+                  "dropout", "optimizer", "params", "seconds", "")
     for trial in trials:
         hp = readable_hyperparameters(trial.get("hyperparameters") or {})
         is_best = trial.get("trial_id") == best
-        table.add_row(trial_number(trial.get("trial_id")), _fmt(trial.get("score")),
+        table.add_row(trial_number(trial.get("trial_id")), *([str(trial.get("seed", ""))] if seeded else []),
+                      _fmt(trial.get("score")),
                       _fmt(test) if is_best else "", hp["block"], hp["depth"], hp["kernel"], hp["dropout"],
                       hp["optimizer"], f"{trial['parameters']:,}" if trial.get("parameters") else "-",
                       f"{trial['duration_seconds']:.0f}" if trial.get("duration_seconds") is not None else "-",

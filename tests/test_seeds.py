@@ -134,6 +134,11 @@ def test_results_shows_the_seeds_and_json_carries_them(seeded, tmp_path):
     assert (f"best val_accuracy over 3 seeds: mean {seeds['best_score']['mean']:.4f}, spread (max - min) "
             f"{seeds['best_score']['spread']:.4f}, standard deviation {seeds['best_score']['std']:.4f}") in shown
     assert f"cost: ${seeds['ledger']['total_usd']:,.2f} in the ledger" in shown
+    # The trials table says whose search each trial was: trial 3 is seed 2's first (2 trials per seed).
+    trials_table = shown.split("best: trial", 1)[0]
+    trial_rows = {cells[0]: cells[1] for line in trials_table.splitlines()
+                  if (cells := [c.strip() for c in line.split("│")[1:3]]) and cells[0].isdigit()}
+    assert {trial: trial_rows.get(trial) for trial in ("1", "3", "5")} == {"1": "1", "3": "2", "5": "3"}
 
 
 def test_estimate_prices_three_seeds_as_three_times_the_work(tmp_path, monkeypatch, capsys):
