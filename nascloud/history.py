@@ -79,7 +79,7 @@ def measure(bucket, status: str, now: Optional[float] = None) -> dict:
     return {
         "schema": SCHEMA, "job_id": bundle.job_id, "name": bundle.name, "status": status, "written_at": now,
         "similar": similarity_key(spec, offer.cloud, offer.gpu),
-        "trials": len(trial_seconds), "max_trials": spec.search.max_trials, "epochs": spec.search.epochs,
+        "trials": len(trial_seconds), "max_trials": spec.search.job_trials, "epochs": spec.search.epochs,
         "data_fraction": spec.search.data_fraction,
         "trial_seconds": trial_seconds, "snapshot_seconds": progress.get("snapshot_seconds") or [],
         "boot_to_training_seconds": (round(training[first.instance_id] - first.launched_at, 3)
