@@ -43,11 +43,6 @@ def class_weights(y: np.ndarray, classes: int) -> dict[int, float]:
     return {c: len(y) / (classes * int(n)) for c, n in enumerate(counts) if n}
 
 
-def balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """The mean recall over the classes present in truth (scikit-learn's balanced_accuracy_score)."""
-    return float(np.mean([np.mean(predicted[truth == c] == c) for c in np.unique(truth)]))
-
-
 def terms(search: SearchSection) -> set[str]:
     """The metrics the objective needs computed here (Keras logs val_accuracy and val_loss itself)."""
     names = set(search.objective) if isinstance(search.objective, dict) else {search.objective}
@@ -130,6 +125,7 @@ def epoch_objectives(search: SearchSection, validation: Callable[[], Iterable], 
     when the objective weighs model_size. To be first in the callback list: every later callback (KerasTuner's
     SaveBestEpoch, the trial's record a resumed trial is scored on, History) reads the same logs dict."""
     import keras
+    from sklearn.metrics import balanced_accuracy_score
 
     from nascloud.agent.search import predicted_classes
 
@@ -146,7 +142,7 @@ def epoch_objectives(search: SearchSection, validation: Callable[[], Iterable], 
                 for x, y in validation():
                     truth.append(predicted_classes(np.asarray(y)))
                     predicted.append(predicted_classes(np.asarray(self.model.predict_on_batch(x))))
-                logs[BALANCED] = balanced_accuracy(np.concatenate(truth), np.concatenate(predicted))
+                logs[BALANCED] = float(balanced_accuracy_score(np.concatenate(truth), np.concatenate(predicted)))
             if self.size is not None:
                 logs[SIZE] = self.size
             if weights is not None:
