@@ -144,9 +144,10 @@ def folder() -> Path:
     return nascloud_home() / "history"
 
 
-def cache(bucket, job_id: str, provider) -> None:
+def cache(bucket, job_id: str, provider_of) -> None:
     """Copy a finished job's history into this machine's cache once (one GET, then none), with the ledger
-    checked against the cloud's price history (`bill_check`) while the cloud can still be asked."""
+    checked against the cloud's price history (`bill_check`) while the cloud can still be asked.
+    provider_of() gives the job's provisioner, made only when the record is copied."""
     from nascloud.errors import NascloudError
 
     path = folder() / f"{job_id}.json"
@@ -155,7 +156,7 @@ def cache(bucket, job_id: str, provider) -> None:
     record = bucket.store.get_json(OBJECT)
     if record:
         try:
-            record["bill_check"] = bill_check(bucket, provider)
+            record["bill_check"] = bill_check(bucket, provider_of())
         except NascloudError as error:
             record["bill_check"] = {"error": str(error)}
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ def _summary(bucket: JobBucket, now: Optional[float], tidy_up: bool) -> dict:
     if status in SHOWN_FINAL:
         from nascloud import history
 
-        history.cache(bucket, bundle.job_id, provisioner(bucket))  # so `estimate` learns from it offline
+        history.cache(bucket, bundle.job_id, lambda: provisioner(bucket))  # so `estimate` learns from it offline
     tick = money(bucket, now)
     ledger = bucket.ledger()
     budget = bucket.budget()
