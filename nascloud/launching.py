@@ -180,7 +180,7 @@ def prepare(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool =
     scratch = tempfile.TemporaryDirectory(prefix="nascloud-data-")
     packed = pack_dataset(spec.search, Path(scratch.name))
     # The packed labels and the agent's own split (x stays memory-mapped: no pixel is read).
-    warnings = data_warnings(spec.search, split(load_packed(packed.parent), spec.search.seed,
+    warnings = data_warnings(spec.search, split(load_packed(packed.parent), spec.search.seed_list[0],
                                                 spec.search.data_fraction))
     bundle = new_bundle(found, new_job_id(spec), object_name(packed))
     provisioner = provisioner_for(bundle)
