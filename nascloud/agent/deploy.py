@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import numpy as np
 
 from nascloud.agent.data import Splits
-from nascloud.agent.search import predicted_classes
+from nascloud.agent.search import predict_test_rows
 
 if TYPE_CHECKING:
     from nascloud.checkpoints import SnapshotStore
@@ -34,7 +34,6 @@ FLOAT_FILE = "best_model.tflite"
 INT8_FILE = "best_model_int8.tflite"
 REPRESENTATIVE_ROWS = 200  # calibration rows for INT8, drawn from the training split
 LATENCY_RUNS = 20  # batch-1 timings per model; the median is reported
-EVAL_ROWS = 256  # test rows per TFLite invoke when scoring the test split
 RUNTIME_PACKAGE = "ai-edge-litert"
 
 # The converter names what it cannot lower as 'tf.Op' (flex or custom) or, for INT8, the op it cannot quantize.
@@ -170,19 +169,18 @@ def _scores(values: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def tflite_accuracy(interpreter, splits: Splits) -> float:
-    """Accuracy on the test rows, EVAL_ROWS at a time (the input resized to each chunk)."""
+    """Accuracy on the test rows, predicted a chunk at a time as the Keras model's are (the input resized to
+    each chunk)."""
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    right = 0
-    for start in range(0, len(splits.test), EVAL_ROWS):
-        rows = splits.test[start:start + EVAL_ROWS]
-        x = np.asarray(splits.x[rows], dtype=np.float32)
+
+    def predict(x: np.ndarray) -> np.ndarray:
         interpreter.resize_tensor_input(inp["index"], list(x.shape))
         interpreter.allocate_tensors()
-        interpreter.set_tensor(inp["index"], _quantized(x, inp))
+        interpreter.set_tensor(inp["index"], _quantized(x.astype(np.float32), inp))
         interpreter.invoke()
-        scores = _scores(interpreter.get_tensor(out["index"]), out)
-        right += int(np.sum(predicted_classes(scores) == splits.y[rows]))
-    return right / len(splits.test)
+        return _scores(interpreter.get_tensor(out["index"]), out)
+
+    return float(np.mean(predict_test_rows(predict, splits) == splits.y[splits.test]))
 
 
 def _batch_one(interpreter, sample: np.ndarray) -> Callable:
