@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_estimate_accuracy.py [--price 36]
 
 In a temporary NASCLOUD_HOME with a file:// bucket: one `nascloud calibrate`, then two digits jobs of
-different sizes (about 3.5 and 4.5 minutes here), each launched three times with `nascloud launch
+different sizes (about 2.5 and 3.5 minutes here), each launched three times with `nascloud launch
 --price-per-hour P --detach`: twice left alone and once with two `nascloud drill`s (the job declares the
 rate that makes two interruptions its expectation, compute.interruptions_per_hour). After each job the
 benchmark runs `nascloud status` (which copies the job's history into the cache, as any observer command
@@ -32,8 +32,8 @@ from benchmarks.bench_recovery import wait_for  # noqa: E402
 
 NAME = "bench-accuracy"
 SPACE = {"block_type": ["vanilla"], "num_blocks": [1, 1], "dropout": [0.0, 0.25]}
-SIZES = {"A": (24, 12), "B": (28, 14)}  # (max_trials, epochs): about 3.5 and 4.5 minutes on this loaded machine
-UNSEEN = ("C", (20, 16))
+SIZES = {"A": (30, 14), "B": (36, 18)}  # (max_trials, epochs): about 2.5 and 3.5 minutes on this 2-core machine
+UNSEEN = ("C", (24, 24))
 RUNS = (0, 0, 2)  # drills per run of each size
 ENV = {"NASCLOUD_HEARTBEAT_SECONDS": "1", "NASCLOUD_NOTICE_POLL_SECONDS": "0.5", "NASCLOUD_SHUTDOWN_SECONDS": "5",
        "NASCLOUD_STOP_TIMEOUT": "120", "TF_CPP_MIN_LOG_LEVEL": "3"}

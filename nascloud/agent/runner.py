@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import statistics
 import threading
 import time
 import warnings
@@ -474,11 +475,15 @@ class _EpochClock:
         pass
 
 
+CALIBRATION_EPOCHS = 4
+
+
 def calibrate(spec: JobSpec, directory: Path) -> dict:
-    """One short trial (two epochs) on this machine, timed end to end: the second epoch is the seconds per
-    epoch (the first one includes graph tracing); the rest of the trial (model build, tracing, the tuner's
-    trial end) is the per-trial overhead; TensorFlow's import, the data and the search's set-up are the
-    per-job set-up. Returns the record `estimate` reads."""
+    """One short trial (CALIBRATION_EPOCHS) on this machine, timed end to end: the median of the epochs after
+    the first is the seconds per epoch (the first includes graph tracing; one epoch of digits is 0.2 s, so a
+    single one strays by a third with whatever else the machine runs); the rest of the trial (model build,
+    tracing, the tuner's trial end) is the per-trial overhead; TensorFlow's import, the data and the search's
+    set-up are the per-job set-up. Returns the record `estimate` reads."""
     from nascloud import history
 
     began = time.monotonic()
@@ -491,15 +496,16 @@ def calibrate(spec: JobSpec, directory: Path) -> dict:
     search_module.set_seeds(spec.search.seed)
     model = search_module.build_auto_model(spec.search, directory, clock, max_trials=1)
     fit_began = time.monotonic()
-    search_module.fit(model, spec.search, splits, epochs=2)
+    search_module.fit(model, spec.search, splits, epochs=CALIBRATION_EPOCHS)
     fit_seconds = time.monotonic() - fit_began
-    if len(clock.ends) < 3:
-        raise NascloudError("the calibration trial failed before two epochs; run `nascloud agent` on the job "
-                            "file to see the trial's error")
-    seconds = clock.ends[2] - clock.ends[1]
+    if len(clock.ends) < CALIBRATION_EPOCHS + 1:
+        raise NascloudError(f"the calibration trial failed before {CALIBRATION_EPOCHS} epochs; run `nascloud "
+                            "agent` on the job file to see the trial's error")
+    seconds = statistics.median(b - a for a, b in zip(clock.ends[1:], clock.ends[2:]))
     gpus = search_module.gpu_names()
     return {"seconds_per_epoch": seconds, "seconds_per_sample": seconds / len(splits.y_train),
             "samples": int(len(splits.y_train)), "gpu": gpus[0] if gpus else None, "measured_at": time.time(),
-            "trial_overhead_seconds": max(0.0, fit_seconds - 2 * seconds),
-            "in_trial_overhead_seconds": max(0.0, clock.ends[2] - clock.ends[0] - 2 * seconds),  # tracing
+            "trial_overhead_seconds": max(0.0, fit_seconds - CALIBRATION_EPOCHS * seconds),
+            # the part inside the fit: the first epoch's graph tracing
+            "in_trial_overhead_seconds": max(0.0, clock.ends[-1] - clock.ends[0] - CALIBRATION_EPOCHS * seconds),
             "setup_seconds": fit_began - began, "host_load": history.host_load()}
