@@ -89,6 +89,12 @@ def run(root: Path, price: float, trials: int, epochs: int, drills: int) -> dict
             "bases": sorted({t["basis"] for t in estimate.get("terms", {}).values()}
                             | {estimate["workload"].get("seconds_per_epoch_basis") or ""}),
             "slowdown_at_launch": estimate["workload"]["terms"]["host_load"]["value"],
+            # the model's terms against what the run measured: where a miss comes from
+            "trial_mean": sum(history["trial_seconds"]) / len(history["trial_seconds"]),
+            "trial_estimated": (estimate["workload"]["terms"]["seconds_per_epoch"]["value"] * epochs
+                                + estimate["workload"]["terms"]["trial_overhead"]["value"]),
+            "outside_trials": history["wall_seconds"] - sum(history["trial_seconds"]),
+            "job_term": (estimate.get("terms", {}).get("job") or {}).get("value"),
             "load_during": history["host_load"]["load_average"]}
 
 
@@ -111,7 +117,8 @@ def main() -> None:
                   f"vs ${row['actual_usd']:.2f}; {row['wall_p50']:.0f} s (P90 {row['wall_p90']:.0f}) vs "
                   f"{row['actual_s']:.0f} s; terms from {', '.join(b for b in row['bases'] if b)}; host slowdown "
                   f"{row['slowdown_at_launch']:.2f} at launch, load {row['load_during']:.1f} over the run's last "
-                  "minute", flush=True)
+                  f"minute; a trial {row['trial_mean']:.2f} s (estimated {row['trial_estimated']:.2f}), outside the "
+                  f"trials {row['outside_trials']:.0f} s (the job term {row['job_term'] or 0:.0f} s)", flush=True)
         minutes = (time.monotonic() - began) / 60
     print(f"\nestimate vs actual on the local provider at ${args.price:g}/h, digits, 1 s heartbeat "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {minutes:.0f} min in all)")

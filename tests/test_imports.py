@@ -23,8 +23,8 @@ print("\\nIMPORTED=" + json.dumps([code, heavy]), file=sys.stderr)
 """
 
 
-def probe(args: list[str]) -> tuple[int, list[str], str]:
-    done = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", json.dumps(args)],
+def probe(args: list[str], modules: tuple[str, ...] = HEAVY) -> tuple[int, list[str], str]:
+    done = subprocess.run([sys.executable, "-c", f"HEAVY = {modules!r}\n{PROBE}", json.dumps(args)],
                           capture_output=True, text=True, timeout=60)
     code, heavy = json.loads(done.stderr.strip().splitlines()[-1].split("IMPORTED=", 1)[1])
     return code, heavy, done.stderr
@@ -40,6 +40,16 @@ def test_planning_commands_do_not_import_heavy_modules(args):
     code, heavy, stderr = probe(args)
     assert code == 0, stderr
     assert heavy == [], f"{' '.join(args)} imported {heavy}"
+
+
+def test_an_estimate_from_flags_builds_no_pydantic_model():
+    """Pydantic's model machinery costs ~70 ms (README, Speed): a flags-only estimate needs no job schema, and
+    the CLI layer must not build one per option (Typer 0.29 does: a TypeAdapter for every option)."""
+    code, built, stderr = probe(["estimate", "--gpu", "T4", "--hours", "72"], modules=("pydantic.main",))
+    assert code == 0, stderr
+    assert built == [], "estimate --gpu T4 --hours 72 loaded pydantic's models"
+    code, built, stderr = probe(["estimate", "examples/digits-local.yaml"], modules=("pydantic.main",))
+    assert code == 0 and built == ["pydantic.main"], stderr  # the probe sees it where a job file is read
 
 
 def test_the_probe_sees_matplotlib_when_a_plot_is_asked_for(tmp_path):
