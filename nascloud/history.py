@@ -184,12 +184,18 @@ def similar(key: dict) -> list[dict]:
 # ---- from histories to the model's terms ---------------------------------------------------
 
 def _fit(points: list[tuple[float, float]]) -> Optional[tuple[float, float]]:
-    """Least squares y = a + b·x over points with at least two distinct x; None otherwise."""
-    xs = {x for x, _ in points}
-    if len(xs) < 2:
-        return None
+    """Least squares y = a + b·x through the median y at each distinct x (at least two); None otherwise.
+    Medians, because the estimate's P50 is one: the architectures a search visits decide its trials' cost,
+    and one run whose search went where trials take twice as long (12 of 36 trials at 2x, beside 1-2 in
+    the same job's other runs) must not move every later estimate; the spread of the runs is job_cv's."""
     import statistics  # see terms
 
+    by_x: dict[float, list[float]] = {}
+    for x, y in points:
+        by_x.setdefault(x, []).append(y)
+    if len(by_x) < 2:
+        return None
+    points = [(x, statistics.median(ys)) for x, ys in by_x.items()]
     mx = statistics.fmean(x for x, _ in points)
     my = statistics.fmean(y for _, y in points)
     b = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
@@ -233,7 +239,7 @@ def terms(histories: list[dict], in_trial_overhead: float, fixed_default: float,
     if line and line[1] > 0:
         in_trial, spe = max(0.0, line[0]), line[1]
     else:
-        spe = statistics.fmean(max(1e-3, (d - in_trial_overhead) / e) for e, d in per_job)
+        spe = statistics.median(max(1e-3, (d - in_trial_overhead) / e) for e, d in per_job)
         in_trial = in_trial_overhead
     found["seconds_per_epoch"] = spe
     calm = [h for h in histories if not h["preemptions"]]
@@ -243,7 +249,7 @@ def terms(histories: list[dict], in_trial_overhead: float, fixed_default: float,
         fixed, between = line
     elif residuals:
         fixed = fixed_default
-        between = statistics.fmean(max(0.0, (r - fixed) / n) for n, r in residuals)
+        between = statistics.median(max(0.0, (r - fixed) / n) for n, r in residuals)
     else:
         fixed, between = None, 0.0
     found["trial_overhead_seconds"] = in_trial + between

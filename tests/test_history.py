@@ -67,6 +67,19 @@ def test_an_observer_command_copies_it_into_the_cache_once(job, tmp_path):
     assert json.loads(cached.read_text())["job_id"] == "hist-0a1b2c"
 
 
+def test_one_run_whose_search_visited_slow_architectures_does_not_move_the_terms():
+    # Measured: one of three runs of a 36x18 digits job drew 12 of its 36 trials at twice the others' time
+    # (the architectures its search visited); the mean fit then priced an unseen size 1.37x its cost.
+    key = {"k": 1}
+    jobs = [{"similar": key, "epochs": e, "trials": 10, "trial_seconds": [slow * (1.0 + e * 0.5)] * 10,
+             "data_fraction": 1.0, "wall_seconds": 15.0 + 10 * slow * (1.0 + e * 0.5), "preemptions": 0,
+             "recovery_seconds": [], "snapshot_seconds": [0.01]}
+            for e, slow in [(8, 1.0), (8, 1.0), (12, 1.0), (12, 1.0), (12, 1.4)]]
+    found = history.terms(jobs, in_trial_overhead=0.0, fixed_default=99.0)
+    assert found["seconds_per_epoch"]["value"] == pytest.approx(0.5)
+    assert found["trial_overhead_seconds"]["value"] == pytest.approx(1.0)
+
+
 def test_terms_fit_the_fixed_term_and_overheads_from_jobs_of_two_sizes():
     key = {"k": 1}
     jobs = [{"similar": key, "epochs": e, "trials": n, "trial_seconds": [1.0 + e * 0.5] * n, "data_fraction": 1.0,
