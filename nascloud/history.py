@@ -185,9 +185,9 @@ def similar(key: dict) -> list[dict]:
 
 def _fit(points: list[tuple[float, float]]) -> Optional[tuple[float, float]]:
     """Least squares y = a + b·x through the median y at each distinct x (at least two); None otherwise.
-    Medians, because the estimate's P50 is one: the architectures a search visits decide its trials' cost,
-    and one run whose search went where trials take twice as long (12 of 36 trials at 2x, beside 1-2 in
-    the same job's other runs) must not move every later estimate; the spread of the runs is job_cv's."""
+    Medians, because the estimate's P50 is one: one run that went slow (measured on local: 12 of 36 trials
+    at 2x, among them the search's first, the same architecture in every run, beside 1-2 in the same job's
+    other runs) must not move every later estimate; how far runs stray is job_cv's."""
     import statistics  # see terms
 
     by_x: dict[float, list[float]] = {}

@@ -67,9 +67,10 @@ def test_an_observer_command_copies_it_into_the_cache_once(job, tmp_path):
     assert json.loads(cached.read_text())["job_id"] == "hist-0a1b2c"
 
 
-def test_one_run_whose_search_visited_slow_architectures_does_not_move_the_terms():
-    # Measured: one of three runs of a 36x18 digits job drew 12 of its 36 trials at twice the others' time
-    # (the architectures its search visited); the mean fit then priced an unseen size 1.37x its cost.
+def test_one_slow_run_does_not_move_the_terms():
+    # Measured: one of three runs of a 36x18 digits job ran 12 of its 36 trials at twice the others' time
+    # (its first trial, the same architecture in every run, too); the mean fit then priced an unseen size
+    # at 1.37x its cost.
     key = {"k": 1}
     jobs = [{"similar": key, "epochs": e, "trials": 10, "trial_seconds": [slow * (1.0 + e * 0.5)] * 10,
              "data_fraction": 1.0, "wall_seconds": 15.0 + 10 * slow * (1.0 + e * 0.5), "preemptions": 0,
