@@ -32,6 +32,9 @@ pytestmark = [pytest.mark.e2e]
 
 SEARCH = {"data": "sklearn:digits", "max_trials": 2, "epochs": 4,
           "space": {"block_type": ["vanilla"], "num_blocks": [1, 1], "dropout": [0.0, 0.25]}}
+# A reclaim lands in the first trial; its epochs leave the agent seconds to act on the notice even on a
+# loaded machine (at 4 epochs a whole search took 12 s and once ended before the notice was read).
+RECLAIM_SEARCH = {"epochs": 16}
 ACCOUNT = "nascloud-job@nascloud-test.iam.gserviceaccount.com"
 # What each host's processes see besides the local servers' endpoints (already in this process's env).
 HOST_ENV = {"NASCLOUD_HEARTBEAT_SECONDS": "1", "NASCLOUD_NOTICE_POLL_SECONDS": "0.5",
@@ -45,8 +48,8 @@ def aws_job(bucket: str, search: Optional[dict] = None, usd: float = 20, **compu
                       "checkpoint": {"bucket": bucket, "interval_minutes": 0.01}, "budget": {"usd": usd}})
 
 
-def gcp_job(bucket: str, **compute):
-    return parse_job({"name": "digits-gcp", "search": SEARCH,
+def gcp_job(bucket: str, search: Optional[dict] = None, **compute):
+    return parse_job({"name": "digits-gcp", "search": {**SEARCH, **(search or {})},
                       "compute": {"cloud": "gcp", "gpu": "T4", "region": "us-central1",
                                   "instance_type": "n1-standard-4", **compute},
                       "checkpoint": {"bucket": bucket, "interval_minutes": 0.01}, "budget": {"usd": 20}})
@@ -129,8 +132,13 @@ def reclaim_mid_search_and_finish(url: str, hosts: Hypervisor, reclaim) -> dict:
     from nascloud.jobbucket import JobBucket
 
     job = JobBucket.open(url)
-    wait_for(lambda: (job.progress().get("running") or {}).get("epoch", 0) >= 1, 600, "a trial's first epoch",
-             interval=0.5, hosts=hosts)
+
+    def first_trial_training() -> bool:
+        """An epoch of the first trial is done: the rest of it and the whole second trial are still to run."""
+        progress = job.progress()
+        return progress.get("trials_done") == 0 and (progress.get("running") or {}).get("epoch", 0) >= 1
+
+    wait_for(first_trial_training, 600, "the first trial's first epoch", interval=0.2, hosts=hosts)
     (first,) = hosts.live()
     me = first.machine.instance_id
     first.machine.metadata.notice()
@@ -208,7 +216,8 @@ def test_aws_a_spot_reclaim_mid_search_the_group_replaces_it_and_nothing_is_left
     ec2_quotas["L-3819A6DF"] = 8.0  # G spot vCPUs: preflight reads the account's quota
     boto3.client("s3").create_bucket(Bucket="nascloud-e2e")
     with Hypervisor(hypervisor_env, host_env(), moto_machines()) as hosts:
-        url = launch_on_the_hypervisor(aws_job("s3://nascloud-e2e/jobs", on_demand_after_preemptions=1),
+        url = launch_on_the_hypervisor(aws_job("s3://nascloud-e2e/jobs", search=RECLAIM_SEARCH,
+                                               on_demand_after_preemptions=1),
                                        monkeypatch, tmp_path)
         timings = reclaim_mid_search_and_finish(url, hosts, preempt_ec2)
     (group,) = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
@@ -236,7 +245,8 @@ def test_gcp_a_preemption_mid_search_the_group_recreates_the_vm_and_nothing_is_l
         gcp_env.preempt(name)
 
     with Hypervisor(hypervisor_env, host_env(), gce_machines(gcp_env)) as hosts:
-        url = launch_on_the_hypervisor(gcp_job("gs://nascloud-e2e/jobs", on_demand_after_preemptions=1),
+        url = launch_on_the_hypervisor(gcp_job("gs://nascloud-e2e/jobs", search=RECLAIM_SEARCH,
+                                               on_demand_after_preemptions=1),
                                        monkeypatch, tmp_path)
         timings = reclaim_mid_search_and_finish(url, hosts, preempt)
     with gcp_env.lock:
