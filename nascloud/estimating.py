@@ -169,14 +169,14 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
         overhead = Term(calibration["trial_overhead_seconds"], "calibration",
                         f"nascloud calibrate ({when}): the trial end to end less its epochs")
     else:
-        seconds, source = catalog.term("any", "trial_overhead")
-        overhead = Term(seconds, "default", source)
+        seconds, why = catalog.term("any", "trial_overhead")
+        overhead = Term(seconds, "default", why)
     if "job_cv" in learned:
         job_cv = Term(learned["job_cv"]["value"], "history",
                       f"{from_history}: the spread of their wall time against their launch estimates")
     else:
-        job_cv = Term(0.0, "default", "fewer than two similar jobs in the history: how far a run strays from its "
-                                      "estimate is not known yet (only the trials' own spread counts)")
+        spread, why = catalog.term(cloud, "job_cv")
+        job_cv = Term(spread, "default", f"fewer than two similar jobs in the history: {why}")
     seeds = len(search.seed_list)  # search.seeds: the same search once per seed, in this one job
     workload = cost.workload_from_trials(seeds * trials, epochs, spe, overhead.value, job_cv=job_cv.value,
                                          keep=spec.checkpoint.keep if spec else 3)
@@ -327,7 +327,7 @@ def ask(catalog: Catalog, spec: Optional[JobSpec], gpu: Optional[str] = None, cl
     key = history.similarity_key(spec, "local" if local else (cloud or ""), None if local else gpu) if spec else None
     resolved = resolve_workload(spec, catalog, hours=hours, gpu=None if local else gpu, trials=trials, epochs=epochs,
                                 samples=samples, seconds_per_epoch=seconds_per_epoch,
-                                histories=history.similar(key) if key else [], cloud=key["cloud"] if key else "local")
+                                histories=history.similar(key) if key else [], cloud=key["cloud"] if key else "cloud")
     assumptions, terms = {}, {}
     for option in options:
         terms[option_key(option)] = model_terms(catalog, spec, option, resolved)

@@ -107,12 +107,12 @@ class Catalog:
 
     # ---- what the cost model needs --------------------------------------------------------------
     def term(self, scope: str, name: str) -> tuple[float, str]:
-        """A default term of the model (seconds, source) for a provider, a bucket scheme or any job; the
-        clouds share the `cloud` rows unless one has its own."""
+        """A default term of the model (value, source: seconds, or a ratio for job_cv) for a provider, a
+        bucket scheme or any job; the clouds share the `cloud` rows unless one has its own."""
         for key in [(scope, name)] + ([("cloud", name)] if scope not in ("local", "any") else []):
             if key in self.terms:
                 return self.terms[key]
-        raise UsageError(f"no default {name!r} for {scope!r} in terms.csv; add a row (scope,term,seconds,source)")
+        raise UsageError(f"no default {name!r} for {scope!r} in terms.csv; add a row (scope,term,value,source)")
 
     def speed(self, gpu: str) -> GpuSpeed:
         found = self.gpus.get(gpu)
@@ -290,8 +290,8 @@ def _load(folder: Path) -> Catalog:
         billing.setdefault(cloud, {})[item] = _number(row["usd"], "usd", where)
         sources[(cloud, item)] = row["source"].strip()
     terms = {}
-    for where, row in _rows(_table(folder, "terms.csv"), ("scope", "term", "seconds", "source")):
-        terms[(row["scope"].strip(), row["term"].strip())] = (_number(row["seconds"], "seconds", where),
+    for where, row in _rows(_table(folder, "terms.csv"), ("scope", "term", "value", "source")):
+        terms[(row["scope"].strip(), row["term"].strip())] = (_number(row["value"], "value", where),
                                                              row["source"].strip())
     return Catalog(folder=str(folder), offers=offers, gpus=gpus, rates=rates, billing=billing,
                    billing_sources=sources, terms=terms)

@@ -85,6 +85,21 @@ def test_ranking_is_cheapest_expected_first_and_spot_beats_on_demand(cli):
     assert cheap and dear and set(cheap) == {0} and set(dear) == {1}
 
 
+def test_each_term_says_where_it_came_from_and_a_cloud_estimate_ignores_this_machine(cli, tmp_path):
+    code, out, err = cli("estimate", "--trials", "20", "--epochs", "10", "--seconds-per-epoch", "3", "--json")
+    assert code == 0, err
+    terms = json.loads(out)["workload"]["terms"]
+    assert terms["seconds_per_epoch"] == {"value": 3.0, "basis": "given", "source": "--seconds-per-epoch"}
+    assert "host_load" not in terms  # cloud offers only: the load on this machine is not theirs
+    assert terms["job_cv"]["value"] == 0 and "not measured on a cloud GPU" in terms["job_cv"]["source"]
+    local = write_job(tmp_path, compute={"cloud": "local", "price_per_hour": 36})
+    code, out, err = cli("estimate", local, "--json")
+    terms = json.loads(out)["workload"]["terms"]
+    # A first local job: the spread measured on a shared machine widens its P90 before any history does.
+    assert terms["job_cv"]["value"] == 0.12 and "bench_estimate_accuracy" in terms["job_cv"]["source"]
+    assert "host_load" in terms and terms["seconds_per_epoch"]["basis"] == "guess"
+
+
 def write_job(tmp_path, **sections):
     data = {"name": "digits-quick", **sections}
     path = tmp_path / "job.yaml"
