@@ -3,7 +3,7 @@ one run (new processes, interleaved so that a busy machine slows both alike), an
 
 Run: .venv/bin/python benchmarks/bench_cli_speed.py [--runs N]
 Prints the medians of wall and CPU time, their ratios (issue 15's target: at most 1.5), and the import profile
-of one estimate (`python -X importtime`): self time by top-level package, and nascloud's own modules.
+of two estimates (`python -X importtime`): self time by top-level package, and nascloud's own modules.
 
 Every process runs with Python's bytecode cache on, in a temporary PYTHONPYCACHEPREFIX: an installed
 nascloud has its .pyc files as its dependencies do, but a shell with PYTHONDONTWRITEBYTECODE=1 (some CI and
@@ -27,10 +27,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = "import typer, rich, rich.table, pydantic, numpy, yaml"
+# `import pydantic` loads a lazy shell; a job file is validated by a model, which loads pydantic's model and
+# schema machinery. A second baseline shows the job-file form beside the light imports with that machinery.
+LIGHT_WITH_A_MODEL = (LIGHT + "\nfrom pydantic import AfterValidator, BaseModel, Field, field_validator"
+                      "\nclass Section(BaseModel):\n    x: int = Field(1, ge=1)\nSection(x=2)")
 ESTIMATES = {
     "estimate --gpu T4 --hours 72": ["estimate", "--gpu", "T4", "--hours", "72"],
+    "estimate --trials 20 --epochs 10 --seconds-per-epoch 3": ["estimate", "--trials", "20", "--epochs", "10",
+                                                               "--seconds-per-epoch", "3"],
     "estimate examples/digits-aws-t4-spot.yaml": ["estimate", str(ROOT / "examples" / "digits-aws-t4-spot.yaml")],
 }
+JOB_FILE = "estimate examples/digits-aws-t4-spot.yaml"
 
 
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -68,30 +75,37 @@ def main() -> None:
     ENV["PYTHONPYCACHEPREFIX"] = cache = tempfile.mkdtemp(prefix="nascloud-bench-pyc-")
     atexit.register(shutil.rmtree, cache, True)
     nascloud = shutil.which("nascloud", path=str(Path(sys.executable).parent)) or "nascloud"
-    light = [sys.executable, "-c", LIGHT]
-    times: dict[str, list[tuple[float, float]]] = {"light imports": [], **{name: [] for name in ESTIMATES}}
-    for argv in (light, *([nascloud, *a] for a in ESTIMATES.values())):  # warm the disk and bytecode caches once
+    baselines = {"light imports": [sys.executable, "-c", LIGHT],
+                 "light imports and one pydantic model": [sys.executable, "-c", LIGHT_WITH_A_MODEL]}
+    runs = {**baselines, **{name: [nascloud, *argv] for name, argv in ESTIMATES.items()}}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    for argv in runs.values():  # warm the disk and bytecode caches once
         seconds(argv)
     for _ in range(args.runs):
-        times["light imports"].append(seconds(light))
-        for name, argv in ESTIMATES.items():
-            times[name].append(seconds([nascloud, *argv]))
+        for name, argv in runs.items():
+            times[name].append(seconds(argv))
     medians = {name: [statistics.median(run[i] for run in measured) for i in (0, 1)] for name, measured in times.items()}
     wall, cpu = medians["light imports"]
-    print(f"{'':<44} {'wall s':>7} {'ratio':>6} {'CPU s':>7} {'ratio':>6}  ({args.runs} interleaved runs, medians; "
-          f"light: python -c \"{LIGHT}\")")
+    width = max(map(len, medians)) + 1
+    print(f"{'':<{width}} {'wall s':>7} {'ratio':>6} {'CPU s':>7} {'ratio':>6}  ({args.runs} interleaved runs, "
+          f"medians; light: python -c \"{LIGHT}\")")
     for name, (w, c) in medians.items():
-        print(f"{name:<44} {w:>7.3f} {w / wall:>6.2f} {c:>7.3f} {c / cpu:>6.2f}")
+        print(f"{name:<{width}} {w:>7.3f} {w / wall:>6.2f} {c:>7.3f} {c / cpu:>6.2f}")
+    model_wall, model_cpu = medians["light imports and one pydantic model"]
+    job_wall, job_cpu = medians[JOB_FILE]
+    print(f"{JOB_FILE} against the light imports and one pydantic model: {job_wall / model_wall:.2f} "
+          f"(CPU {job_cpu / model_cpu:.2f})")
     print(f"load average over the last minute: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-    packages, ours = profile(["-m", "nascloud", *ESTIMATES["estimate --gpu T4 --hours 72"]])
     light_packages, _ = profile(["-c", LIGHT])
-    print("\nimport profile of `nascloud estimate --gpu T4 --hours 72` (self ms, -X importtime inflates them):")
-    print(f"  {'package':<24} {'estimate':>9} {'light':>7}")
-    for name, ms in packages.most_common(12):
-        print(f"  {name:<24} {ms:>9.1f} {light_packages.get(name, 0.0):>7.1f}")
-    print(f"  {'(all)':<24} {sum(packages.values()):>9.1f} {sum(light_packages.values()):>7.1f}")
-    print("  nascloud's own modules: " + ", ".join(f"{name} {ms:.1f}" for name, ms in ours.most_common(8)))
+    for name in ("estimate --gpu T4 --hours 72", JOB_FILE):
+        packages, ours = profile(["-m", "nascloud", *ESTIMATES[name]])
+        print(f"\nimport profile of `nascloud {name}` (self ms, -X importtime inflates them):")
+        print(f"  {'package':<24} {'estimate':>9} {'light':>7}")
+        for package, ms in packages.most_common(12):
+            print(f"  {package:<24} {ms:>9.1f} {light_packages.get(package, 0.0):>7.1f}")
+        print(f"  {'(all)':<24} {sum(packages.values()):>9.1f} {sum(light_packages.values()):>7.1f}")
+        print("  nascloud's own modules: " + ", ".join(f"{module} {ms:.1f}" for module, ms in ours.most_common(8)))
 
 
 if __name__ == "__main__":
