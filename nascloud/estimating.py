@@ -178,6 +178,14 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
         spread, why = catalog.term(cloud, "job_cv")
         job_cv = Term(spread, "default", f"fewer than two similar jobs in the history: {why}")
     seeds = len(search.seed_list)  # search.seeds: the same search once per seed, in this one job
+    # The trials, epochs and fraction steer which architectures the search visits, and so its time per
+    # epoch: a size no similar job has run strays further than reruns of one size show.
+    size = (seeds * trials, epochs, search.data_fraction)
+    if not any((h.get("max_trials"), h["epochs"], h.get("data_fraction", 1.0)) == size for h in histories or []):
+        spread, why = catalog.term("any", "unseen_size_cv")
+        if spread > job_cv.value:
+            job_cv = Term(spread, "default", f"no similar job of {seeds * trials} trials × {epochs} epochs in the "
+                                             f"history: {why}")
     workload = cost.workload_from_trials(seeds * trials, epochs, spe, overhead.value, job_cv=job_cv.value,
                                          keep=spec.checkpoint.keep if spec else 3)
     sample_text = f" × {samples_used:g} samples" if samples_used else ""

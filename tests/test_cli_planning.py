@@ -77,7 +77,9 @@ def test_ranking_is_cheapest_expected_first_and_spot_beats_on_demand(cli):
     assert totals == sorted(totals)
     assert {o["spot"] for o in found} == {True, False}
     spot_t4 = next(o for o in found if o["instance_type"] == "g4dn.xlarge" and o["spot"])
-    assert spot_t4["cost_usd"]["p50"] >= spot_t4["price_per_hour"] * spot_t4["work_hours"]
+    # Interruptions only add: on average the bill is at least the work at the price (the run's own spread
+    # moves its median a little below its mean).
+    assert spot_t4["cost_usd"]["mean"] >= spot_t4["price_per_hour"] * spot_t4["work_hours"]
     # Known cases of the $5 budget: an option whose P90 is under half of it never goes over, one whose
     # P50 is over twice it always does.
     cheap = [o["p_over_budget"] for o in found if o["total_usd"]["p90"] < 2.5]
@@ -86,18 +88,32 @@ def test_ranking_is_cheapest_expected_first_and_spot_beats_on_demand(cli):
 
 
 def test_each_term_says_where_it_came_from_and_a_cloud_estimate_ignores_this_machine(cli, tmp_path):
+    from nascloud import history
+    from nascloud.job import load_job
+
     code, out, err = cli("estimate", "--trials", "20", "--epochs", "10", "--seconds-per-epoch", "3", "--json")
     assert code == 0, err
     terms = json.loads(out)["workload"]["terms"]
     assert terms["seconds_per_epoch"] == {"value": 3.0, "basis": "given", "source": "--seconds-per-epoch"}
     assert "host_load" not in terms  # cloud offers only: the load on this machine is not theirs
-    assert terms["job_cv"]["value"] == 0 and "not measured on a cloud GPU" in terms["job_cv"]["source"]
-    local = write_job(tmp_path, compute={"cloud": "local", "price_per_hour": 36})
-    code, out, err = cli("estimate", local, "--json")
-    terms = json.loads(out)["workload"]["terms"]
-    # A first local job: the spread measured on a shared machine widens its P90 before any history does.
-    assert terms["job_cv"]["value"] == 0.12 and "bench_estimate_accuracy" in terms["job_cv"]["source"]
-    assert "host_load" in terms and terms["seconds_per_epoch"]["basis"] == "guess"
+    # A size no job has run: the search may visit other architectures, and the P90 allows for it.
+    assert terms["job_cv"]["value"] == 0.16 and "no similar job of 20 trials × 10 epochs" in terms["job_cv"]["source"]
+
+    local = write_job(tmp_path, search={"max_trials": 4, "epochs": 3}, compute={"cloud": "local",
+                                                                                "price_per_hour": 36})
+    first = json.loads(cli("estimate", local, "--json")[1])
+    assert first["workload"]["terms"]["job_cv"]["value"] == 0.16
+    assert "host_load" in first["workload"]["terms"] and first["workload"]["seconds_per_epoch_basis"] == "guess"
+    folder = tmp_path / "home" / "history"
+    folder.mkdir(parents=True)
+    (folder / "j0.json").write_text(json.dumps({
+        "schema": 1, "job_id": "j0", "name": "digits-quick", "status": "finished", "written_at": 0,
+        "similar": history.similarity_key(load_job(local), "local", None), "trials": 4, "max_trials": 4, "epochs": 3,
+        "data_fraction": 1.0, "trial_seconds": [4.0] * 4, "snapshot_seconds": [0.02], "recovery_seconds": [],
+        "preemptions": 0, "wall_seconds": 30.0, "spend_usd": 0.3, "estimate": None}))
+    # One job of this size: the machine's own run-to-run spread, measured on a shared 2-core host, is left.
+    seen = json.loads(cli("estimate", local, "--json")[1])["workload"]["terms"]["job_cv"]
+    assert seen["value"] == 0.12 and "bench_estimate_accuracy" in seen["source"]
 
 
 def write_job(tmp_path, **sections):
