@@ -1,6 +1,6 @@
 """The job file: one pydantic model, validated once at the edge, then trusted.
 
-Every section has defaults, so the smallest job file is `name: x`. Unknown fields are errors,
+Every section has defaults, so the smallest job file is `name: xy`. Unknown fields are errors,
 reported with their path (`search.max_trails: unknown field`). Every number is finite and inside a
 stated range (`budget.usd: must be a number of dollars in (0, 1,000,000], got inf`): a value no one
 means (inf, NaN, 1e308) is refused here, before it can launch anything or reach a ledger.
@@ -249,8 +249,18 @@ class BudgetSection(_Section):
         return value
 
 
+JOB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")  # job ids and cloud resource names are built from it
+
+
+def _job_name(value: str) -> str:
+    if not JOB_NAME.match(value):
+        raise ValueError("must be 2-40 lowercase letters, digits and hyphens, starting with a letter and not "
+                         f"ending with a hyphen (it names the job's cloud resources), got {value!r}")
+    return value
+
+
 class JobSpec(_Section):
-    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
+    name: Annotated[str, AfterValidator(_job_name)]
     search: SearchSection = SearchSection()
     compute: ComputeSection = ComputeSection()
     checkpoint: CheckpointSection = CheckpointSection()

@@ -106,6 +106,14 @@ def test_a_job_files_number_out_of_range_is_refused_naming_the_field(cli, tmp_pa
     assert "--" not in error  # not a flag the user never passed (was: --price-per-hour, --checkpoint-minutes)
 
 
+@pytest.mark.parametrize("name", ["x", "Digits", "digits_1", "digits-", "a" * 41])
+def test_a_job_name_cloud_resources_cannot_carry_is_refused_with_the_rule_in_words(cli, tmp_path, name):
+    path = write_job(tmp_path, text=yaml.safe_dump({"name": name}))
+    error = one_error(cli("estimate", path, "--json"))
+    assert "name: must be 2-40 lowercase letters, digits and hyphens" in error and repr(name) in error
+    assert "pattern" not in error  # not the regular expression
+
+
 @pytest.mark.parametrize("args, message", [
     (["--hours", "1e308"], "--hours must be a number of hours in (0, 100,000], got 1e+308"),
     (["--hours", "inf"], "--hours must be a number of hours in (0, 100,000], got inf"),
