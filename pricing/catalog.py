@@ -107,8 +107,9 @@ class Catalog:
 
     # ---- what the cost model needs --------------------------------------------------------------
     def term(self, scope: str, name: str) -> tuple[float, str]:
-        """A default term of the model (value, source: seconds, or a ratio for job_cv) for a provider, a
-        bucket scheme or any job; the clouds share the `cloud` rows unless one has its own."""
+        """A default term of the model (value, source: seconds, or a ratio for the spreads job_cv and
+        unseen_size_cv) for a provider, a bucket scheme or any job; the clouds share the `cloud` rows unless
+        one has its own."""
         for key in [(scope, name)] + ([("cloud", name)] if scope not in ("local", "any") else []):
             if key in self.terms:
                 return self.terms[key]
