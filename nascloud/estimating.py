@@ -169,24 +169,22 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
         overhead = Term(calibration["trial_overhead_seconds"], "calibration",
                         f"nascloud calibrate ({when}): the trial end to end less its epochs")
     else:
-        seconds, why = catalog.term("any", "trial_overhead")
-        overhead = Term(seconds, "default", why)
+        overhead = default_term(catalog, "any", "trial_overhead")
     if "job_cv" in learned:
         job_cv = Term(learned["job_cv"]["value"], "history",
                       f"{from_history}: the spread of their wall time against their launch estimates")
     else:
-        spread, why = catalog.term(cloud, "job_cv")
-        job_cv = Term(spread, "default", f"fewer than two similar jobs in the history: {why}")
+        job_cv = default_term(catalog, cloud, "job_cv", "fewer than two similar jobs in the history")
     seeds = len(search.seed_list)  # search.seeds: the same search once per seed, in this one job
+    job_trials = seeds * trials
     # The trials, epochs and fraction steer which architectures the search visits, and so its time per
     # epoch: a size no similar job has run strays further than reruns of one size show.
-    size = (seeds * trials, epochs, search.data_fraction)
+    size = (job_trials, epochs, search.data_fraction)
     if not any((h.get("max_trials"), h["epochs"], h.get("data_fraction", 1.0)) == size for h in histories or []):
-        spread, why = catalog.term("any", "unseen_size_cv")
-        if spread > job_cv.value:
-            job_cv = Term(spread, "default", f"no similar job of {seeds * trials} trials × {epochs} epochs in the "
-                                             f"history: {why}")
-    workload = cost.workload_from_trials(seeds * trials, epochs, spe, overhead.value, job_cv=job_cv.value,
+        unseen = default_term(catalog, "any", "unseen_size_cv",
+                              f"no similar job of {job_trials} trials × {epochs} epochs in the history")
+        job_cv = max(job_cv, unseen, key=lambda term: term.value)
+    workload = cost.workload_from_trials(job_trials, epochs, spe, overhead.value, job_cv=job_cv.value,
                                          keep=spec.checkpoint.keep if spec else 3)
     sample_text = f" × {samples_used:g} samples" if samples_used else ""
     description = (f"{f'{seeds} seeds × ' if seeds > 1 else ''}{trials} trials × {epochs} epochs{sample_text} "
@@ -225,13 +223,16 @@ def setup_term(calibration: Optional[dict]) -> Optional[Term]:
                 f"nascloud calibrate ({_when(calibration['measured_at'])}): TensorFlow, data, set-up")
 
 
+def default_term(catalog: Catalog, scope: str, name: str, why: str = "") -> Term:
+    """The catalog's default for a term (terms.csv), its source after `why` (why no measurement holds)."""
+    value, source = catalog.term(scope, name)
+    return Term(value, "default", f"{why}: {source}" if why else source)
+
+
 def default_job_term(catalog: Catalog, cloud: str, setup: Optional[Term]) -> Term:
     """The fixed per-job term until a history measures it: boot + set-up + finish on the provider."""
-    def default(scope: str, name: str) -> Term:
-        seconds, source = catalog.term(scope, name)
-        return Term(seconds, "default", source)
-
-    parts = [default(cloud, "boot"), setup or default("any", "setup"), default(cloud, "finish")]
+    parts = [default_term(catalog, cloud, "boot"), setup or default_term(catalog, "any", "setup"),
+             default_term(catalog, cloud, "finish")]
     return Term(sum(p.value for p in parts), "/".join(dict.fromkeys(p.basis for p in parts)),
                 "boot + set-up + finish: " + "; ".join(p.source for p in parts))
 
@@ -351,12 +352,8 @@ def model_terms(catalog: Catalog, spec: Optional[JobSpec], option: cost.Option, 
               else LOCAL_BUCKET_SCHEMES.get(cloud, "s3"))
     scheme = {"file": "file", "s3": "s3", "gs": "gs"}.get(scheme, "file")
 
-    def default(scope: str, name: str) -> Term:
-        seconds, source = catalog.term(scope, name)
-        return Term(seconds, "default", source)
-
-    found = {"restart": resolved.terms.get("restart") or default(cloud, "restart"),
-             "checkpoint": resolved.terms.get("checkpoint") or default(scheme, "checkpoint")}
+    found = {"restart": resolved.terms.get("restart") or default_term(catalog, cloud, "restart"),
+             "checkpoint": resolved.terms.get("checkpoint") or default_term(catalog, scheme, "checkpoint")}
     found["job"] = resolved.terms.get("job") or default_job_term(catalog, cloud, resolved.terms.get("setup"))
     if resolved.seconds_per_epoch_basis is None:  # --hours: the hours are the whole work
         found["job"] = Term(0.0, "given", "--hours is the whole work")
