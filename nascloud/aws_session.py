@@ -18,3 +18,18 @@ def aws_session():
     except ConfigParseError as error:  # read when the session is made: the credentials file or the config
         raise UsageError(f"the AWS config file {error.kwargs.get('path')} is malformed (not [profile] sections of "
                          "`key = value` lines); fix it, or move it away and run `aws configure`") from None
+
+
+# Every boto3 client nascloud makes (the provisioner's, the S3 store's) retries throttling (Throttling,
+# ThrottlingException, RequestLimitExceeded, ...) and 5xx with botocore's standard mode: exponential backoff
+# with full jitter, 1 s doubling for a throttle (at most 1 + 2 + 4 + 8 = 15 s of waiting over 5 attempts).
+# An explicit total_max_attempts wins over AWS_MAX_ATTEMPTS and the config file (botocore/args.py,
+# _compute_retry_max_attempts: "An explicitly provided max_attempts in the client config overrides everything").
+RETRY_ATTEMPTS = 5
+
+
+def client_config():
+    """The botocore Config every nascloud client is made with."""
+    from botocore.config import Config
+
+    return Config(retries={"mode": "standard", "total_max_attempts": RETRY_ATTEMPTS})

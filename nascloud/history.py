@@ -63,7 +63,7 @@ def measure(bucket, status: str, now: Optional[float] = None) -> dict:
     now = now or time.time()
     bundle = bucket.bundle()
     spec, offer = bundle.spec, bundle.offer
-    ledger = [e.billed(now) for e in bucket.ledger()]
+    ledger = bucket.billed(now)
     progress = bucket.progress()
     training = {}
     for info in bucket.store.objects.list("agent/training/"):
@@ -117,7 +117,7 @@ def bill_check(bucket, provider, now: Optional[float] = None) -> dict:
     minimum = bundle.billing_minimum_seconds
     ledger_usd = checked_usd = 0.0
     checked = 0
-    for entry in (e.billed(now) for e in bucket.ledger()):
+    for entry in bucket.billed(now):
         cost = span_cost(entry, now, minimum)
         ledger_usd += cost
         if entry.launched_at is None or not entry.spot:

@@ -4,6 +4,7 @@
     budget.json            the budget and deadline in force; `resume` updates it
     stop.json              a stop request (`nascloud stop`, from any machine)
     ledger/<instance>.json each instance: its price at launch, launch time, last seen, end
+    boots/<group>/<instance>.json   a boot that failed before the governor ran (the bootstrap writes it)
     charges/<source>.json  the bucket's own charges: launch's requests, storage measured by the instances
     events/<ns>-<kind>-<id>.json   one object per event, created once, ordered by name
     claims/<key>           create-only markers: an alert or notice fired once, whoever fires it
@@ -63,6 +64,25 @@ class LedgerEntry:
             return self
         presumed = self.last_seen + heartbeat_seconds()
         return self if now <= presumed else replace(self, ended_at=presumed)
+
+
+@dataclass(frozen=True)
+class FailedBoot:
+    """A boot that failed before its governor ran, as the bootstrap's breaker records it: the next boot of
+    the group counts these, `status` shows the newest's reason, and the budget bills each at the group's
+    price until `resume` books it in the ledger."""
+
+    instance_id: str
+    group: str
+    booted_at: float
+    failed_at: float
+    reason: str
+
+    def entry(self, offer) -> LedgerEntry:
+        return LedgerEntry(instance_id=self.instance_id, group=self.group, cloud=offer.cloud,
+                           instance_type=offer.instance_type, zone=None, spot=offer.spot,
+                           price_per_hour=offer.price_for(None, offer.spot), launched_at=self.booted_at,
+                           last_seen=self.failed_at, ended_at=self.failed_at, end_reason="boot failed")
 
 
 @dataclass(frozen=True)
@@ -135,9 +155,15 @@ class JobBucket:
         self.store.put_json("stop.json", {"time": time.time(), "by": by})
 
     def reopen(self) -> None:
-        """For `resume`: the stop request and the last exit record no longer hold."""
+        """For `resume`: the stop request and the last exit record no longer hold, and the failed boots are
+        booked in the ledger (their cost stays), so the breaker counts anew."""
         self.store.objects.delete("stop.json")
         self.store.objects.delete("agent/exit.json")
+        known = {e.instance_id for e in self.ledger()}
+        for boot in self.failed_boots():
+            if boot.instance_id not in known:
+                self.put_entry(boot.entry(self.bundle().offer))
+            self.store.objects.delete(f"boots/{boot.group}/{boot.instance_id}.json")
 
     def exit_record(self) -> Optional[dict]:
         return self.store.get_json("agent/exit.json")
@@ -163,6 +189,30 @@ class JobBucket:
             if record:
                 entries.append(LedgerEntry(**record))
         return sorted(entries, key=lambda e: e.launched_at)
+
+    def failed_boots(self) -> list[FailedBoot]:
+        """The boots that failed before their governor ran, oldest first."""
+        return list(self._viewed("boots", self._read_failed_boots))
+
+    def _read_failed_boots(self) -> list[FailedBoot]:
+        found = []
+        for info in self.store.objects.list("boots/"):
+            record = self.store.get_json(info.key)
+            if record:
+                found.append(FailedBoot(**{k: record[k] for k in FailedBoot.__dataclass_fields__}))
+        return sorted(found, key=lambda b: b.failed_at)
+
+    def instances(self) -> list[LedgerEntry]:
+        """Every instance the job ran: the ledger's entries, and each failed boot that no entry holds (an
+        instance that never reached its governor bills its minimum all the same)."""
+        entries = self.ledger()
+        known = {e.instance_id for e in entries}
+        offer = self.bundle().offer
+        return entries + [b.entry(offer) for b in self.failed_boots() if b.instance_id not in known]
+
+    def billed(self, now: float) -> list[LedgerEntry]:
+        """Every instance as the budget bills it now (LedgerEntry.billed)."""
+        return [e.billed(now) for e in self.instances()]
 
     def entry(self, instance_id: str) -> Optional[LedgerEntry]:
         record = self.store.get_json(f"ledger/{instance_id}.json")
@@ -283,7 +333,7 @@ def spend(bucket: JobBucket, now: float) -> float:
     from nascloud.budget import ledger_total
 
     minimum = bucket.bundle().billing_minimum_seconds
-    return ledger_total([e.billed(now) for e in bucket.ledger()], now, minimum) + bucket.charges_usd()
+    return ledger_total(bucket.billed(now), now, minimum) + bucket.charges_usd()
 
 
 def money(bucket: JobBucket, now: float):
@@ -297,5 +347,4 @@ def money(bucket: JobBucket, now: float):
     config = BudgetConfig.for_bundle(bundle, bucket.budget(), tick_seconds=heartbeat_seconds(),
                                      shutdown_seconds=shutdown)
     progress = Progress.of(bucket.progress(), bundle.spec.search.epochs, bundle.spec.search.job_trials)
-    ledger = [e.billed(now) for e in bucket.ledger()]
-    return evaluate(ledger, progress, config, bucket.fired(), now, extra_usd=bucket.charges_usd())
+    return evaluate(bucket.billed(now), progress, config, bucket.fired(), now, extra_usd=bucket.charges_usd())

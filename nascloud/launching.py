@@ -95,7 +95,8 @@ def group_specs(bundle) -> list:
     cloud = bundle.offer.cloud
     env = {"NASCLOUD_CLOUD": cloud, "NASCLOUD_JOB_ID": bundle.job_id, "NASCLOUD_JOB_URL": bundle.job_url,
            "NASCLOUD_REGION": bundle.offer.region or "", "NASCLOUD_GPU": bundle.offer.gpu or "",
-           "NASCLOUD_SSH": "1" if bundle.spec.compute.ssh_cidr else ""}
+           "NASCLOUD_SSH": "1" if bundle.spec.compute.ssh_cidr else "",
+           "NASCLOUD_GROUPS": " ".join(g.name for g in bundle.groups)}
     if cloud != "local":
         env["NASCLOUD_ROOT"] = CLOUD_ROOT  # a local host gets its own folder from its group
     tags = {"nascloud-job": bundle.job_id, "nascloud-owner": default_owner(), "nascloud-job-url": bundle.job_url}

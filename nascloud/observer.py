@@ -55,7 +55,11 @@ def job_status(bucket: JobBucket, found: Optional[list]) -> tuple[str, Optional[
     if record.get("status") in FINAL:
         return record["status"], record.get("message")
     if found is not None and (not found or all(g.size == 0 for g in found)):
-        return HALTED, "; ".join(g.reason for g in found if g.reason) or "the job's groups are at 0"
+        reasons = list(dict.fromkeys(g.reason for g in found if g.reason))
+        if boots := bucket.failed_boots():
+            reasons.append(f"{len(boots)} boot{'s' * (len(boots) > 1)} failed before the governor ran, the last: "
+                           f"{boots[-1].reason}")
+        return HALTED, "; ".join(reasons) or "the job's groups are at 0"
     if bucket.stop_request():
         return "stopping", None
     if not bucket.ledger():
@@ -103,7 +107,7 @@ def _summary(bucket: JobBucket, now: Optional[float], tidy_up: bool) -> dict:
 
         history.cache(bucket, bundle.job_id, lambda: provisioner(bucket))  # so `estimate` learns from it offline
     tick = money(bucket, now)
-    ledger = bucket.ledger()
+    ledger = bucket.instances()
     budget = bucket.budget()
     estimate = bundle.estimate or {}
     ended = max([e.ended_at or e.last_seen for e in ledger], default=now) if status in SHOWN_FINAL else now

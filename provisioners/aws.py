@@ -44,6 +44,7 @@ QUOTAS = {
     "vt": ("L-3819A6DF", "L-DB2E81BA"),
     "p": ("L-7212CCBC", "L-417A185B"),  # All P Spot Instance Requests / Running On-Demand P
 }
+PROFILE_ATTEMPTS = 6  # CreateAutoScalingGroup tries while a new instance profile propagates (_create_group)
 QUOTA_CODES = {"MaxSpotInstanceCountExceeded", "VcpuLimitExceeded", "InstanceLimitExceeded", "LimitExceeded"}
 AUTH_CODES = {"AuthFailure", "UnauthorizedOperation", "AccessDenied", "AccessDeniedException",
               "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "UnrecognizedClientException"}
@@ -78,6 +79,11 @@ def _error(error: Exception, what: str) -> NascloudError:
     if not isinstance(error, ClientError):
         return CloudError(f"AWS {what} failed: {one_line(error)}")
     code, message = _code(error), one_line(error.response["Error"].get("Message", ""))
+    if error.response.get("ResponseMetadata", {}).get("MaxAttemptsReached"):  # botocore retried it: throttled, or 5xx
+        from nascloud.aws_session import RETRY_ATTEMPTS
+
+        return CloudError(f"AWS {what} failed {RETRY_ATTEMPTS} times in a row ({code}: {message}); AWS is throttling "
+                          "or unavailable: try again in a few minutes")
     if code in QUOTA_CODES:
         return CloudError(f"your AWS quota stops {what} ({code}: {message}); request an increase in the Service "
                           "Quotas console, or try on-demand (compute.spot: false)")
@@ -146,6 +152,19 @@ def fis_template(job_id: str, instance_arn: str, role_arn: str) -> dict:
     }
 
 
+def quota_codes(offer: dict, spec) -> list[tuple[str, str]]:
+    """The Service Quotas preflight reads, as (market, code): the group's market's, and with
+    compute.on_demand_after_preemptions on a spot group the on-demand one too, which its fallback runs on."""
+    kind = offer.get("instance_type") or ""
+    family = "vt" if kind.startswith("vt") else kind[:1]
+    if family not in QUOTAS:
+        return []  # not a GPU family nascloud knows the quota codes of
+    spot = bool(offer.get("spot"))
+    markets = ["spot", "on-demand"] if spot and spec.compute.on_demand_after_preemptions else \
+        ["spot" if spot else "on-demand"]
+    return [(market, QUOTAS[family][market == "on-demand"]) for market in markets]
+
+
 def _instance_types(offer: dict) -> list[str]:
     """The offer's instance type first, then the equivalent ones it lists (same GPU, similar price)."""
     types = [offer["instance_type"], *offer.get("instance_types", ())]
@@ -183,7 +202,11 @@ def requests(group: GroupSpec, image: str, subnets: list[str], security_group: O
         distribution["SpotAllocationStrategy"] = "price-capacity-optimized"
     auto_scaling = {
         "AutoScalingGroupName": name, "MinSize": 0, "MaxSize": max(group.size, 1), "DesiredCapacity": group.size,
-        "VPCZoneIdentifier": ",".join(subnets), "CapacityRebalance": spot,
+        # Capacity Rebalancing launches the replacement first and ends the old instance only once the new one
+        # passes its health checks, exceeding MaxSize if it must (docs.aws.amazon.com/autoscaling/ec2/userguide/
+        # ec2-auto-scaling-capacity-rebalancing.html): for a group of one, two GPUs bill and both train. Off
+        # there; the two-minute interruption notice is what the instance snapshots on.
+        "VPCZoneIdentifier": ",".join(subnets), "CapacityRebalance": spot and group.size > 1,
         "MixedInstancesPolicy": {
             "LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateName": name, "Version": "$Latest"},
                                "Overrides": [{"InstanceType": t} for t in _instance_types(offer)]},
@@ -223,7 +246,9 @@ def launch_request(job_id: str, offer, spec) -> dict:
     made = requests(group, spec.compute.image or f"<resolved at launch from SSM {DLAMI_PARAMETER}>",
                     [f"<default subnet of zone {z}>" for z in zones], security)
     return {"cloud": "aws", "region": group.offer.get("region"),
-            **job_requests([group], bucket.bucket, bucket.prefix, spec.compute.ssh_cidr), **made}
+            **job_requests([group], bucket.bucket, bucket.prefix, spec.compute.ssh_cidr), **made,
+            "GetServiceQuota (preflight)": [{"ServiceCode": "ec2", "QuotaCode": code, "market": market}
+                                            for market, code in quota_codes(group.offer, spec)]}
 
 
 def _parse_time(value) -> Optional[float]:
@@ -278,7 +303,10 @@ class AwsProvisioner:
     def _client(self, service: str, region: Optional[str] = None):
         region = region or self.region
         if (service, region) not in self._clients:
-            self._clients[service, region] = self._session.client(service, region_name=region)
+            from nascloud.aws_session import client_config
+
+            self._clients[service, region] = self._session.client(service, region_name=region,
+                                                                   config=client_config())
         return self._clients[service, region]
 
     def _call(self, what: str, call, **params):
@@ -335,18 +363,15 @@ class AwsProvisioner:
                     raise UsageError(f"bucket s3://{bucket.bucket} does not exist; create it "
                                      f"(`aws s3 mb s3://{bucket.bucket}`) or fix checkpoint.bucket") from None
                 raise _error(error, f"reaching bucket s3://{bucket.bucket}") from None
-            kind = offer["instance_type"]
-            family = "vt" if kind.startswith("vt") else kind[:1]
-            if family not in QUOTAS:
-                continue  # not a GPU family nascloud knows the quota code of
-            spot = bool(offer.get("spot"))
-            code = QUOTAS[family][0 if spot else 1]
-            quota, needed = self._quota(region, code), vcpus * max(group.size, 1)
-            if quota is not None and quota < needed:
-                market = "spot" if spot else "on-demand"
-                raise CloudError(f"your AWS {market} quota for {kind} in {region} is {quota:g} vCPUs and it needs "
-                                 f"{needed} (new accounts start at 0); request an increase of quota {code} in the "
-                                 "Service Quotas console" + (", or try on-demand (compute.spot: false)" if spot else ""))
+            kind, needed = offer["instance_type"], vcpus * max(group.size, 1)
+            for market, code in quota_codes(offer, spec):
+                quota = self._quota(region, code)
+                if quota is not None and quota < needed:
+                    other = {"spot": ", or try on-demand (compute.spot: false)",
+                             "on-demand": ", or unset compute.on_demand_after_preemptions" if offer.get("spot") else ""}
+                    raise CloudError(f"your AWS {market} quota for {kind} in {region} is {quota:g} vCPUs and it needs "
+                                     f"{needed} (new accounts start at 0); request an increase of quota {code} in the "
+                                     f"Service Quotas console{other[market]}")
 
     def _quota(self, region: str, code: str) -> Optional[float]:
         quotas = self._client("service-quotas", region)
@@ -375,7 +400,6 @@ class AwsProvisioner:
         self._ensure_role(made)
         for group in groups:
             region = self._region_of(group.offer)
-            name = group_name(job_id, group.name)
             if self._auto_scaling_groups(region, [{"Name": f"tag:{JOB_TAG}", "Values": [job_id]},
                                                   {"Name": f"tag:{GROUP_TAG}", "Values": [group.name]}]):
                 continue  # made by an earlier launch of the same job: left as it is
@@ -386,8 +410,25 @@ class AwsProvisioner:
             found = requests(group, image, self._subnets(ec2, group.offer), security_group)
             self._ensure(ec2.create_launch_template, found["CreateLaunchTemplate"],
                          "InvalidLaunchTemplateName.AlreadyExistsException", "creating the launch template")
-            self._call(f"creating the Auto Scaling group {name}",
-                       self._client("autoscaling", region).create_auto_scaling_group, **found["CreateAutoScalingGroup"])
+            self._create_group(region, found["CreateAutoScalingGroup"])
+
+    def _create_group(self, region: str, request: dict) -> None:
+        """CreateAutoScalingGroup, retried while the instance profile made a moment ago is not yet usable: IAM is
+        eventually consistent, and Auto Scaling refuses the launch template for seconds with ValidationError
+        "... parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name" (seen 34 s after
+        CreateInstanceProfile in eksctl-io/eksctl#8039; Terraform retries this exact error for its IAM
+        propagation timeout of 2 minutes, hashicorp/terraform-provider-aws#5633). Waits of 1, 2, 4, 8, 8 polls:
+        23 polls (115 s at the default 5 s) over 6 attempts, before create_groups gives up and cleans up."""
+        name = request["AutoScalingGroupName"]
+        for attempt in range(PROFILE_ATTEMPTS):
+            try:
+                self._client("autoscaling", region).create_auto_scaling_group(**request)
+                return
+            except Exception as error:
+                if attempt == PROFILE_ATTEMPTS - 1 or _code(error) != "ValidationError" or \
+                        "Invalid IAM Instance Profile" not in str(error):
+                    raise _error(error, f"creating the Auto Scaling group {name}") from None
+            time.sleep(self._poll * 2 ** min(attempt, 3))
 
     def _ensure(self, call, params: dict, exists: str, what: str) -> None:
         try:

@@ -11,30 +11,32 @@ compute.ssh_cidr set, also a firewall rule nascloud-<job-id> admitting 22/tcp fr
 tag; without, no inbound rule at all. Operations are waited on with our own operations clients: the
 library's `.result()` would poll Google's real host whatever endpoint the clients were given.
 
-NASCLOUD_GCE_ENDPOINT (e.g. http://127.0.0.1:PORT) points every client at another Compute Engine endpoint
-with anonymous credentials: that is how the tests reach their local server.
+NASCLOUD_GCE_ENDPOINT (e.g. http://127.0.0.1:PORT) points every client at another Compute Engine endpoint:
+that is how the tests reach their local server, which checks the caller's token and IAM as Google does.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import time
+import urllib.error
 import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from nascloud.cloud_errors import gcp_credentials_error, one_line
+from nascloud.cloud_errors import one_line
 from nascloud.cost import BOOT_DISK_GB
 from nascloud.errors import CloudError, NascloudError, UsageError
+from nascloud.gcp_auth import METADATA_ENV, gcp_credentials
 from nascloud.provisioners.base import Group, GroupSpec, Instance, State
 from nascloud.provisioners.common import (bootstrap_script, default_owner, dry_run_group, job_prefix, power_off,
                                           remove_job_keys, ssh_cidr)
 
 ENDPOINT_ENV = "NASCLOUD_GCE_ENDPOINT"
-METADATA_ENV = "NASCLOUD_GCE_METADATA_URL"
 METADATA_URL = "http://metadata.google.internal/computeMetadata/v1"
 # Deep Learning VM image family with CUDA and the NVIDIA driver installer; overridable with compute.image.
 DEFAULT_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
@@ -78,14 +80,22 @@ def _firewall(job_id: str) -> str:
     return f"nascloud-{job_id}"
 
 
+def _text(error: Exception) -> str:
+    """A failure's cause in one line: the REST transport's message starts with the request ("POST https://...: "),
+    the cause is what follows."""
+    return one_line(re.sub(r"^[A-Z]+ \S+: ", "", getattr(error, "message", None) or str(error)))
+
+
 def _error(error: Exception, what: str) -> NascloudError:
     from google.api_core import exceptions
 
     if isinstance(error, NascloudError):
         return error
+    if isinstance(error, exceptions.RetryError):  # only throttling is retried (_throttled): it outlasted the cap
+        return CloudError(f"GCP kept refusing {what} as over its rate quota for {THROTTLED_SECONDS:.0f}s "
+                          f"({_text(error.cause)}); try again in a few minutes")
     reason = getattr(error, "reason", None) or ""
-    # The REST transport's message starts with the request ("POST https://...: "): the cause is what follows.
-    text = one_line(re.sub(r"^[A-Z]+ \S+: ", "", getattr(error, "message", None) or str(error)))
+    text = _text(error)
     if isinstance(error, exceptions.Forbidden) and "quota" in (reason + text).lower():
         return CloudError(f"GCP quota stops {what}: {text}; request more under IAM & Admin > Quotas")
     if isinstance(error, (exceptions.Unauthorized, exceptions.Forbidden)):
@@ -94,8 +104,46 @@ def _error(error: Exception, what: str) -> NascloudError:
     return CloudError(f"GCP {what} failed: {text}")
 
 
+# Compute Engine refuses a call over a rate quota with 403 rateLimitExceeded, and the quota refills at the
+# next minute (https://cloud.google.com/compute/api-quota: "you receive a 403 error with the reason
+# rateLimitExceeded ... wait a minute then try your request again"); Google's APIs also answer 429. So
+# every call retries those with google-api-core's backoff (0.5 s doubling up to 16 s, random within each)
+# for at most 90 s, one refill and a half. api-core caps the time, not the attempts (googleapis/
+# python-api-core#535): within 90 s that is at least 10 attempts, about 16 on average.
+RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
+THROTTLED_SECONDS = 90.0
+
+
+def _throttled(error: Exception) -> bool:
+    from google.api_core import exceptions
+
+    if isinstance(error, exceptions.TooManyRequests):
+        return True
+    return isinstance(error, exceptions.Forbidden) and any(
+        isinstance(e, dict) and e.get("reason") in RATE_LIMIT_REASONS for e in error.errors)
+
+
+class _Retrying:
+    """A compute_v1 client whose every method retries throttling (each GAPIC method takes `retry`; the
+    clients have no default for all of them)."""
+
+    def __init__(self, client, retry):
+        self._client, self._retry = client, retry
+
+    def __getattr__(self, name: str):
+        return functools.partial(getattr(self._client, name), retry=self._retry)
+
+
 def _gpu_quota_metric(gpu: str, spot: bool) -> str:
     return f"{'PREEMPTIBLE_' if spot else ''}NVIDIA_{gpu.upper().replace('-', '_')}_GPUS"
+
+
+def quota_metrics(offer: dict, spec) -> list[str]:
+    """The region's GPU quota metrics preflight reads: the group's market's, and with
+    compute.on_demand_after_preemptions on a Spot group the on-demand one too, which its fallback runs on."""
+    spot = bool(offer.get("spot"))
+    markets = [True, False] if spot and spec.compute.on_demand_after_preemptions else [spot]
+    return [_gpu_quota_metric(offer["gpu"], market) for market in markets] if offer.get("gpu") else []
 
 
 def _accelerator(gpu: str) -> str:
@@ -169,6 +217,10 @@ def requests(group: GroupSpec, image: str, service_account: Optional[str], cidr:
     templates = [template(name, spot)] + ([template(standard_template(job_id, group.name), False)] if spot else [])
     manager = {"name": name, "baseInstanceName": name, "instanceTemplate": f"global/instanceTemplates/{name}",
                "targetSize": group.size, "description": "",
+               # A repair recreates a preempted VM from the template it was made from unless this is YES
+               # (cloud.google.com/compute/docs/instance-groups/update-on-repair): with it, use_on_demand's
+               # setInstanceTemplate takes effect at the next preemption, and the running VM stays.
+               "instanceLifecyclePolicy": {"forceUpdateOnRepair": "YES", "defaultActionOnFailure": "REPAIR"},
                "distributionPolicy": {"targetShape": "ANY", "zones": [
                    {"zone": f"zones/{zone}"} for zone in _zones(offer)]}}
     made = {"instanceTemplates.insert": templates, "regionInstanceGroupManagers.insert": manager}
@@ -181,17 +233,60 @@ def requests(group: GroupSpec, image: str, service_account: Optional[str], cidr:
     return made
 
 
-def identity_binding(project: str, region: str, job_id: str, groups: list[str]) -> dict:
-    """The IAM binding the service account needs to resize only the job's groups and switch them to their
-    on-demand template (granted by the user, who owns the project's IAM): Compute Instance Admin on the
-    project, conditioned on the groups' and those templates' names."""
-    names = " || ".join([f'resource.name == "projects/{project}/regions/{region}/instanceGroupManagers/'
-                         f'{group_name(job_id, g)}"' for g in groups] +
-                        # the on-demand fallback points the group at this template: using it is checked on it
-                        [f'resource.name == "projects/{project}/global/instanceTemplates/'
-                         f'{standard_template(job_id, g)}"' for g in groups])
-    return {"role": "roles/compute.instanceAdmin.v1", "condition": {
-        "title": f"nascloud {job_id} groups", "expression": names}}
+# The instance's own calls, each named by its API reference's "IAM Permissions": whoami reads its VM
+# (instances.get); resize and the reason patch its group (regionInstanceGroupManagers.resize and .patch:
+# compute.instanceGroupManagers.update), and it waits on their region operations (regionOperations.get);
+# the on-demand fallback reads the STANDARD template and points the group at it (setInstanceTemplate:
+# update, and compute.instanceTemplates.useReadOnly on that template). Not roles/compute.instanceAdmin.v1,
+# which also lets it create, delete and update any group or VM the condition names.
+INSTANCE_ROLE_ID = "nascloudInstance"
+INSTANCE_PERMISSIONS = ("compute.instanceGroupManagers.update", "compute.instanceTemplates.get",
+                        "compute.instanceTemplates.useReadOnly", "compute.instances.get",
+                        "compute.regionOperations.get")
+
+
+def instance_role(project: str) -> dict:
+    """The custom role the service account is granted (projects.roles.create's body; `gcloud iam roles create
+    nascloudInstance --project=PROJECT --permissions=...` makes it), one per project for every job."""
+    return {"parent": f"projects/{project}", "roleId": INSTANCE_ROLE_ID,
+            "role": {"title": "nascloud instance", "stage": "GA", "includedPermissions": list(INSTANCE_PERMISSIONS),
+                     "description": "What a nascloud VM does to its own job's group: resize it, note the reason, "
+                                    "switch it to its on-demand template; read itself and the operations"}}
+
+
+def identity_binding(project: str, region: str, job_id: str, groups: list[str], zones: tuple = ()) -> dict:
+    """The project binding the service account needs for the job (granted by the user, who owns the project's
+    IAM): the custom role above, conditioned on the job's groups, their on-demand templates, the groups' VMs
+    in the offer's zones (the VM reads itself) and the region's operations (names GCE picks; reading one
+    reveals only its progress). IAM Conditions see these names as
+    https://cloud.google.com/iam/docs/conditions-resource-attributes#resource-name writes them."""
+    names = [f'resource.name == "projects/{project}/regions/{region}/instanceGroupManagers/{group_name(job_id, g)}"'
+             for g in groups]
+    # the on-demand fallback points the group at this template: using it is checked on it
+    names += [f'resource.name == "projects/{project}/global/instanceTemplates/{standard_template(job_id, g)}"'
+              for g in groups]
+    names += [f'resource.name.startsWith("projects/{project}/zones/{zone}/instances/{group_name(job_id, g)}-")'
+              for g in groups for zone in zones]
+    names.append(f'resource.name.startsWith("projects/{project}/regions/{region}/operations/")')
+    return {"role": f"projects/{project}/roles/{INSTANCE_ROLE_ID}", "condition": {
+        "title": f"nascloud {job_id} groups", "expression": " || ".join(names)}}
+
+
+def bucket_bindings(job_url: str) -> list[dict]:
+    """The bucket bindings the service account needs (gcloud storage buckets add-iam-policy-binding): the
+    job's prefix read and written; the data sets beside it (PREFIX/data/, written by launch) read only; and
+    the bucket itself read. Listing is checked on the bucket, not on object names, so no object-name
+    condition grants it (https://cloud.google.com/storage/docs/access-control/iam#conditions): the
+    bootstrap's wheel listing and the store's prefix listings need legacyBucketReader (storage.objects.list
+    and storage.buckets.get, which the store reads to tell a missing object from a missing bucket)."""
+    bucket, _, prefix = job_url.removeprefix("gs://").partition("/")
+    parent = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+    objects = f"projects/_/buckets/{bucket}/objects/"
+    return [{"role": "roles/storage.objectAdmin", "condition": {
+                "title": "nascloud job prefix", "expression": f'resource.name.startsWith("{objects}{prefix}/")'}},
+            {"role": "roles/storage.objectViewer", "condition": {
+                "title": "nascloud data sets", "expression": f'resource.name.startsWith("{objects}{parent}data/")'}},
+            {"role": "roles/storage.legacyBucketReader"}]
 
 
 def launch_request(job_id: str, offer, spec) -> dict:
@@ -200,8 +295,12 @@ def launch_request(job_id: str, offer, spec) -> dict:
     project = os.environ.get("NASCLOUD_GCP_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT") or "<your project>"
     account = os.environ.get("NASCLOUD_GCP_SERVICE_ACCOUNT") or "<NASCLOUD_GCP_SERVICE_ACCOUNT>"
     made = requests(group, spec.compute.image or DEFAULT_IMAGE, account, spec.compute.ssh_cidr)
-    return {"cloud": "gcp", "project": project, "region": _region(group.offer), **made,
-            "service account binding": identity_binding(project, _region(group.offer), job_id, [group.name])}
+    region = _region(group.offer)
+    return {"cloud": "gcp", "project": project, "region": region, **made,
+            "service account role": instance_role(project),
+            "service account binding": identity_binding(project, region, job_id, [group.name],
+                                                        tuple(_zones(group.offer))),
+            "bucket bindings": bucket_bindings(job_prefix(spec, job_id, "gs").url)}
 
 
 def _timestamp(value: Optional[str]) -> Optional[float]:
@@ -235,28 +334,20 @@ class GcpProvisioner:
         if kind not in self._clients:
             from google.cloud import compute_v1
 
+            from google.api_core.retry import Retry
+
             if self._credentials is None:
                 self._credentials = self._authenticate()
             options = {"api_endpoint": self.endpoint} if self.endpoint else None
-            self._clients[kind] = getattr(compute_v1, kind)(transport="rest", credentials=self._credentials,
-                                                            client_options=options)
+            client = getattr(compute_v1, kind)(transport="rest", credentials=self._credentials,
+                                               client_options=options)
+            self._clients[kind] = _Retrying(client, Retry(predicate=_throttled, initial=0.5, multiplier=2.0,
+                                                          maximum=16.0, timeout=THROTTLED_SECONDS))
         return self._clients[kind]
 
     def _authenticate(self):
-        if self.endpoint:
-            from google.auth.credentials import AnonymousCredentials
-
-            if not self.project:
-                raise UsageError("set NASCLOUD_GCP_PROJECT to the project to launch in")
-            return AnonymousCredentials()
-        import google.auth
-        from google.auth.exceptions import DefaultCredentialsError
-
-        try:
-            # On a VM this is the metadata server's token for the VM's service account: no gcloud needed.
-            credentials, project = google.auth.default(scopes=SCOPES)
-        except DefaultCredentialsError as error:
-            raise gcp_credentials_error(error) from None
+        # Under a test endpoint too: the fakes check who calls (on a VM, its service account's token).
+        credentials, project = gcp_credentials(SCOPES)
         self.project = self.project or project
         if not self.project:
             raise UsageError("no GCP project: set NASCLOUD_GCP_PROJECT or `gcloud config set project ...`")
@@ -350,15 +441,17 @@ class GcpProvisioner:
             spot, needed = bool(offer.get("spot")), int(offer.get("gpu_count") or 1) * max(group.size, 1)
             project = self._call("reading the project's quotas", "ProjectsClient", "get")
             found = self._call("reading the region's quotas", "RegionsClient", "get", region=region)
-            # GPUS_ALL_REGIONS caps the whole project (0 in a new one), the regional metric this region.
-            for quotas, metric, where, other in (
-                    (project.quotas, "GPUS_ALL_REGIONS", "the project", ""),
-                    (found.quotas, _gpu_quota_metric(offer["gpu"], spot), region, ", or try another region")):
+            # GPUS_ALL_REGIONS caps the whole project (0 in a new one), the regional metrics this region.
+            checks = [(project.quotas, "GPUS_ALL_REGIONS", "the project", "")]
+            for metric in quota_metrics(offer, group.spec):
+                fix = (" or on-demand (compute.spot: false)" if metric.startswith("PREEMPTIBLE_") else
+                       " or unset compute.on_demand_after_preemptions" if spot else "")
+                checks.append((found.quotas, metric, region, ", or try another region" + fix))
+            for quotas, metric, where, other in checks:
                 quota = next((q for q in quotas if q.metric == metric), None)
                 if quota is not None and quota.limit - quota.usage < needed:
                     raise CloudError(f"your GCP quota {metric} in {where} is {quota.limit:g} with {quota.usage:g} in "
-                                     f"use (new projects start at 0); request more under IAM & Admin > Quotas{other}"
-                                     + (" or on-demand (compute.spot: false)" if spot and other else ""))
+                                     f"use (new projects start at 0); request more under IAM & Admin > Quotas{other}")
 
     def create_groups(self, groups: list[GroupSpec]) -> None:
         if not groups:
@@ -473,17 +566,20 @@ class GcpProvisioner:
         for region in sorted(self.regions):
             client = self._client("RegionInstanceGroupManagersClient")
             try:
-                if reason:  # the group's description carries it to every observer
-                    self._wait(client.patch_unary(project=self.project, region=region, instance_group_manager=name,
-                                                  instance_group_manager_resource=compute_v1.InstanceGroupManager(
-                                                      description=reason[:2048])), "noting the reason", region=region)
+                # The resize first: it is what stops the bill; the reason is for observers.
                 operation = client.resize_unary(project=self.project, region=region, instance_group_manager=name,
                                                 size=size)
+                if reason:  # the group's description carries it to every observer
+                    noted = client.patch_unary(project=self.project, region=region, instance_group_manager=name,
+                                               instance_group_manager_resource=compute_v1.InstanceGroupManager(
+                                                   description=reason[:2048]))
             except NotFound:
                 continue  # a missing group is success
             except Exception as error:
                 raise _error(error, f"resizing {name}") from None
             self._wait(operation, f"resizing {name}", region=region)
+            if reason:
+                self._wait(noted, "noting the reason", region=region)
 
     def spot_prices(self, region: str, instance_type: str, zone: Optional[str], start: float,
                     end: float) -> Optional[list[tuple[float, float]]]:
@@ -601,11 +697,20 @@ class GcpProvisioner:
             with urllib.request.urlopen(request, timeout=5) as reply:
                 return reply.read().decode().strip()
 
+        def read_if_there(path: str) -> str:
+            """A value some images' metadata lacks: provisioning-model is newer than preemptible."""
+            try:
+                return read(path)
+            except urllib.error.HTTPError as error:
+                if error.code == 404:
+                    return ""
+                raise
+
         try:
             number, name = read("instance/id"), read("instance/name")
             zone, kind = read("instance/zone").rsplit("/", 1)[-1], read("instance/machine-type").rsplit("/", 1)[-1]
-            spot = read("instance/scheduling/provisioning-model") == "SPOT" or \
-                read("instance/scheduling/preemptible").upper() == "TRUE"
+            spot = read_if_there("instance/scheduling/provisioning-model") == "SPOT" or \
+                read_if_there("instance/scheduling/preemptible").upper() == "TRUE"
             self.project = self.project or read("project/project-id")
         except OSError as error:
             raise CloudError(f"cannot read this VM's metadata at {base} ({error}); is this a GCE VM?") from None

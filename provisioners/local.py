@@ -9,7 +9,10 @@ is how a preemption (or the host's own power-off) finds them all, even those tha
 The supervisor knows only its group file and its hosts: no ledger, heartbeat, exit record, budget,
 checkpoint or agent (tests/test_imports.py proves it). A host that ends (its bootstrap process exits, or
 a preemption kills it) is recorded with the supervisor's own time, like a cloud's console would, and
-replaced while the size says so. State is small JSON files under the provider's root, which the bundle
+replaced while the size says so: at once after a preemption, after a growing pause (2 s, 4 s ... a minute)
+when hosts end within a minute of their start. It obeys the bootstrap's breaker as a cloud group obeys
+the instance's resize: a host that ended leaving `failed` (its boot failed before the governor ran), or a
+`halt` file another group's failed boot left, sets the group to 0 with that reason. State is small JSON files under the provider's root, which the bundle
 records, so any process on this machine (a fresh NASCLOUD_HOME included) finds the same groups.
 """
 
@@ -35,6 +38,7 @@ from nascloud.provisioners.common import bootstrap_script
 INSTANCE_ENV = "NASCLOUD_LOCAL_INSTANCE"  # marks every process of a local host
 SSHD_PID = "ssh/sshd.pid"  # in a host's folder: its opt-in sshd (nascloud/agent/ssh.py), which the mark misses
 POLL_SECONDS = 0.2
+QUICK_END_SECONDS = 60.0  # a host that ends sooner than this after its start delays the next: the longest pause
 
 
 def _alive(pid: Optional[int]) -> bool:
@@ -253,6 +257,8 @@ class Supervisor:
     def __init__(self, folder: Path):
         self.folder = folder
         self.children: dict[str, subprocess.Popen] = {}
+        self.quick_ends = 0  # hosts in a row that ended within QUICK_END_SECONDS of their start
+        self.not_before = 0.0  # no new host before this time
 
     def _hosts(self) -> list[tuple[Path, dict]]:
         found = [(p.parent, _read(p)) for p in sorted((self.folder / "hosts").glob("*/host.json"))]
@@ -274,6 +280,24 @@ class Supervisor:
             self.children[instance_id] = child
             _write(host / "host.json", {**record, "pid": child.pid})
 
+    def _halt(self, reason: str) -> None:
+        """The breaker: the group to 0 with the reason, as the instance's resize does on a cloud."""
+        with _locked(self.folder):
+            record = _read(self.folder / "group.json") or {}
+            _write(self.folder / "group.json", {**record, "size": 0, "reason": reason})
+            (self.folder / "halt").unlink(missing_ok=True)
+
+    def _ended(self, host: Path, record: dict) -> None:
+        """A host whose bootstrap exited: a failed boot trips the breaker; a short life delays the next."""
+        self._end_host(host, "terminated")
+        if (host / "failed").exists():
+            self._halt(f"a boot of {record['instance_id']} failed before the governor ran: "
+                       f"{(host / 'failed').read_text().strip()}")
+        lived = time.time() - record["launched_at"]
+        self.quick_ends = self.quick_ends + 1 if lived < QUICK_END_SECONDS else 0
+        if self.quick_ends:
+            self.not_before = time.time() + min(2.0 ** self.quick_ends, QUICK_END_SECONDS)
+
     def _end_host(self, host: Path, state: str) -> None:
         with _locked(host):
             record = _read(host / "host.json")
@@ -284,7 +308,8 @@ class Supervisor:
 
     def step(self) -> bool:
         """One look at the group; False once it is at size 0 with no host left."""
-        group = _read(self.folder / "group.json") or {"size": 0}
+        if (self.folder / "halt").exists():
+            self._halt((self.folder / "halt").read_text().strip())
         live = []
         for host, record in self._hosts():
             if State(record["state"]) not in LIVE:
@@ -293,11 +318,12 @@ class Supervisor:
             if child is not None and child.poll() is None or child is None and _alive(record.get("pid")):
                 live.append(host)
             else:  # the bootstrap (the instance's governor) exited: the machine powered off
-                self._end_host(host, "terminated")
+                self._ended(host, record)
+        group = _read(self.folder / "group.json") or {"size": 0}
         size = int(group["size"])
         for host in live[size:] if size < len(live) else ():
             self._end_host(host, "terminated")
-        for _ in range(size - len(live)):
+        for _ in range(size - len(live)) if time.time() >= self.not_before else ():
             self._start_host(group)
         return size > 0 or bool(live)
 

@@ -56,7 +56,7 @@ def test_create_twice_makes_one_group_whose_instance_the_engine_replaces(aws):
     policy = described["MixedInstancesPolicy"]
     assert policy["InstancesDistribution"]["SpotAllocationStrategy"] == "price-capacity-optimized"
     assert policy["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 0
-    assert described["CapacityRebalance"] is True
+    assert described["CapacityRebalance"] is False  # a group of one: no launch-before-terminate (issue 20)
     subnets = ec2.describe_subnets(SubnetIds=described["VPCZoneIdentifier"].split(","))["Subnets"]
     assert sorted(s["AvailabilityZoneId"] for s in subnets) == ["use1-az1", "use1-az2"]  # the offer's zones
     assert all(t["PropagateAtLaunch"] for t in described["Tags"])

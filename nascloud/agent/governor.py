@@ -7,7 +7,9 @@ a hung Python cannot overspend), then runs the agent under supervision: a crash 
 a row with no new snapshot or epoch fail the job with the reason. At every end (finished, budget,
 deadline, stop request, failure) it writes the final notice, sets the job's groups to 0 and powers the
 machine off, so the bill ends with the search. A bucket it cannot use is its own case: the groups go to 0
-with the reason on the group (what `status` shows) and nothing is counted as a crash.
+with the reason on the group (what `status` shows) and nothing is counted as a crash. Anything else that
+goes wrong (no metadata, a provider or bucket error, a bug) exits with the reason in governor-failed, and
+the bootstrap's breaker ends the groups, records the failed boot and powers off (scripts/bootstrap.sh).
 """
 
 from __future__ import annotations
@@ -28,32 +30,48 @@ log = logging.getLogger("nascloud.instance")
 
 CRASH_LIMIT = 3  # agent starts in a row that die without a new snapshot or epoch
 NOTICE_GRACE_SECONDS = 180.0  # a preemption notice the cloud does not follow up: resume the agent after this
+GOVERNOR_FAILED = "governor-failed"  # in NASCLOUD_ROOT: why the governor exited, for the bootstrap's breaker
 
 
 class Governor:
     def __init__(self, env: Optional[dict] = None):
-        from nascloud.provisioners import instance_provisioner
-
+        """Reads the bootstrap's values only: nothing here can fail on the network, so every later failure
+        reaches a path that ends the groups."""
         env = dict(os.environ if env is None else env)
+        self.env = env
         self.job_id, self.group, self.job_url = env["NASCLOUD_JOB_ID"], env["NASCLOUD_GROUP"], env["NASCLOUD_JOB_URL"]
         self.root = Path(env.get("NASCLOUD_ROOT") or ".")
         self.cloud, self.ssh = env["NASCLOUD_CLOUD"], env.get("NASCLOUD_SSH") == "1"
-        self.provisioner = instance_provisioner(env)
-        self.me = self.provisioner.whoami(self.job_id, self.group)
-        self.groups = [self.group]
+        self.groups = (env.get("NASCLOUD_GROUPS") or self.group).split()
+        self._provisioner = None
+        self.me = None
         self.bucket: Optional[JobBucket] = None
         self.governance = None
+
+    @property
+    def provisioner(self):
+        if self._provisioner is None:
+            from nascloud.provisioners import instance_provisioner
+
+            self._provisioner = instance_provisioner(self.env)
+        return self._provisioner
 
     # -- ends -----------------------------------------------------------------------------------
     def halt(self, reason: str) -> NoReturn:
         """Every group of the job to 0, then this machine off. The group records why (the observer's view
         when the bucket itself is what failed)."""
         log.info("ending the job's groups and this machine: %s", reason)
+        refused = []
         for group in self.groups:
             try:
                 self.provisioner.resize(self.job_id, group, 0, reason=reason)
-            except Exception as error:  # noqa: BLE001  the power-off must happen whatever the API says
+            except Exception as error:  # noqa: BLE001  every group is tried, whatever the API says of one
                 log.warning("could not resize group %s to 0: %s", group, error)
+                refused.append(f"group {group}: {error}")
+        if refused:
+            # A group left above 0 would replace this machine: the bootstrap's breaker tries again with the
+            # instance's identity, counts this boot and powers off.
+            raise GovernorFailed(f"{reason}; but could not set the job's groups to 0 ({'; '.join(refused)})")
         self.provisioner.power_off()
         raise SystemExit(0)  # the machine is going down (and its group at 0 ends it anyway): do nothing more
 
@@ -82,6 +100,7 @@ class Governor:
     def boot(self) -> None:
         from nascloud.agent.governance import Governance
 
+        self.me = self.provisioner.whoami(self.job_id, self.group)
         try:
             self.bucket = JobBucket.open(self.job_url)
             self.groups = [g.name for g in self.bucket.bundle().groups]
@@ -136,7 +155,7 @@ class Governor:
         limits = []
         if budget.get("usd") and entry.price_per_hour > 0:
             # What this instance may still bill: the budget less everything else, from its own launch.
-            others = (ledger_total([e.billed(now) for e in ledger if e is not entry], now,
+            others = (ledger_total([e for e in self.bucket.billed(now) if e.instance_id != entry.instance_id], now,
                                    self.bucket.bundle().billing_minimum_seconds) + self.bucket.charges_usd())
             runs_out = entry.launched_at + (budget["usd"] - others) / entry.price_per_hour * 3600
             limits.append(runs_out - now)
@@ -146,7 +165,8 @@ class Governor:
             return
         seconds = max(0.0, min(limits))
         command = (f"sleep {seconds:.0f}; exec {shlex.quote(sys.executable)} -m nascloud instance "
-                   f"--halt {shlex.quote('the budget timer fired: the budget or deadline ran out')}")
+                   f"--halt {shlex.quote('the budget timer fired: the budget or deadline ran out')} "
+                   f"--instance-id {shlex.quote(self.me.instance_id)}")
         subprocess.Popen(["bash", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
         log.info("budget timer armed: halts the job in %.0f s", seconds)
@@ -222,26 +242,45 @@ class Governor:
             time.sleep(min(2 ** crashes, 30))
 
 
+class GovernorFailed(Exception):
+    """The governor cannot end the job itself: the bootstrap's breaker takes over."""
+
+
 def govern() -> None:
+    """The instance's governor; any failure leaves its reason for the bootstrap's breaker and exits 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s nascloud instance: %(message)s")
-    governor = Governor()
-    governor.boot()
-    governor.supervise()
+    governor = None
+    try:
+        governor = Governor()
+        governor.boot()
+        governor.supervise()
+    except Exception as error:  # noqa: BLE001  whatever it is, the groups must end: the breaker's job
+        from nascloud.cloud_errors import one_line
+
+        log.exception("the governor failed")
+        reason = f"the instance's governor failed: {one_line(error)}"
+        root = governor.root if governor else Path(os.environ.get("NASCLOUD_ROOT") or ".")
+        (root / GOVERNOR_FAILED).write_text(reason[:2000])
+        raise SystemExit(1) from None
 
 
-def halt_now(reason: str) -> None:
-    """The budget timer's end: the groups to 0 and the machine off, with as little as possible in the way."""
+def halt_now(reason: str, instance_id: str) -> None:
+    """The budget timer's end: the groups to 0 and the machine off, with as little as possible in the way
+    (no metadata read: the timer was given this instance's id)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s nascloud instance: %(message)s")
     governor = Governor()
     try:
         bucket = JobBucket.open(governor.job_url)
-        governor.groups = [g.name for g in bucket.bundle().groups]
         from nascloud.agent.governance import Governance
 
         if (bucket.exit_record() or {}).get("status") not in FINAL:
-            bucket.write_exit("budget", reason, governor.me.instance_id)
-        Governance(bucket, governor.me.instance_id).end("budget")
-        bucket.put_log(governor.me.instance_id, governor.agent_log)
-    except NascloudError as error:
+            bucket.write_exit("budget", reason, instance_id)
+        Governance(bucket, instance_id).end("budget")
+        bucket.put_log(instance_id, governor.agent_log)
+    except Exception as error:  # noqa: BLE001  the records are a courtesy: the halt below is the point
         log.warning("could not close the ledger entry: %s", error)
-    governor.halt(reason)
+    try:
+        governor.halt(reason)
+    except GovernorFailed as error:  # no breaker runs beside the timer: off anyway (the next boot halts too)
+        log.warning("%s", error)
+        governor.provisioner.power_off()

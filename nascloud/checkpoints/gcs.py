@@ -1,6 +1,6 @@
 """gs:// backend (google-cloud-storage, imported when a store is opened). Credentials come from
-google-auth's standard chain; with STORAGE_EMULATOR_HOST set (a local emulator) the client is
-anonymous on project "test".
+nascloud.gcp_auth (google-auth's standard chain; on a test host the VM's metadata server), also with
+STORAGE_EMULATOR_HOST set (a local emulator, or the tests' IAM proxy in front of one).
 
 Create-only is a simple upload with if_generation_match=0, compare-and-swap
 if_generation_match=<generation>. Small objects are simple (not resumable) uploads: emulators and
@@ -9,7 +9,6 @@ GCS both honour preconditions on those.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -21,6 +20,7 @@ from google.cloud import storage
 
 from nascloud.checkpoints.base import ObjectInfo
 from nascloud.cloud_errors import gcp_credentials_error
+from nascloud.gcp_auth import gcp_credentials
 from nascloud.errors import CloudError, UsageError
 
 
@@ -34,12 +34,9 @@ class GCSObjects:
         self.url = f"gs://{bucket}/{prefix}".rstrip("/")
         self.bucket_name = bucket
         with self._errors():
-            if os.environ.get("STORAGE_EMULATOR_HOST"):
-                from google.auth.credentials import AnonymousCredentials
-
-                client = storage.Client(project="test", credentials=AnonymousCredentials())
-            else:
-                client = storage.Client()
+            # As who we are under an emulator too (the tests' proxy checks IAM): on a VM its service account.
+            credentials, project = gcp_credentials()
+            client = storage.Client(project=project, credentials=credentials)
         self.bucket = client.bucket(bucket)
         self._bucket_seen = False
 

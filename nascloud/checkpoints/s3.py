@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 import botocore.exceptions as bx
 from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 
-from nascloud.aws_session import aws_session
+from nascloud.aws_session import aws_session, client_config
 from nascloud.checkpoints.base import ObjectInfo
 from nascloud.errors import CloudError, UsageError
 
@@ -34,7 +34,7 @@ class S3Objects:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
-        self.client = aws_session().client("s3")
+        self.client = aws_session().client("s3", config=client_config())
 
     def _key(self, key: str) -> str:
         return self.prefix + key

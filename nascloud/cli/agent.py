@@ -33,6 +33,7 @@ def agent(
 @app.command(hidden=True)
 def instance(
     halt: Optional[str] = typer.Option(None, help="End the job's groups and this machine now, saying why."),
+    instance_id: str = typer.Option("", help="With --halt: this instance's id (the budget timer knows it)."),
 ) -> None:
     """What the bootstrap becomes on an instance (its values come from the NASCLOUD_* environment): record
     the instance in the ledger, govern the budget, run the agent, and at the end set the groups to 0 and
@@ -40,7 +41,7 @@ def instance(
     from nascloud.agent.governor import govern, halt_now
 
     if halt:
-        halt_now(halt)
+        halt_now(halt, instance_id)
     else:
         govern()
 
