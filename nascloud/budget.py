@@ -69,6 +69,33 @@ def storage_charge(stored_bytes: int, seconds: float, rates: Mapping[str, float]
     return stored_bytes / 1e9 * rates.get("storage_gb_month", 0.0) * seconds / 3600 / cost.HOURS_PER_MONTH
 
 
+# ---- the backstop --------------------------------------------------------------------------------
+
+# The launcher's backstop (README "When a boot fails") ends the groups this much after the budget left runs
+# out at the groups' full price: the slack covers the gaps between a lost instance and its replacement,
+# which make a healthy job's spend slower than the full price, so the governor's own stop comes first.
+BACKSTOP_SLACK = 0.10
+BACKSTOP_GRACE_SECONDS = 600.0
+
+
+def backstop_at(now: float, left_usd: Optional[float], usd_per_hour: float, deadline_at: Optional[float] = None,
+                grace_seconds: float = BACKSTOP_GRACE_SECONDS) -> Optional[float]:
+    """When the groups' own engine sets them to 0 whatever their instances can do; None with neither a
+    budget nor a deadline. A failed boot lives at least the billing minimum (scripts/bootstrap.sh), so a
+    loop of them bills at most usd_per_hour: what it can spend is backstop_bound_usd."""
+    limits = [deadline_at] if deadline_at is not None else []
+    if left_usd is not None and usd_per_hour > 0:
+        limits.append(now + max(left_usd, 0.0) / usd_per_hour * 3600 * (1 + BACKSTOP_SLACK))
+    return min(limits) + grace_seconds if limits else None
+
+
+def backstop_bound_usd(left_usd: float, usd_per_hour: float, minimum_seconds: float,
+                       grace_seconds: float = BACKSTOP_GRACE_SECONDS) -> float:
+    """The most a loop of failed boots that cannot end its own groups spends before the backstop: the
+    group's price until then, and the billing minimum of the boot the backstop ends."""
+    return max(left_usd, 0.0) * (1 + BACKSTOP_SLACK) + usd_per_hour * (grace_seconds + minimum_seconds) / 3600
+
+
 def burn_rate(rows: Sequence[Any]) -> float:
     """USD per hour now: the running instances' launch prices. Between instances (a recovery in
     progress) the last one's price, since its replacement is about to be billed at a like price."""

@@ -61,6 +61,11 @@ class OfferRecord(_Record):
         return (row.on_demand_price_per_hour if row else self.on_demand_price_per_hour) + self.on_demand_extras_per_hour
 
 
+    def highest_price(self) -> float:
+        """The most an instance of the group can bill an hour, in whichever zone it lands (its market)."""
+        return max([self.price_for(z.key, self.spot) for z in self.zones] or [self.price_for(None, self.spot)])
+
+
 class GroupRecord(_Record):
     name: str
     size: int = 1

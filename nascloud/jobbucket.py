@@ -230,6 +230,11 @@ class JobBucket:
         listed = {i.instance_id: i for i in instances if i.instance_id != skip}
         entries = {e.instance_id: e for e in self.ledger()}
         offer = self.bundle().offer
+        failed = {b.instance_id for b in self.failed_boots()}
+
+        def end_reason(instance) -> str:
+            return "boot failed" if instance.instance_id in failed else instance.state.value
+
         for instance in listed.values():
             if instance.instance_id not in entries and instance.launched_at is not None:
                 live = instance.state.value in ("pending", "running")
@@ -239,7 +244,7 @@ class JobBucket:
                     price_per_hour=offer.price_for(instance.zone, instance.spot), launched_at=instance.launched_at,
                     last_seen=now if live else instance.ended_at or instance.launched_at,
                     ended_at=None if live else instance.ended_at or instance.launched_at,
-                    end_reason=None if live else instance.state.value))
+                    end_reason=None if live else end_reason(instance)))
         for entry in entries.values():
             if entry.ended_at is not None or entry.instance_id == skip:
                 continue
@@ -250,7 +255,7 @@ class JobBucket:
                 continue  # not listed yet or any more: give the provider's listing a moment
             end = (instance.ended_at if instance is not None and instance.ended_at
                    else entry.last_seen + heartbeat_seconds())
-            reason = instance.state.value if instance is not None else "lost"
+            reason = end_reason(instance) if instance is not None else "lost"
             self.put_entry(replace(entry, ended_at=max(end, entry.launched_at), end_reason=reason))
 
     def charges_usd(self) -> float:

@@ -10,6 +10,7 @@ work from any machine on the job's bucket.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -87,8 +88,22 @@ def build_wheel() -> Path:
     return wheels[0]
 
 
-def group_specs(bundle) -> list:
-    """What the provider needs to create the job's groups: each group's size, its bootstrap's values and tags."""
+def backstop(bucket) -> Optional[float]:
+    """When the job's groups end by themselves (nascloud.budget.backstop_at), from the budget left now."""
+    from nascloud.budget import BACKSTOP_GRACE_SECONDS, backstop_at
+    from nascloud.jobbucket import spend
+
+    bundle, budget, now = bucket.bundle(), bucket.budget(), time.time()
+    left = budget["usd"] - spend(bucket, now) if budget.get("usd") else None
+    deadline = bundle.created_at + budget["max_hours"] * 3600 if budget.get("max_hours") else None
+    grace = float(os.environ.get("NASCLOUD_BACKSTOP_GRACE_SECONDS", BACKSTOP_GRACE_SECONDS))  # tests: seconds
+    return backstop_at(now, left, bundle.offer.highest_price() * sum(g.size for g in bundle.groups), deadline,
+                       grace)
+
+
+def group_specs(bundle, stop_at: Optional[float] = None) -> list:
+    """What the provider needs to create the job's groups: each group's size, its bootstrap's values and tags,
+    and the backstop's time."""
     from nascloud.provisioners import GroupSpec
     from nascloud.provisioners.common import CLOUD_ROOT, default_owner
 
@@ -101,7 +116,7 @@ def group_specs(bundle) -> list:
         env["NASCLOUD_ROOT"] = CLOUD_ROOT  # a local host gets its own folder from its group
     tags = {"nascloud-job": bundle.job_id, "nascloud-owner": default_owner(), "nascloud-job-url": bundle.job_url}
     return [GroupSpec(bundle.job_id, g.name, g.size, {**env, "NASCLOUD_GROUP": g.name}, bundle.offer.model_dump(),
-                      bundle.spec, tags) for g in bundle.groups]
+                      bundle.spec, tags, stop_at) for g in bundle.groups]
 
 
 @dataclass(frozen=True)
@@ -239,7 +254,7 @@ def launch(prepared: Prepared):
     # The bundle's and the data set's uploads open the job's bucket charges.
     requests = {k: v + getattr(data_store.requests, k) for k, v in asdict(store.requests).items()}
     bucket.put_charge("launch", request_charges(requests, bundle.bucket_rates), requests)
-    prepared.provisioner.create_groups(group_specs(bundle))
+    prepared.provisioner.create_groups(group_specs(bundle, backstop(bucket)))
     bucket.add_event("groups", f"group {', '.join(g.name for g in bundle.groups)} created; "
                                "the instances govern the job from here")
     return bucket
@@ -291,7 +306,7 @@ def resume(bucket, budget_usd: Optional[float], max_hours: Optional[float]) -> N
     bundle = bucket.bundle()
     bucket.add_event("resumed", "job resumed" + (f" with budget ${budget_usd:.2f}" if budget_usd else ""))
     prov = provisioner(bucket)
-    prov.create_groups(group_specs(bundle))  # the groups a finished stop deleted
+    prov.create_groups(group_specs(bundle, backstop(bucket)))  # those a finished stop deleted; the backstop anew
     for group in bundle.groups:
         prov.resize(bundle.job_id, group.name, group.size)
 

@@ -34,6 +34,7 @@ from nascloud.provisioners.common import (bootstrap_script, default_owner, dry_r
 DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 JOB_TAG, OWNER_TAG, JOB_URL_TAG, GROUP_TAG = "nascloud-job", "nascloud-owner", "nascloud-job-url", "nascloud-group"
 REASON_TAG = "nascloud-reason"  # why an instance resized its group to 0, for the observer
+BACKSTOP_ACTION = "nascloud-backstop"  # the scheduled action that ends a group at its budget (backstop_request)
 ASG_TAG = "aws:autoscaling:groupName"
 METADATA_ENV = "NASCLOUD_AWS_METADATA_URL"
 SPOT_REASONS = {"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"}
@@ -93,9 +94,14 @@ def _error(error: Exception, what: str) -> NascloudError:
     return CloudError(f"AWS {what} failed: {code}: {message}")
 
 
-def _trust(service: str) -> dict:
-    return {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]}
+def _trust(service: str, account: Optional[str] = None, source_arn: Optional[str] = None) -> dict:
+    """A role only `service` may assume; with account, only on behalf of that account's own resources
+    (source_arn), against the confused deputy (https://docs.aws.amazon.com/IAM/latest/UserGuide/confused-deputy.html)."""
+    statement = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+    if account:
+        statement["Condition"] = {"StringEquals": {"aws:SourceAccount": account},
+                                  "ArnLike": {"aws:SourceArn": source_arn}}
+    return {"Version": "2012-10-17", "Statement": [statement]}
 
 
 TRUST_POLICY = _trust("ec2.amazonaws.com")
@@ -106,26 +112,46 @@ def data_prefix(job_prefix: str) -> str:
     return "/".join([*job_prefix.split("/")[:-1], "data", ""])
 
 
+# What the instance side writes under the job's prefix (nascloud/jobbucket.py's records, the snapshot store,
+# the agent's results, the bootstrap's failed boots and wheelhouse): all but what only the launcher writes,
+# bundle/job.json and the wheel, budget.json and stop.json. It deletes only what the snapshot store prunes.
+INSTANCE_WRITES = ("agent/*", "ledger/*", "charges/*", "events/*", "claims/*", "logs/*", "hosts/*", "results/*",
+                   "history.json", "boots/*", "bundle/wheelhouse/*", "blobs/*", "manifests/*", "HEAD")
+INSTANCE_DELETES = ("blobs/*", "manifests/*")
+
+
 def role_policy(bucket: str, prefix: str, job_id: str, groups: list[str]) -> dict:
-    """The instance identity: objects under the job's prefix, and resizing (and tagging the reason on) only
-    the job's own groups, by name and by tag; describing is not scoped by AWS, so it is allowed as is."""
+    """The instance identity: reading the job's prefix, writing its own records there (not the budget, the stop
+    request or the bundle), deleting only pruned snapshots (never the ledger the budget sums); resizing and
+    tagging the reason on only the job's own groups, by name and by tag, and never raising their limits;
+    describing is not scoped by AWS, so it is allowed as is."""
+    job = f"arn:aws:s3:::{bucket}/{prefix}"
     group_arns = [f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{group_name(job_id, g)}"
                   for g in groups]
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "JobObjects", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-             "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"},
+            {"Sid": "JobObjects", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{job}/*"},
+            {"Sid": "JobRecords", "Effect": "Allow", "Action": "s3:PutObject",
+             "Resource": [f"{job}/{key}" for key in INSTANCE_WRITES]},
+            {"Sid": "SnapshotPruning", "Effect": "Allow", "Action": "s3:DeleteObject",
+             "Resource": [f"{job}/{key}" for key in INSTANCE_DELETES]},
+            # A GetObject of a missing key then answers 403, not 404 (no ListBucket for that request):
+            # nascloud/checkpoints/s3.py lists the key's name to tell a missing record from a refusal.
             {"Sid": "JobListing", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
              "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}},
             # The data set lives beside the jobs (data/, shared by content): read only.
             {"Sid": "DataSets", "Effect": "Allow", "Action": "s3:GetObject",
              "Resource": f"arn:aws:s3:::{bucket}/{data_prefix(prefix)}*"},
+            # UpdateAutoScalingGroup is for the on-demand switch (use_on_demand), which sends no size: a MaxSize
+            # or MinSize above 0 is refused, so the instance cannot raise its group's size (only SetDesiredCapacity
+            # is capped by MaxSize). Condition keys: https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2autoscaling.html
             {"Sid": "OwnGroups", "Effect": "Allow",
              "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup",
                         "autoscaling:CreateOrUpdateTags"],
              "Resource": group_arns,
-             "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{JOB_TAG}": job_id}}},
+             "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{JOB_TAG}": job_id},
+                           "NumericLessThanEqualsIfExists": {"autoscaling:MaxSize": "0", "autoscaling:MinSize": "0"}}},
             {"Sid": "Describe", "Effect": "Allow",
              "Action": ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances",
                         "ec2:DescribeAvailabilityZones"], "Resource": "*"},
@@ -214,9 +240,21 @@ def requests(group: GroupSpec, image: str, subnets: list[str], security_group: O
         "Tags": [{**t, "PropagateAtLaunch": True, "ResourceId": name, "ResourceType": "auto-scaling-group"}
                  for t in tags if t["Key"] != "Name"],
     }
-    return {"CreateLaunchTemplate": {"LaunchTemplateName": name, "LaunchTemplateData": template,
+    made = {"CreateLaunchTemplate": {"LaunchTemplateName": name, "LaunchTemplateData": template,
                                      "TagSpecifications": [{"ResourceType": "launch-template", "Tags": tags}]},
             "CreateAutoScalingGroup": auto_scaling}
+    if group.stop_at:
+        made["PutScheduledUpdateGroupAction"] = backstop_request(group)
+    return made
+
+
+def backstop_request(group: GroupSpec) -> dict:
+    """The launcher's backstop, made with its own credentials: a one-time scheduled action of the group's
+    own engine that sets it to 0 at group.stop_at, which no instance identity can prevent. Auto Scaling runs
+    a one-time action at its StartTime and then deletes it; putting it again under the same name replaces it
+    (https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-scheduled-scaling.html)."""
+    return {"AutoScalingGroupName": group_name(group.job_id, group.name), "ScheduledActionName": BACKSTOP_ACTION,
+            "StartTime": datetime.fromtimestamp(group.stop_at, timezone.utc), "DesiredCapacity": 0, "MinSize": 0}
 
 
 def job_requests(groups: list[GroupSpec], bucket: str, prefix: str, cidr: Optional[str]) -> dict:
@@ -389,6 +427,11 @@ class AwsProvisioner:
         job_id, spec = groups[0].job_id, groups[0].spec
         try:
             self._create(groups, job_id, spec)
+            for group in groups:  # also for a group an earlier launch made: resume moves its backstop
+                if group.stop_at:
+                    self._call(f"scheduling the backstop of {group_name(job_id, group.name)}",
+                               self._client("autoscaling", self._region_of(group.offer)).put_scheduled_update_group_action,
+                               **backstop_request(group))
         except NascloudError:
             self.delete(job_id)  # a group that cannot be made leaves nothing behind
             raise
@@ -659,19 +702,26 @@ class AwsProvisioner:
         iam, fis = self._client("iam", instance.region), self._client("fis", instance.region)
         name = _fis_role(instance.job_id)  # deleted by delete()
         try:
+            # arn:PARTITION:sts::ACCOUNT:... gives the partition and account (GetCallerIdentity needs no permission).
+            caller = self._client("sts", instance.region).get_caller_identity()["Arn"]
+            partition, account = caller.split(":")[1], caller.split(":")[4]
+            # Only this account's FIS experiments may assume it
+            # (https://docs.aws.amazon.com/fis/latest/userguide/getting-started-iam-service-role.html).
+            trust = _trust("fis.amazonaws.com", account, f"arn:{partition}:fis:{instance.region}:{account}:experiment/*")
             try:
-                role_arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(
-                    _trust("fis.amazonaws.com")), Tags=[{"Key": JOB_TAG, "Value": instance.job_id}])["Role"]["Arn"]
+                role_arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust),
+                                           Tags=[{"Key": JOB_TAG, "Value": instance.job_id}])["Role"]["Arn"]
             except Exception as error:
                 if _code(error) != "EntityAlreadyExists":
                     raise
                 role_arn = iam.get_role(RoleName=name)["Role"]["Arn"]
-            # arn:PARTITION:iam::ACCOUNT:role/NAME gives the instance's partition and account.
-            partition, account = role_arn.split(":")[1], role_arn.split(":")[4]
             instance_arn = f"arn:{partition}:ec2:{instance.region}:{account}:instance/{instance.instance_id}"
+            # The action's permissions: it describes its target, then interrupts it
+            # (https://docs.aws.amazon.com/fis/latest/userguide/fis-actions-reference.html#send-spot-instance-interruptions).
             iam.put_role_policy(RoleName=name, PolicyName="interrupt", PolicyDocument=json.dumps({
-                "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:SendSpotInstanceInterruptions",
-                                                        "Resource": instance_arn}]}))
+                "Version": "2012-10-17", "Statement": [
+                    {"Effect": "Allow", "Action": "ec2:SendSpotInstanceInterruptions", "Resource": instance_arn},
+                    {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}]}))
             self._delete_templates(instance.region, instance.job_id)  # left by a drill that stopped half-way
             template = self._create_template(fis, fis_template(instance.job_id, instance_arn, role_arn))
             try:

@@ -71,6 +71,9 @@ class GroupSpec:
     offer: dict  # the bundle's offer record (cloud, region, zones, instance_type, gpu, spot, prices)
     spec: object  # the JobSpec (compute section: image, ssh_cidr, provisioning...)
     tags: dict = field(default_factory=dict)  # nascloud-job, nascloud-owner, nascloud-job-url
+    # The backstop: when the group's own engine sets it to 0, whatever its instances can still do (the
+    # budget or deadline run out at the group's price; nascloud.budget.backstop_at). None: no budget.
+    stop_at: Optional[float] = None
 
 
 class Provisioner(Protocol):

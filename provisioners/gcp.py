@@ -138,12 +138,15 @@ def _gpu_quota_metric(gpu: str, spot: bool) -> str:
     return f"{'PREEMPTIBLE_' if spot else ''}NVIDIA_{gpu.upper().replace('-', '_')}_GPUS"
 
 
-def quota_metrics(offer: dict, spec) -> list[str]:
-    """The region's GPU quota metrics preflight reads: the group's market's, and with
+def quota_metrics(offer: dict, spec) -> list[tuple[str, Optional[str]]]:
+    """The GPU quotas preflight reads, as (metric, region, or None for the project's): GPUS_ALL_REGIONS, the
+    project's cap (0 in a new one), and the region's metric for the group's market; with
     compute.on_demand_after_preemptions on a Spot group the on-demand one too, which its fallback runs on."""
+    if not offer.get("gpu"):
+        return []
     spot = bool(offer.get("spot"))
     markets = [True, False] if spot and spec.compute.on_demand_after_preemptions else [spot]
-    return [_gpu_quota_metric(offer["gpu"], market) for market in markets] if offer.get("gpu") else []
+    return [("GPUS_ALL_REGIONS", None)] + [(_gpu_quota_metric(offer["gpu"], m), _region(offer)) for m in markets]
 
 
 def _accelerator(gpu: str) -> str:
@@ -300,7 +303,9 @@ def launch_request(job_id: str, offer, spec) -> dict:
             "service account role": instance_role(project),
             "service account binding": identity_binding(project, region, job_id, [group.name],
                                                         tuple(_zones(group.offer))),
-            "bucket bindings": bucket_bindings(job_prefix(spec, job_id, "gs").url)}
+            "bucket bindings": bucket_bindings(job_prefix(spec, job_id, "gs").url),
+            "quotas (preflight)": [f"{metric} in {where or 'the project'}"
+                                   for metric, where in quota_metrics(group.offer, spec)]}
 
 
 def _timestamp(value: Optional[str]) -> Optional[float]:
@@ -332,9 +337,8 @@ class GcpProvisioner:
     def _client(self, kind: str):
         """A compute_v1 REST client; every one gets the same endpoint and credentials."""
         if kind not in self._clients:
-            from google.cloud import compute_v1
-
             from google.api_core.retry import Retry
+            from google.cloud import compute_v1
 
             if self._credentials is None:
                 self._credentials = self._authenticate()
@@ -441,17 +445,15 @@ class GcpProvisioner:
             spot, needed = bool(offer.get("spot")), int(offer.get("gpu_count") or 1) * max(group.size, 1)
             project = self._call("reading the project's quotas", "ProjectsClient", "get")
             found = self._call("reading the region's quotas", "RegionsClient", "get", region=region)
-            # GPUS_ALL_REGIONS caps the whole project (0 in a new one), the regional metrics this region.
-            checks = [(project.quotas, "GPUS_ALL_REGIONS", "the project", "")]
-            for metric in quota_metrics(offer, group.spec):
-                fix = (" or on-demand (compute.spot: false)" if metric.startswith("PREEMPTIBLE_") else
-                       " or unset compute.on_demand_after_preemptions" if spot else "")
-                checks.append((found.quotas, metric, region, ", or try another region" + fix))
-            for quotas, metric, where, other in checks:
-                quota = next((q for q in quotas if q.metric == metric), None)
+            for metric, where in quota_metrics(offer, group.spec):
+                other = "" if not where else ", or try another region" + (
+                    " or on-demand (compute.spot: false)" if metric.startswith("PREEMPTIBLE_") else
+                    " or unset compute.on_demand_after_preemptions" if spot else "")
+                quota = next((q for q in (found if where else project).quotas if q.metric == metric), None)
                 if quota is not None and quota.limit - quota.usage < needed:
-                    raise CloudError(f"your GCP quota {metric} in {where} is {quota.limit:g} with {quota.usage:g} in "
-                                     f"use (new projects start at 0); request more under IAM & Admin > Quotas{other}")
+                    raise CloudError(f"your GCP quota {metric} in {where or 'the project'} is {quota.limit:g} with "
+                                     f"{quota.usage:g} in use (new projects start at 0); request more under IAM & "
+                                     f"Admin > Quotas{other}")
 
     def create_groups(self, groups: list[GroupSpec]) -> None:
         if not groups:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures.aws_iam import ALLOW, EXPLICIT_DENY, IMPLICIT_DENY, evaluate
+from tests.fixtures.moto_ec2 import asg_partial_updates  # noqa: F401
 
 pytestmark = [pytest.mark.strict_cloud]
 
@@ -135,3 +136,277 @@ def test_several_keys_and_several_values_or():
     assert evaluate([doc], "s3:GetObject", "*", {k: v for k, v in mary.items() if "role" not in k}) == IMPLICIT_DENY
     bob = {**mary, "aws:PrincipalArn": "arn:aws:iam::222222222222:user/Bob"}
     assert evaluate([doc], "s3:GetObject", "*", bob) == IMPLICIT_DENY
+
+
+# --- the proxy ---------------------------------------------------------------------------------------------
+JOB = "digits-iam-1a2b3c"
+BUCKET = "nascloud-iam"
+PREFIX = f"jobs/{JOB}"
+NAME = f"nascloud-{JOB}-search"
+OFFER = {"cloud": "aws", "region": "us-east-1", "instance_type": "g4dn.xlarge", "gpu": None, "spot": True}
+
+
+def job_spec():
+    from nascloud.job import parse_job
+
+    return parse_job({"name": "digits-iam", "checkpoint": {"bucket": f"s3://{BUCKET}/jobs"},
+                      "compute": {"cloud": "aws", "region": "us-east-1", "image": "ami-03cf127a"}})
+
+
+class Identity:
+    """The job's instance identity as its instance uses it: real boto3 clients through the proxy with the
+    role's own credentials, and the role's policy as moto's IAM holds it."""
+
+    def __init__(self, proxy, role: str):
+        self.proxy, self.role = proxy, role
+        self.credentials = proxy.assume(role)
+        self.s3, self.autoscaling, self.ec2 = (proxy.client(s, self.credentials) for s in ("s3", "autoscaling", "ec2"))
+
+    def policy(self) -> dict:
+        import boto3
+
+        return boto3.client("iam").get_role_policy(RoleName=self.role, PolicyName="job")["PolicyDocument"]
+
+    def set_policy(self, document: dict) -> None:
+        import json
+
+        import boto3
+
+        boto3.client("iam").put_role_policy(RoleName=self.role, PolicyName="job", PolicyDocument=json.dumps(document))
+
+    def env(self, monkeypatch) -> None:
+        """This process's AWS clients as the instance's (nascloud's own code then runs as the instance)."""
+        monkeypatch.setenv("AWS_ENDPOINT_URL", self.proxy.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", self.credentials["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", self.credentials["SecretAccessKey"])
+        monkeypatch.setenv("AWS_SESSION_TOKEN", self.credentials["SessionToken"])
+
+
+@pytest.fixture
+def instance(moto_reset, aws_proxy):
+    """A job's group made by the provisioner (its role, policy, launch template, group), and its identity."""
+    import boto3
+
+    from nascloud.provisioners import get_provisioner
+    from nascloud.provisioners.common import dry_run_group
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    for key in (f"{PREFIX}/bundle/job.json", f"{PREFIX}/ledger/i-0.json", f"{PREFIX}/blobs/ab", "jobs/data/x.json",
+                "jobs/digits-other-000000/bundle/job.json"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}")
+    get_provisioner("aws", region="us-east-1", poll_seconds=0.01).create_groups(
+        [dry_run_group("aws", JOB, OFFER, job_spec())])
+    return Identity(aws_proxy, f"nascloud-{JOB}")
+
+
+def refused(call, code: str = "AccessDenied") -> dict:
+    """The call's AWS error, which must be `code` (EC2 says UnauthorizedOperation where others AccessDenied)."""
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as caught:
+        call()
+    got = caught.value.response["Error"]["Code"]
+    assert got == code or (code, got) == ("AccessDenied", "UnauthorizedOperation"), caught.value.response
+    return caught.value.response
+
+
+def on_demand(me: Identity):
+    """use_on_demand's request (the whole policy: moto wants it whole, AWS takes the distribution alone)."""
+    return me.autoscaling.update_auto_scaling_group(AutoScalingGroupName=NAME, CapacityRebalance=False)
+
+
+# The calls each statement of role_policy covers, as the instance makes them.
+PROBES = {
+    "JobObjects": [lambda me: me.s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/bundle/job.json")],
+    "JobRecords": [lambda me: me.s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/ledger/i-1.json", Body=b"{}")],
+    "SnapshotPruning": [lambda me: me.s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/blobs/ab")],
+    "JobListing": [lambda me: me.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/ledger/")],
+    "DataSets": [lambda me: me.s3.get_object(Bucket=BUCKET, Key="jobs/data/x.json")],
+    "OwnGroups": [lambda me: me.autoscaling.set_desired_capacity(AutoScalingGroupName=NAME, DesiredCapacity=0),
+                  lambda me: me.autoscaling.create_or_update_tags(Tags=[{
+                      "ResourceId": NAME, "ResourceType": "auto-scaling-group", "Key": "nascloud-reason",
+                      "Value": "why", "PropagateAtLaunch": False}]),
+                  on_demand],
+    "Describe": [lambda me: me.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[NAME]),
+                 lambda me: me.ec2.describe_instances(),
+                 lambda me: me.ec2.describe_availability_zones()],
+}
+# For each condition of role_policy: a call it admits, refused once the condition is narrowed to `narrowed`.
+CONDITION_PROBES = {
+    ("JobListing", "StringLike", "s3:prefix"): (
+        [f"{PREFIX}/none/*"], lambda me: me.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/ledger/")),
+    ("OwnGroups", "StringEquals", "autoscaling:ResourceTag/nascloud-job"): (
+        "digits-other-000000", lambda me: me.autoscaling.set_desired_capacity(AutoScalingGroupName=NAME,
+                                                                              DesiredCapacity=0)),
+    ("OwnGroups", "NumericLessThanEqualsIfExists", "autoscaling:MaxSize"): (
+        "-1", lambda me: me.autoscaling.update_auto_scaling_group(AutoScalingGroupName=NAME, MaxSize=0)),
+    ("OwnGroups", "NumericLessThanEqualsIfExists", "autoscaling:MinSize"): (
+        "-1", lambda me: me.autoscaling.update_auto_scaling_group(AutoScalingGroupName=NAME, MinSize=0)),
+}
+
+
+def conditions(document: dict) -> set:
+    return {(s["Sid"], operator, key) for s in document["Statement"] for operator, keys in
+            s.get("Condition", {}).items() for key in keys}
+
+
+def test_every_statement_and_condition_of_the_role_policy_has_a_probe():
+    from nascloud.provisioners.aws import role_policy
+
+    document = role_policy(BUCKET, PREFIX, JOB, ["search"])
+    assert {s["Sid"] for s in document["Statement"]} == set(PROBES)
+    assert conditions(document) == set(CONDITION_PROBES)
+
+
+@pytest.mark.parametrize("sid", sorted(PROBES))
+def test_removing_a_statement_refuses_the_calls_it_covers(instance, sid):
+    for probe in PROBES[sid]:
+        probe(instance)  # allowed as the policy is built
+    document = instance.policy()
+    instance.set_policy({**document, "Statement": [s for s in document["Statement"] if s["Sid"] != sid]})
+    for probe in PROBES[sid]:
+        refused(lambda: probe(instance))
+
+
+@pytest.mark.parametrize("condition", sorted(CONDITION_PROBES), ids=lambda c: f"{c[0]}-{c[2]}")
+def test_narrowing_a_condition_refuses_the_call_it_admits(instance, condition):
+    sid, operator, key = condition
+    narrowed, probe = CONDITION_PROBES[condition]
+    probe(instance)
+    document = instance.policy()
+    for statement in document["Statement"]:
+        if statement["Sid"] == sid:
+            statement["Condition"][operator][key] = narrowed
+    instance.set_policy(document)
+    refused(lambda: probe(instance))
+
+
+def test_a_get_of_a_missing_record_is_403_without_listing_and_nascloud_reads_it_as_missing(instance, monkeypatch,
+                                                                                             tmp_path):
+    """Confirmed: the listing conditioned on s3:prefix gives no s3:ListBucket to a GetObject, so S3 answers a
+    missing key 403 (API_GetObject, "Permissions"); nascloud's store tells that from a refusal by listing."""
+    from nascloud.checkpoints.s3 import S3Objects
+    from nascloud.errors import CloudError
+
+    answer = refused(lambda: instance.s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/stop.json"))
+    assert answer["ResponseMetadata"]["HTTPStatusCode"] == 403
+    instance.env(monkeypatch)
+    objects = S3Objects(BUCKET, PREFIX)
+    assert objects.get("stop.json") is None  # a missing record, not an error
+    assert objects.download("agent/exit.json", tmp_path / "exit.json") is False
+    assert objects.get("bundle/job.json")[0] == b"{}"
+    with pytest.raises(CloudError, match="S3 refused a request on s3://nascloud-iam/jobs/digits-other-000000: "
+                                         "AccessDenied"):
+        S3Objects(BUCKET, "jobs/digits-other-000000").get("bundle/job.json")  # there, but not the job's own
+
+    # With ListBucket on the bucket for the request (no condition), S3 says 404 NoSuchKey.
+    document = instance.policy()
+    for statement in document["Statement"]:
+        statement.pop("Condition", None)
+    instance.set_policy(document)
+    assert refused(lambda: instance.s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/stop.json"),
+                   "NoSuchKey")["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_the_instance_writes_its_own_records_but_not_the_launchers_nor_deletes_the_ledger(instance):
+    from nascloud.provisioners.aws import INSTANCE_WRITES
+
+    for pattern in INSTANCE_WRITES:
+        instance.s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{pattern.replace('*', 'x.json')}", Body=b"{}")
+    for key in ("budget.json", "stop.json", "bundle/job.json", "bundle/nascloud-9.9-py3-none-any.whl"):
+        refused(lambda: instance.s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{key}", Body=b"{}"))
+    refused(lambda: instance.s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/ledger/i-0.json"))
+    refused(lambda: instance.s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/agent/exit.json"))
+    instance.s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/manifests/1.json")  # the snapshot store's pruning
+
+
+def test_the_instance_cannot_raise_its_groups_size_but_switches_it_to_on_demand(instance, monkeypatch,
+                                                                               asg_partial_updates):
+    import boto3
+
+    from nascloud.provisioners import get_provisioner
+
+    refused(lambda: instance.autoscaling.update_auto_scaling_group(AutoScalingGroupName=NAME, MaxSize=5,
+                                                                   DesiredCapacity=5))
+    refused(lambda: instance.autoscaling.update_auto_scaling_group(AutoScalingGroupName=NAME, MinSize=1))
+    # SetDesiredCapacity is capped by the group's MaxSize, as AWS caps it (API_SetDesiredCapacity).
+    refused(lambda: instance.autoscaling.set_desired_capacity(AutoScalingGroupName=NAME, DesiredCapacity=5),
+            "ValidationError")
+    instance.env(monkeypatch)
+    get_provisioner("aws", region="us-east-1").use_on_demand(JOB, "search")
+    monkeypatch.undo()
+    (group,) = boto3.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[NAME])[
+        "AutoScalingGroups"]
+    assert (group["MaxSize"], group["DesiredCapacity"]) == (1, 1)
+    assert group["MixedInstancesPolicy"]["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 100
+
+
+def test_the_fis_role_may_describe_and_interrupt_its_instance_and_only_this_accounts_fis_may_assume_it(
+        instance):
+    """FIS's documented permissions for aws:ec2:send-spot-instance-interruptions are
+    ec2:SendSpotInstanceInterruptions and ec2:DescribeInstances (fis-actions-reference.html); its trust is
+    conditioned on aws:SourceAccount and aws:SourceArn (getting-started-iam-service-role.html)."""
+    import boto3
+
+    from nascloud.provisioners import get_provisioner
+    from tests.fixtures.aws_iam import ACCOUNT
+
+    aws = get_provisioner("aws", region="us-east-1", poll_seconds=0.01)
+    (target,) = aws.groups(JOB)[0].live
+    aws.preempt(target)
+    iam = boto3.client("iam")
+    role = iam.get_role(RoleName=f"nascloud-fis-{JOB}")["Role"]
+    allowed = [iam.get_role_policy(RoleName=role["RoleName"], PolicyName="interrupt")["PolicyDocument"]]
+    arn = f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/{target.instance_id}"
+    assert evaluate(allowed, "ec2:SendSpotInstanceInterruptions", arn, {}) == ALLOW
+    assert evaluate(allowed, "ec2:SendSpotInstanceInterruptions", arn[:-3] + "fff", {}) == IMPLICIT_DENY
+    assert evaluate(allowed, "ec2:DescribeInstances", "*", {}) == ALLOW
+    trust = [role["AssumeRolePolicyDocument"]]
+    fis = {"aws:PrincipalServiceName": "fis.amazonaws.com", "aws:SourceAccount": ACCOUNT,
+           "aws:SourceArn": f"arn:aws:fis:us-east-1:{ACCOUNT}:experiment/EXP1"}
+    assert evaluate(trust, "sts:AssumeRole", role["Arn"], fis) == ALLOW
+    other = {**fis, "aws:SourceAccount": "210987654321",
+             "aws:SourceArn": "arn:aws:fis:us-east-1:210987654321:experiment/EXP1"}
+    assert evaluate(trust, "sts:AssumeRole", role["Arn"], other) == IMPLICIT_DENY  # the confused deputy
+    assert evaluate(trust, "sts:AssumeRole", role["Arn"], {**fis, "aws:PrincipalServiceName": "ec2.amazonaws.com"}) \
+        == IMPLICIT_DENY
+
+
+def test_the_proxy_authenticates_the_signature_and_passes_the_launchers_keys(instance):
+    from tests.fixtures.aws_iam import STATIC_KEY
+
+    wrong = {**instance.credentials, "SecretAccessKey": "not-the-secret"}
+    refused(lambda: instance.proxy.client("s3", wrong).get_object(Bucket=BUCKET, Key=f"{PREFIX}/bundle/job.json"),
+            "SignatureDoesNotMatch")
+    unknown = {**instance.credentials, "AccessKeyId": "ASIANOTREGISTERED000"}
+    refused(lambda: instance.proxy.client("autoscaling", unknown).describe_auto_scaling_groups(),
+            "InvalidClientTokenId")
+    launcher = {"AccessKeyId": STATIC_KEY, "SecretAccessKey": "testing", "SessionToken": None}
+    instance.proxy.client("s3", launcher).put_object(Bucket=BUCKET, Key=f"{PREFIX}/budget.json", Body=b"{}")
+    # Each service refuses in its own format: S3's and Auto Scaling's AccessDenied (403), EC2's own code.
+    instance.set_policy(policy({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::elsewhere/*"}))
+    for call in (lambda: instance.s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/bundle/job.json"),
+                 lambda: instance.autoscaling.set_desired_capacity(AutoScalingGroupName=NAME, DesiredCapacity=0)):
+        answer = refused(call)
+        assert answer["Error"]["Code"] == "AccessDenied" and answer["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert "is not authorized to perform" in answer["Error"]["Message"]
+    answer = refused(lambda: instance.ec2.describe_instances(), "UnauthorizedOperation")
+    assert answer["Error"]["Code"] == "UnauthorizedOperation" and answer["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_fail_next_answers_the_first_calls_of_an_action_with_the_services_error(instance):
+    from tests.fixtures.aws_iam import STATIC_KEY
+
+    proxy = instance.proxy
+    launcher = proxy.client("autoscaling", {"AccessKeyId": STATIC_KEY, "SecretAccessKey": "testing",
+                                            "SessionToken": None})
+    proxy.fail_next("autoscaling:DescribeAutoScalingGroups", 2, "Throttling", "Rate exceeded")
+    for client in (launcher, instance.autoscaling):  # whoever signs them
+        answer = refused(lambda: client.describe_auto_scaling_groups(AutoScalingGroupNames=[NAME]), "Throttling")
+        assert answer["Error"]["Message"] == "Rate exceeded" and answer["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert launcher.describe_auto_scaling_groups(AutoScalingGroupNames=[NAME])["AutoScalingGroups"]
+    proxy.fail_next("s3:GetObject", 1, "SlowDown", "Please reduce your request rate.", 503)
+    answer = refused(lambda: instance.s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/bundle/job.json"), "SlowDown")
+    assert answer["ResponseMetadata"]["HTTPStatusCode"] == 503
+    instance.s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/bundle/job.json")

@@ -4,12 +4,90 @@ for seconds. Each is retried with a bounded backoff, and a throttling that outla
 
 from __future__ import annotations
 
+import boto3
 import pytest
 
+from nascloud.checkpoints.s3 import S3Objects
+from nascloud.errors import CloudError
 from nascloud.provisioners import get_provisioner
+from tests.fixtures.moto_ec2 import assert_nothing_left_aws
+from tests.test_provisioners_aws import JOB as AWS_JOB, NAME as AWS_NAME, group as aws_group
 from tests.test_provisioners_gcp import ACCOUNT, JOB as GCP_JOB, NAME as GCP_NAME, group as gcp_group, running
 
 pytestmark = pytest.mark.strict_cloud
+
+# What AWS answers a throttled call: Auto Scaling's Throttling (https://docs.aws.amazon.com/autoscaling/ec2/
+# APIReference/CommonErrors.html), EC2's RequestLimitExceeded with 503 (https://docs.aws.amazon.com/AWSEC2/
+# latest/APIReference/errors-overview.html), S3's SlowDown with 503 (https://docs.aws.amazon.com/AmazonS3/
+# latest/API/ErrorResponses.html).
+THROTTLING = ("Throttling", "Rate exceeded", 400)
+EC2_THROTTLING = ("RequestLimitExceeded", "Request limit exceeded.", 503)
+PROFILE_NOT_READY = ("ValidationError", f"You must use a valid fully-formed launch template. Value (nascloud-{AWS_JOB}) "
+                     "for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name", 400)
+
+
+@pytest.fixture
+def aws(aws_proxy, moto_reset, monkeypatch, tmp_path):
+    """The provisioner with the launcher's keys, through the proxy (which injects the faults) to moto."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_proxy.url)
+    boto3.client("s3").create_bucket(Bucket="nascloud-test")
+    yield get_provisioner("aws", region="us-east-1", home=tmp_path / "home", poll_seconds=0.01)
+    with aws_proxy.lock:
+        aws_proxy.failures.clear()  # nothing armed outlives its test
+
+
+def fail_next(proxy, action: str, count: int, fault: tuple) -> None:
+    proxy.fail_next(action, count, *fault)
+
+
+def attempts(proxy, action: str) -> int:
+    return sum(seen.lower() == action.lower() for seen in proxy.seen)
+
+
+# --- AWS ---------------------------------------------------------------------------------------------------
+def test_an_aws_launch_succeeds_despite_throttling_on_each_service(aws, aws_proxy):
+    fail_next(aws_proxy, "autoscaling:CreateAutoScalingGroup", 2, THROTTLING)
+    fail_next(aws_proxy, "ec2:CreateLaunchTemplate", 2, EC2_THROTTLING)
+    fail_next(aws_proxy, "iam:CreateRole", 1, THROTTLING)
+    fail_next(aws_proxy, "autoscaling:DescribeAutoScalingGroups", 1, THROTTLING)
+    before = attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup")
+    aws.create_groups([aws_group()])
+    (found,) = aws.groups(AWS_JOB)
+    assert found.size == 1 and len(found.instances) == 1
+    assert attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup") - before == 3
+    assert all(armed[0] == 0 for armed in aws_proxy.failures.values())
+
+
+def test_an_aws_launch_waits_out_a_new_instance_profile_aws_does_not_know_yet(aws, aws_proxy):
+    fail_next(aws_proxy, "autoscaling:CreateAutoScalingGroup", 2, PROFILE_NOT_READY)
+    before = attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup")
+    aws.create_groups([aws_group()])
+    assert [g.size for g in aws.groups(AWS_JOB)] == [1]
+    assert attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup") - before == 3
+
+
+def test_an_aws_launch_throttled_past_the_cap_fails_in_one_line_and_leaves_nothing(aws, aws_proxy):
+    fail_next(aws_proxy, "autoscaling:CreateAutoScalingGroup", 5, THROTTLING)
+    before = attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup")
+    with pytest.raises(CloudError) as raised:
+        aws.create_groups([aws_group()])
+    assert str(raised.value) == (f"AWS creating the Auto Scaling group {AWS_NAME} failed 5 times in a row (Throttling: "
+                                 "Rate exceeded); AWS is throttling or unavailable: try again in a few minutes")
+    assert attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup") - before == 5  # the cap, no more
+    assert_nothing_left_aws(AWS_JOB)  # create_groups' clean-up ran after the retries, not instead of them
+
+
+def test_an_aws_governor_resize_and_its_bucket_writes_succeed_despite_throttling(aws, aws_proxy):
+    aws.create_groups([aws_group()])
+    fail_next(aws_proxy, "autoscaling:SetDesiredCapacity", 3, THROTTLING)
+    fail_next(aws_proxy, "autoscaling:CreateOrUpdateTags", 1, THROTTLING)
+    aws.resize(AWS_JOB, "search", 0, reason="finished")  # the governor's end of the job
+    (found,) = aws.groups(AWS_JOB)
+    assert (found.size, found.reason) == (0, "finished")
+    fail_next(aws_proxy, "s3:PutObject", 2, ("SlowDown", "Please reduce your request rate.", 503))
+    store = S3Objects("nascloud-test", f"jobs/{AWS_JOB}")
+    store.put("agent/heartbeat.json", b"{}")  # the heartbeat the governor writes
+    assert store.get("agent/heartbeat.json")[0] == b"{}"
 
 
 @pytest.fixture

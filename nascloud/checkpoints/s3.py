@@ -19,6 +19,7 @@ from nascloud.errors import CloudError, UsageError
 
 _CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403"}
 
 
 class _Precondition(Exception):
@@ -40,8 +41,9 @@ class S3Objects:
         return self.prefix + key
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """botocore's failures as the error family; messages carry codes, never credentials."""
+    def _errors(self, read: Optional[str] = None) -> Iterator[None]:
+        """botocore's failures as the error family; messages carry codes, never credentials. `read`: the key
+        a GET / HEAD reads, whose 403 may mean that it is missing."""
         try:
             with self._transfer_errors():
                 yield
@@ -49,7 +51,7 @@ class S3Objects:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in _CONFLICT:
                 raise _Precondition() from None
-            if code in _MISSING:
+            if code in _MISSING or (code in _DENIED and read is not None and self._absent(read)):
                 raise _Missing() from None
             if code == "NoSuchBucket":
                 raise UsageError(f"S3 bucket {self.bucket!r} does not exist: create it or fix the bucket "
@@ -67,6 +69,18 @@ class S3Objects:
         except bx.BotoCoreError as error:
             raise CloudError(f"S3 request on {self.url} failed: {type(error).__name__}") from None
 
+    def _absent(self, key: str) -> bool:
+        """Whether a key S3 refused to read is missing. S3 answers a GET / HEAD of a missing key with 403, not
+        404, when the caller has no s3:ListBucket on the bucket for that request
+        (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html, "Permissions"): the instance
+        identity's case, whose listing is allowed only under the job's prefix (s3:prefix). A listing with the
+        key itself as prefix tells, one request and only after a refusal; a refused listing is no answer."""
+        try:
+            found = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(key), MaxKeys=1)
+        except bx.ClientError:
+            return False
+        return all(o["Key"] != self._key(key) for o in found.get("Contents", []))
+
     @staticmethod
     @contextmanager
     def _transfer_errors() -> Iterator[None]:
@@ -80,7 +94,7 @@ class S3Objects:
 
     def get(self, key: str) -> Optional[tuple[bytes, str]]:
         try:
-            with self._errors():
+            with self._errors(read=key):
                 response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
                 return response["Body"].read(), response["ETag"]
         except _Missing:
@@ -113,7 +127,7 @@ class S3Objects:
 
     def download(self, key: str, path: Path) -> bool:
         try:
-            with self._errors():
+            with self._errors(read=key):
                 self.client.download_file(self.bucket, self._key(key), str(path))
             return True
         except _Missing:

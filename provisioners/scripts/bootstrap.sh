@@ -55,13 +55,13 @@ power_off() {
   exit 1
 }
 fail() {
-  # The breaker (see the top): the groups to 0 first, then the reason in the bucket, then power off once a
-  # billing minimum has passed. On local the group's supervisor reads `failed` when the host ends and ends
-  # its group itself (a resize from here would end this host before it recorded anything).
+  # The breaker (see the top): the reason in the bucket (a second's work), the groups to 0 (which ends
+  # this machine on the clouds: nothing after it is sure to run), then power off once a billing minimum has
+  # passed. On local the group's supervisor reads `failed` when the host ends and ends its group itself.
   log "FAILED: $*"
   echo "$*" >"$NASCLOUD_ROOT/failed"
-  end_groups "a boot of $INSTANCE_ID failed before the governor ran: $*"
   record_failed_boot "$*"
+  end_groups "a boot of $INSTANCE_ID failed before the governor ran: $*"
   local left=$((BOOTED_AT + BOOT_MINIMUM_SECONDS - $(date +%s)))
   [ "$left" -gt 0 ] && sleep "$left"
   power_off
@@ -119,7 +119,7 @@ get_object() {  # KEY (under the job's prefix) DEST: fails quietly when there is
 }
 put_object() {  # FILE KEY, streamed (a wheelhouse is gigabytes)
   case "$NASCLOUD_CLOUD" in
-    aws) aws s3 cp --quiet "$1" "$NASCLOUD_JOB_URL/$2" ;;
+    aws) aws s3 cp --quiet $AWS_QUICK "$1" "$NASCLOUD_JOB_URL/$2" ;;
     gcp) gcs -o /dev/null -X POST -T "$1" -H "Content-Type: application/octet-stream" \
            "$GCS/upload/storage/v1/b/$GCS_BUCKET/o?uploadType=media&name=$(gcs_name "$2")" ;;
     local) mkdir -p "$(dirname "$LOCAL_JOB/$2")" && cp "$1" "$LOCAL_JOB/$2.tmp-$$" && mv "$LOCAL_JOB/$2.tmp-$$" "$LOCAL_JOB/$2" ;;
@@ -146,19 +146,23 @@ instance_id() {  # this machine's id, as the provider and the ledger name it
 }
 INSTANCE_ID=$(instance_id) || INSTANCE_ID="unknown-$BOOTED_AT-$RANDOM"  # no metadata: still a record of its own
 
-resize_to_zero() {  # GROUP REASON, with the instance's own identity (the README lists what it may do)
+# The breaker's calls wait seconds, not the CLI's minutes: what they delay is billed.
+AWS_QUICK="--cli-connect-timeout 10 --cli-read-timeout 20 ${NASCLOUD_REGION:+--region $NASCLOUD_REGION}"
+resize_to_zero() {  # GROUP REASON, with the instance's own identity (the README lists what it may do); the
+  # reason goes first: the resize ends this machine at once (AWS terminates it; GCP deletes it), and the
+  # reason is what tells the user why.
   local name="nascloud-$NASCLOUD_JOB_ID-$1" token project
   case "$NASCLOUD_CLOUD" in
-    aws) aws autoscaling set-desired-capacity ${NASCLOUD_REGION:+--region "$NASCLOUD_REGION"} \
-           --auto-scaling-group-name "$name" --desired-capacity 0 --no-honor-cooldown &&
-         aws autoscaling create-or-update-tags ${NASCLOUD_REGION:+--region "$NASCLOUD_REGION"} --tags \
+    aws) aws autoscaling create-or-update-tags $AWS_QUICK --tags \
            "[{\"ResourceId\": \"$name\", \"ResourceType\": \"auto-scaling-group\", \"Key\": \"nascloud-reason\",
-              \"Value\": $(json_string "${2:0:250}"), \"PropagateAtLaunch\": false}]" ;;
+              \"Value\": $(json_string "${2:0:250}"), \"PropagateAtLaunch\": false}]"
+         aws autoscaling set-desired-capacity $AWS_QUICK --auto-scaling-group-name "$name" --desired-capacity 0 \
+           --no-honor-cooldown ;;
     gcp) project=$(gce_metadata project/project-id) || return 1
          local group="$GCE_API/compute/v1/projects/$project/regions/$NASCLOUD_REGION/instanceGroupManagers/$name"
-         gcs -o /dev/null -X POST "$group/resize?size=0" &&
-           gcs -o /dev/null -X PATCH -H "Content-Type: application/json" \
-             -d "{\"description\": $(json_string "${2:0:2000}")}" "$group" ;;
+         gcs -m 20 -o /dev/null -X PATCH -H "Content-Type: application/json" \
+           -d "{\"description\": $(json_string "${2:0:2000}")}" "$group"
+         gcs -m 20 -o /dev/null -X POST "$group/resize?size=0" ;;
     local) [ "$1" = "$NASCLOUD_GROUP" ] ||  # this host's supervisor ends its own group once the host has ended
            printf '%s\n' "$2" >"$NASCLOUD_LOCAL_ROOT/groups/$NASCLOUD_JOB_ID/$1/halt" ;;
   esac

@@ -1,0 +1,388 @@
+"""Issue 20, part 2, GCP: the Compute Engine fake and the GCS proxy check who calls and what IAM lets them do
+(tests/fixtures/gcp_iam.py); the instance calls as its service account, with its metadata server's token;
+and each permission and condition of what the code has the user grant is shown needed, by removing or
+narrowing it and seeing the call it covers refused."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from nascloud.errors import CloudError
+from nascloud.job import parse_job
+from nascloud.provisioners import State, get_provisioner
+from nascloud.provisioners.common import dry_run_group
+from nascloud.provisioners.gcp import (INSTANCE_PERMISSIONS, bucket_bindings, identity_binding, instance_role,
+                                       launch_request)
+from tests.fixtures.gcp_iam import IAM, OWNER, ConditionError, evaluate, gcs_checks
+from tests.fixtures.hypervisor import MetadataServer, gce_token
+
+pytestmark = [pytest.mark.strict_cloud]
+
+JOB = "digits-iam-a1b2c3"
+NAME = f"nascloud-{JOB}-search"
+BUCKET = "nascloud-iam"
+JOB_URL = f"gs://{BUCKET}/jobs/{JOB}"
+ACCOUNT = "nascloud-job@nascloud-test.iam.gserviceaccount.com"
+MEMBER = f"serviceAccount:{ACCOUNT}"
+ZONES = [{"zone": "us-central1-a", "price_per_hour": 0.14, "on_demand_price_per_hour": 0.54}]
+
+
+# --- the evaluator, on the documented examples ----------------------------------------------------------
+# https://cloud.google.com/iam/docs/configuring-resource-based-access: a Compute Engine grant limited to
+# disks and instances whose names start with a prefix, every other resource type left granted.
+COMPUTE_EXAMPLE = (
+    '(resource.type == "compute.googleapis.com/Disk" && '
+    'resource.name.startsWith("projects/project-123/regions/us-central1/disks/example-prefix")) || '
+    '(resource.type == "compute.googleapis.com/Instance" && '
+    'resource.name.startsWith("projects/project-123/zones/us-central1-a/instances/example-prefix")) || '
+    '(resource.type != "compute.googleapis.com/Disk" && resource.type != "compute.googleapis.com/Instance")')
+# https://cloud.google.com/storage/docs/access-control/iam#conditions: objects under a name prefix.
+STORAGE_EXAMPLE = ('resource.type == "storage.googleapis.com/Object" && '
+                   'resource.name.startsWith("projects/_/buckets/example-bucket/objects/example-object-prefix")')
+
+
+@pytest.mark.parametrize("resource, granted", [
+    ({"type": "compute.googleapis.com/Instance",
+      "name": "projects/project-123/zones/us-central1-a/instances/example-prefix-vm"}, True),
+    ({"type": "compute.googleapis.com/Instance", "name": "projects/project-123/zones/us-central1-a/instances/prod"},
+     False),
+    ({"type": "compute.googleapis.com/Disk", "name": "projects/project-123/regions/us-central1/disks/example-prefix1"},
+     True),
+    ({"type": "compute.googleapis.com/Disk", "name": "projects/project-123/zones/us-central1-a/disks/example-prefix1"},
+     False),  # a zonal disk's name is not under the regional prefix
+    ({"type": "compute.googleapis.com/Subnetwork", "name": "projects/project-123/regions/us-central1/subnetworks/x"},
+     True),  # the last clause: types the condition does not restrict
+])
+def test_the_evaluator_on_the_compute_engine_example(resource, granted):
+    assert evaluate(COMPUTE_EXAMPLE, resource) is granted
+
+
+def test_the_evaluator_on_the_storage_example_and_refuses_what_iam_refuses():
+    objects = "projects/_/buckets/example-bucket/objects/"
+    assert evaluate(STORAGE_EXAMPLE, {"type": "storage.googleapis.com/Object", "name": objects + "example-object-prefix/a"})
+    assert not evaluate(STORAGE_EXAMPLE, {"type": "storage.googleapis.com/Object", "name": objects + "other/a"})
+    # The bucket itself, which listing is checked on, is no object: the object-name condition is false there.
+    assert not evaluate(STORAGE_EXAMPLE, {"type": "storage.googleapis.com/Bucket",
+                                          "name": "projects/_/buckets/example-bucket"})
+    assert evaluate('resource.name == "a" || resource.name == "b" && resource.type == "t"', {"name": "a"})  # && first
+    assert not evaluate('(resource.name == "a" || resource.name == "b") && resource.type == "t"', {"name": "a"})
+    for malformed in ['resource.name = "a"', 'resource.name == "a" ||', '(resource.name == "a"',
+                      'resource.labels.x == "a"', 'resource.name.startsWith("a"']:
+        with pytest.raises(ConditionError):
+            evaluate(malformed, {"name": "a"})
+    with pytest.raises(ConditionError):
+        IAM.grant(MEMBER, "roles/storage.objectViewer", "projects/p", 'resource.name ~ "a"')  # refused when set
+
+
+def test_cloud_storage_checks_listing_on_the_bucket_and_a_replacing_write_needs_delete():
+    def exists(bucket, name):
+        return name == "jobs/j/HEAD"
+
+    assert gcs_checks("GET", "/storage/v1/b/B/o", {"prefix": "jobs/j/"}, b"", exists) == [
+        ("storage.objects.list", {"name": "projects/_/buckets/B", "type": "storage.googleapis.com/Bucket",
+                                  "service": "storage.googleapis.com"})]
+    body = b'--x\r\ncontent-type: application/json\r\n\r\n{"name": "jobs/j/HEAD"}\r\n--x\r\n\r\ndata\r\n--x--'
+    made = gcs_checks("POST", "/upload/storage/v1/b/B/o", {"uploadType": "multipart"}, body, exists)
+    assert [(p, r["name"]) for p, r in made] == [("storage.objects.create", "projects/_/buckets/B/objects/jobs/j/HEAD"),
+                                                 ("storage.objects.delete", "projects/_/buckets/B/objects/jobs/j/HEAD")]
+    assert [p for p, _ in gcs_checks("GET", "/download/storage/v1/b/B/o/jobs%2Fj%2Fx", {"alt": "media"}, b"",
+                                     exists)] == ["storage.objects.get"]
+    assert gcs_checks("POST", "/storage/v1/b/B/o/a/copyTo/b/C/o/d", {}, b"", exists) is None  # never made: refused
+
+
+# --- the fakes refuse who IAM does not allow --------------------------------------------------------------
+def job(**compute):
+    return parse_job({"name": "digits-iam", "checkpoint": {"bucket": f"gs://{BUCKET}/jobs"},
+                      "compute": {"cloud": "gcp", "region": "us-central1", **compute}})
+
+
+def group():
+    offer = {"cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4", "gpu": None, "spot": True,
+             "zones": ZONES}
+    return dry_run_group("gcp", JOB, offer, job())
+
+
+def until(check, what: str, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def launched(gce, gcp_iam, gcs_proxy):
+    """The job's groups and bucket, made by the launcher (the owner, through its ADC); its VM running."""
+    from google.cloud import storage
+
+    from nascloud.gcp_auth import gcp_credentials
+
+    launcher = get_provisioner("gcp", region="us-central1", project=gce.project, service_account=ACCOUNT,
+                               poll_seconds=0.05)
+    launcher.create_groups([group()])
+    (me,) = until(lambda: [i for g in launcher.groups(JOB) for i in g.live if i.state == State.RUNNING], "the VM")
+    credentials, _ = gcp_credentials()
+    client = storage.Client(project=gce.project, credentials=credentials)
+    client.lookup_bucket(BUCKET) or client.create_bucket(BUCKET)
+    with gce.lock:
+        raw = next(v for v in gce.instances.values() if v["id"] == me.instance_id)
+    yield launcher, raw
+    with gce.lock:  # the owner cleans up whatever the test refused the VM
+        gce.groups.clear()
+        gce.instances.clear()
+
+
+@pytest.fixture
+def vm(launched, gce, monkeypatch):
+    """This process as the VM: NASCLOUD_GCE_METADATA_URL and google-auth pointed at a metadata server serving
+    the service account's token (google-auth reads GCE_METADATA_HOST once, at import: the hosts get it in
+    their environment, this process here). Yields the metadata server; the token is in IAM."""
+    from google.auth.compute_engine import _metadata
+
+    _, raw = launched
+    zone = raw["zone"].rsplit("/", 1)[-1]
+    token = IAM.token_for(MEMBER)
+    with MetadataServer.gce(raw["id"], raw["name"], zone, "n1-standard-4", True, gce.project,
+                            account=gce_token(token, ACCOUNT)) as server:
+        monkeypatch.setenv("NASCLOUD_GCE_METADATA_URL", server.url)
+        monkeypatch.setattr(_metadata, "_GCE_METADATA_HOST", f"127.0.0.1:{server.port}")
+        server.access_token = token
+        yield server
+
+
+def grant(gce, zone: str, without: str = "", narrow: str = "", bucket: bool = True) -> None:
+    """Grant what the code builds, less one permission of the custom role (`without`), with one clause of a
+    condition narrowed (`narrow`: the text in it that gets an "-x" more, so it names something else)."""
+    role = instance_role(gce.project)
+    IAM.create_role(f"projects/{gce.project}/roles/{role['roleId']}",
+                    [p for p in role["role"]["includedPermissions"] if p != without])
+    binding = identity_binding(gce.project, "us-central1", JOB, ["search"], (zone,))
+    expression = binding["condition"]["expression"]
+    if narrow and narrow in expression:
+        expression = expression.replace(narrow, narrow + "-x")
+    IAM.grant(MEMBER, binding["role"], f"projects/{gce.project}", expression)
+    if bucket:
+        for found in bucket_bindings(JOB_URL):
+            if found["role"] != without:
+                condition = (found.get("condition") or {}).get("expression")
+                if condition and narrow and narrow in condition:
+                    condition = condition.replace(narrow, narrow + "-x")
+                IAM.grant(MEMBER, found["role"], f"projects/_/buckets/{BUCKET}", condition)
+
+
+def test_no_token_is_401_and_a_token_without_a_binding_is_403_in_compute_engines_json(launched, gce):
+    from google.api_core.exceptions import Forbidden
+    from google.cloud import compute_v1
+    from google.oauth2.credentials import Credentials
+
+    def client(credentials):
+        return compute_v1.RegionInstanceGroupManagersClient(transport="rest", credentials=credentials,
+                                                            client_options={"api_endpoint": gce.url})
+
+    url = f"{gce.url}/compute/v1/projects/{gce.project}/regions/us-central1/instanceGroupManagers/{NAME}"
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no Authorization header at all
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401 and json.load(refused.value)["error"]["errors"][0]["reason"] == "required"
+    forged = urllib.request.Request(url, headers={"Authorization": "Bearer ya29.nobody-issued-this"})
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(forged, timeout=10)
+    with pytest.raises(Forbidden, match=f"{ACCOUNT} does not have compute.instanceGroupManagers.update access to "
+                                        f"projects/{gce.project}/regions/us-central1/instanceGroupManagers/{NAME}"):
+        client(Credentials(IAM.token_for(MEMBER))).resize(project=gce.project, region="us-central1",
+                                                          instance_group_manager=NAME, size=5)
+    with gce.lock:
+        assert gce.groups["us-central1", NAME]["targetSize"] == 1  # refused: nothing done
+
+
+def test_the_instance_calls_as_its_service_account_and_the_granted_binding_covers_what_it_does(launched, vm, gce):
+    """whoami (instances.get), the resize with its reason and the waits on them (regionOperations.get), the
+    on-demand switch (instanceTemplates.get, setInstanceTemplate with the template's use), and the bootstrap's
+    own resize: curl with the metadata token, as provisioners/scripts/bootstrap.sh sends it."""
+    launcher, raw = launched
+    zone = raw["zone"].rsplit("/", 1)[-1]
+    instance = get_provisioner("gcp", region="us-central1", poll_seconds=0.05)
+    with pytest.raises(CloudError, match="compute.instances.get"):  # nothing granted yet: refused
+        instance.whoami(JOB, "search")
+    grant(gce, zone)
+    me = get_provisioner("gcp", region="us-central1", poll_seconds=0.05)
+    assert me.whoami(JOB, "search").instance_id == raw["id"]
+    me.use_on_demand(JOB, "search")
+    me.resize(JOB, "search", 1, reason="still searching")
+    with gce.lock:
+        group = gce.groups["us-central1", NAME]
+        assert group["instanceTemplate"].endswith(f"/{NAME}-standard") and group["description"] == "still searching"
+    request = urllib.request.Request(
+        f"{gce.url}/compute/v1/projects/{gce.project}/regions/us-central1/instanceGroupManagers/{NAME}/resize?size=0",
+        method="POST", data=b"", headers={"Authorization": f"Bearer {vm.access_token}"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert json.load(reply)["operationType"] == "compute.instanceGroupManagers.resize"
+    gce.tick()  # let the operation finish (time passes at the server)
+    until(lambda: gce.tick() or gce.groups["us-central1", NAME]["targetSize"] == 0, "the curl resize")
+
+
+def test_growing_updating_or_deleting_the_group_beyond_the_custom_role_is_refused(launched, vm, gce):
+    """The custom role, not roles/compute.instanceAdmin.v1: the VM cannot delete its group, make VMs or
+    groups, or point its group at another template. A resize up it can still make: resize needs
+    compute.instanceGroupManagers.update whatever the size (its reference's "IAM Permissions")."""
+    from google.api_core.exceptions import Forbidden
+    from google.cloud import compute_v1
+    from google.oauth2.credentials import Credentials
+
+    launcher, raw = launched
+    zone = raw["zone"].rsplit("/", 1)[-1]
+    grant(gce, zone)
+    credentials = Credentials(vm.access_token)
+    managers = compute_v1.RegionInstanceGroupManagersClient(transport="rest", credentials=credentials,
+                                                            client_options={"api_endpoint": gce.url})
+    with pytest.raises(Forbidden, match="compute.instanceGroupManagers.delete"):
+        managers.delete(project=gce.project, region="us-central1", instance_group_manager=NAME)
+    with pytest.raises(Forbidden, match="compute.instanceTemplates.useReadOnly"):
+        managers.set_instance_template(
+            project=gce.project, region="us-central1", instance_group_manager=NAME,
+            region_instance_group_managers_set_template_request_resource={
+                "instance_template": "global/instanceTemplates/someone-elses-template"})
+    with pytest.raises(Forbidden, match="compute.instanceGroupManagers.create"):
+        managers.insert(project=gce.project, region="us-central1", instance_group_manager_resource={
+            "name": f"{NAME}-more", "base_instance_name": f"{NAME}-more", "target_size": 4,
+            "instance_template": f"global/instanceTemplates/{NAME}"})
+    instances = compute_v1.InstancesClient(transport="rest", credentials=credentials,
+                                           client_options={"api_endpoint": gce.url})
+    with pytest.raises(Forbidden, match="compute.instances.create"):
+        instances.insert(project=gce.project, zone=zone, instance_resource={"name": f"{NAME}-x"})
+    with pytest.raises(Forbidden, match="compute.instances.delete"):
+        instances.delete(project=gce.project, zone=zone, instance=raw["name"])
+    # With the old role the same condition let it delete the group.
+    IAM.bindings.clear()
+    binding = identity_binding(gce.project, "us-central1", JOB, ["search"], (zone,))
+    IAM.grant(MEMBER, "roles/compute.instanceAdmin.v1", f"projects/{gce.project}", binding["condition"]["expression"])
+    managers.delete(project=gce.project, region="us-central1", instance_group_manager=NAME)
+
+
+# --- each permission and each condition, removed or narrowed, refuses the call it covers ----------------------
+def _whoami(gce):
+    get_provisioner("gcp", region="us-central1", poll_seconds=0.05).whoami(JOB, "search")
+
+
+def _resize(gce):
+    get_provisioner("gcp", region="us-central1", project=gce.project, poll_seconds=0.05).resize(
+        JOB, "search", 0, reason="a test")
+
+
+def _on_demand(gce):
+    me = get_provisioner("gcp", region="us-central1", project=gce.project, poll_seconds=0.05)
+    me.use_on_demand(JOB, "search")
+
+
+COMPUTE_CASES = [  # (what is removed or narrowed, the call it covers, the permission refused)
+    ("without compute.instances.get", dict(without="compute.instances.get"), _whoami, "compute.instances.get"),
+    ("narrowed: the VMs' names", dict(narrow=f"/instances/{NAME}"), _whoami, "compute.instances.get"),
+    ("without compute.instanceGroupManagers.update", dict(without="compute.instanceGroupManagers.update"), _resize,
+     "compute.instanceGroupManagers.update"),
+    ("narrowed: the group's name", dict(narrow=f"instanceGroupManagers/{NAME}"), _resize,
+     "compute.instanceGroupManagers.update"),
+    ("without compute.regionOperations.get", dict(without="compute.regionOperations.get"), _resize,
+     "compute.regionOperations.get"),
+    ("narrowed: the region's operations", dict(narrow="regions/us-central1/operations"), _resize,
+     "compute.regionOperations.get"),
+    ("without compute.instanceTemplates.get", dict(without="compute.instanceTemplates.get"), _on_demand,
+     "compute.instanceTemplates.get"),
+    ("without compute.instanceTemplates.useReadOnly", dict(without="compute.instanceTemplates.useReadOnly"),
+     _on_demand, "compute.instanceTemplates.useReadOnly"),
+    ("narrowed: the on-demand template's name", dict(narrow=f"instanceTemplates/{NAME}-standard"), _on_demand,
+     "compute.instanceTemplates.get"),
+]
+
+
+def test_every_permission_of_the_custom_role_is_one_the_cases_below_need():
+    assert sorted({case[1].get("without") for case in COMPUTE_CASES} - {None}) == sorted(INSTANCE_PERMISSIONS)
+
+
+@pytest.mark.parametrize("what, change, call, refused", COMPUTE_CASES, ids=[c[0] for c in COMPUTE_CASES])
+def test_each_permission_and_condition_of_the_identity_binding_is_needed(launched, vm, gce, what, change, call,
+                                                                          refused):
+    _, raw = launched
+    grant(gce, raw["zone"].rsplit("/", 1)[-1], **change)
+    with pytest.raises(CloudError, match=refused.replace(".", r"\.")):
+        call(gce)
+
+
+def _store():
+    from nascloud.checkpoints.gcs import GCSObjects
+
+    return GCSObjects(BUCKET, f"jobs/{JOB}")
+
+
+def _data_store():
+    from nascloud.checkpoints.gcs import GCSObjects
+
+    return GCSObjects(BUCKET, "jobs")
+
+
+BUCKET_CASES = [  # (what, change, the call, the status or error it meets)
+    ("without roles/storage.objectAdmin", dict(without="roles/storage.objectAdmin"),
+     lambda: _store().put("agent/heartbeat.json", b"{}"), "403"),
+    ("narrowed: the job's prefix", dict(narrow=f"objects/jobs/{JOB}"), lambda: _store().put("ledger/1.json", b"{}"),
+     "403"),
+    ("without roles/storage.objectViewer", dict(without="roles/storage.objectViewer"),
+     lambda: _data_store().get("data/abc.npz"), "403"),
+    ("narrowed: the data sets' prefix", dict(narrow="objects/jobs/data"), lambda: _data_store().get("data/abc.npz"),
+     "403"),
+    # The bootstrap's bundle_wheels, the store's listings and its missing-object check are bucket-level.
+    ("without roles/storage.legacyBucketReader: listing", dict(without="roles/storage.legacyBucketReader"),
+     lambda: _store().list("bundle/"), "403"),
+    ("without roles/storage.legacyBucketReader: a missing record", dict(without="roles/storage.legacyBucketReader"),
+     lambda: _store().get("agent/exit.json"), "403"),
+]
+
+
+@pytest.mark.parametrize("what, change, call, refused", BUCKET_CASES, ids=[c[0] for c in BUCKET_CASES])
+def test_each_bucket_binding_is_needed(launched, vm, gce, what, change, call, refused):
+    grant(gce, "us-central1-a")
+    call()  # as the VM, with every binding: allowed
+    IAM.bindings.clear()
+    grant(gce, "us-central1-a", **change)
+    with pytest.raises(CloudError, match=f"GCS refused a request on gs://{BUCKET}/jobs.*: {refused}"):
+        call()
+
+
+def test_an_object_name_condition_does_not_grant_listing(launched, vm, gce):
+    """The README's earlier binding (objectAdmin conditioned on the job's prefix, nothing on the bucket):
+    what the bootstrap's bundle_wheels lists (curl with the token) is refused; the bucket's own binding
+    grants it."""
+    objects = f"projects/_/buckets/{BUCKET}/objects/"
+    IAM.grant(MEMBER, "roles/storage.objectAdmin", f"projects/_/buckets/{BUCKET}",
+              f'resource.name.startsWith("{objects}jobs/{JOB}/")')
+    store = _store()
+    store.put("bundle/nascloud-1.0-py3-none-any.whl", b"wheel")  # the object itself: granted
+    import os
+
+    listing = (f"{os.environ['STORAGE_EMULATOR_HOST']}/storage/v1/b/{BUCKET}/o?prefix=jobs%2F{JOB}%2Fbundle%2F"
+               "&delimiter=%2F&fields=items(name)")
+    request = urllib.request.Request(listing, headers={"Authorization": f"Bearer {vm.access_token}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
+    assert json.load(refused.value)["error"]["errors"][0]["reason"] == "forbidden"
+    IAM.grant(MEMBER, "roles/storage.legacyBucketReader", f"projects/_/buckets/{BUCKET}")
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert [i["name"] for i in json.load(reply)["items"]] == [f"jobs/{JOB}/bundle/nascloud-1.0-py3-none-any.whl"]
+
+
+def test_the_dry_run_shows_the_custom_role_and_the_bindings_as_the_code_builds_them(monkeypatch):
+    monkeypatch.setenv("NASCLOUD_GCP_PROJECT", "my-project")
+    request = launch_request(JOB, {"cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4",
+                                   "gpu": "T4", "spot": True, "zones": ZONES}, job())
+    assert request["service account role"]["role"]["includedPermissions"] == list(INSTANCE_PERMISSIONS)
+    binding = request["service account binding"]
+    assert binding["role"] == "projects/my-project/roles/nascloudInstance"
+    assert f'projects/my-project/zones/us-central1-a/instances/{NAME}-' in binding["condition"]["expression"]
+    assert [b["role"] for b in request["bucket bindings"]] == ["roles/storage.objectAdmin", "roles/storage.objectViewer",
+                                                               "roles/storage.legacyBucketReader"]
+    assert OWNER not in json.dumps(request)
