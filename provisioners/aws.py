@@ -457,9 +457,11 @@ class AwsProvisioner:
 
     def _create_group(self, region: str, request: dict) -> None:
         """CreateAutoScalingGroup, retried while the instance profile made a moment ago is not yet usable: IAM is
-        eventually consistent, and Auto Scaling refuses the launch template for seconds with ValidationError
-        "... parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name" (seen 34 s after
-        CreateInstanceProfile in eksctl-io/eksctl#8039; Terraform retries this exact error for its IAM
+        eventually consistent (AddRoleToInstanceProfile's reference: "You must then wait for the change to appear
+        across all of AWS because of eventual consistency", docs.aws.amazon.com/IAM/latest/APIReference/
+        API_AddRoleToInstanceProfile.html), and Auto Scaling refuses the launch template meanwhile with
+        ValidationError "... parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
+        (34 s after CreateInstanceProfile in eksctl-io/eksctl#8039; Terraform retries this exact error for its IAM
         propagation timeout of 2 minutes, hashicorp/terraform-provider-aws#5633). Waits of 1, 2, 4, 8, 8 polls:
         23 polls (115 s at the default 5 s) over 6 attempts, before create_groups gives up and cleans up."""
         name = request["AutoScalingGroupName"]

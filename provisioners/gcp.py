@@ -240,11 +240,15 @@ def requests(group: GroupSpec, image: str, service_account: Optional[str], cidr:
 # (instances.get); resize and the reason patch its group (regionInstanceGroupManagers.resize and .patch:
 # compute.instanceGroupManagers.update), and it waits on their region operations (regionOperations.get);
 # the on-demand fallback reads the STANDARD template and points the group at it (setInstanceTemplate:
-# update, and compute.instanceTemplates.useReadOnly on that template). Not roles/compute.instanceAdmin.v1,
-# which also lets it create, delete and update any group or VM the condition names.
+# update, and compute.instanceTemplates.useReadOnly on that template); at boot it lists the job's groups,
+# VMs and preemptions to close the ledger, whose preemption count the fallback reads (instanceGroupManagers
+# .list, instances.aggregatedList, globalOperations.aggregatedList: checked on the project), and reads the
+# groups' templates. Not roles/compute.instanceAdmin.v1, which also lets it create, delete and update any
+# group or VM the condition names.
 INSTANCE_ROLE_ID = "nascloudInstance"
-INSTANCE_PERMISSIONS = ("compute.instanceGroupManagers.update", "compute.instanceTemplates.get",
-                        "compute.instanceTemplates.useReadOnly", "compute.instances.get",
+INSTANCE_PERMISSIONS = ("compute.globalOperations.list", "compute.instanceGroupManagers.list",
+                        "compute.instanceGroupManagers.update", "compute.instanceTemplates.get",
+                        "compute.instanceTemplates.useReadOnly", "compute.instances.get", "compute.instances.list",
                         "compute.regionOperations.get")
 
 
@@ -259,18 +263,20 @@ def instance_role(project: str) -> dict:
 
 def identity_binding(project: str, region: str, job_id: str, groups: list[str], zones: tuple = ()) -> dict:
     """The project binding the service account needs for the job (granted by the user, who owns the project's
-    IAM): the custom role above, conditioned on the job's groups, their on-demand templates, the groups' VMs
-    in the offer's zones (the VM reads itself) and the region's operations (names GCE picks; reading one
-    reveals only its progress). IAM Conditions see these names as
-    https://cloud.google.com/iam/docs/conditions-resource-attributes#resource-name writes them."""
+    IAM): the custom role above, conditioned on the job's groups, their two templates, the groups' VMs in the
+    offer's zones (the VM reads itself), the region's operations (names GCE picks; reading one reveals only
+    its progress) and the project, where the lists are checked (of the role's permissions only those are
+    checked there). IAM Conditions see these names and types as
+    https://cloud.google.com/iam/docs/conditions-resource-attributes writes them."""
     names = [f'resource.name == "projects/{project}/regions/{region}/instanceGroupManagers/{group_name(job_id, g)}"'
              for g in groups]
-    # the on-demand fallback points the group at this template: using it is checked on it
-    names += [f'resource.name == "projects/{project}/global/instanceTemplates/{standard_template(job_id, g)}"'
-              for g in groups]
+    # the on-demand fallback points the group at its STANDARD template: using it is checked on it
+    names += [f'resource.name == "projects/{project}/global/instanceTemplates/{template}"'
+              for g in groups for template in (group_name(job_id, g), standard_template(job_id, g))]
     names += [f'resource.name.startsWith("projects/{project}/zones/{zone}/instances/{group_name(job_id, g)}-")'
               for g in groups for zone in zones]
     names.append(f'resource.name.startsWith("projects/{project}/regions/{region}/operations/")')
+    names.append('resource.type == "cloudresourcemanager.googleapis.com/Project"')
     return {"role": f"projects/{project}/roles/{INSTANCE_ROLE_ID}", "condition": {
         "title": f"nascloud {job_id} groups", "expression": " || ".join(names)}}
 

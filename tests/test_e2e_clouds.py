@@ -56,10 +56,21 @@ def gcp_job(bucket: str, search: Optional[dict] = None, **compute):
 
 
 @pytest.fixture
-def gcp_env(gce, gcs_server, monkeypatch):
+def gcp_env(gce, gcp_iam, monkeypatch):
+    """GCP with IAM enforced: the launcher is the project's owner; each VM calls as ACCOUNT, which holds what
+    the README has the user grant it for the job (grant_gcp_job)."""
     monkeypatch.setenv("NASCLOUD_GCP_PROJECT", gce.project)
     monkeypatch.setenv("NASCLOUD_GCP_SERVICE_ACCOUNT", ACCOUNT)
     return gce
+
+
+def grant_gcp_job(bundle) -> None:
+    """The user's grants for a job, as `launch --dry-run` prints them (tests/fixtures/gcp_iam.py)."""
+    from tests.fixtures.gcp_iam import IAM, grant_job
+
+    zones = [z.zone for z in bundle.offer.zones if z.zone] or [bundle.offer.zone]
+    grant_job(IAM, os.environ["NASCLOUD_GCP_PROJECT"], ACCOUNT, bundle.job_id, bundle.job_url,
+              bundle.offer.region, zones, [g.name for g in bundle.groups])
 
 
 def host_env() -> dict:
@@ -84,10 +95,14 @@ def test_aws_an_instance_that_cannot_use_its_bucket_ends_its_group_with_the_reas
 
 
 def test_gcp_an_instance_that_cannot_use_its_bucket_ends_its_group_with_the_reason(gcp_env, hypervisor_env):
+    from tests.fixtures.gcp_iam import IAM, grant_job
+
     gcp = get_provisioner("gcp", region="us-central1", poll_seconds=0.05)
     job_id = "digits-gcp-0badb0"
     group = dry_run_group("gcp", job_id, {"cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4",
                                           "gpu": None, "spot": True}, gcp_job("gs://nascloud-nowhere/jobs"))
+    grant_job(IAM, gcp_env.project, ACCOUNT, job_id, f"gs://nascloud-nowhere/jobs/{job_id}", "us-central1",
+              ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"])
     with Hypervisor(hypervisor_env, host_env(), gce_machines(gcp_env)) as hosts:
         gcp.create_groups([group])
         hosts.wait_for(lambda found: any(h.ended_at for h in found.values()), 120, "the host to end itself")
@@ -114,15 +129,19 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2, hosts:
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def launch_on_the_hypervisor(spec, monkeypatch, tmp_path) -> str:
+def launch_on_the_hypervisor(spec, monkeypatch, tmp_path, grant=None) -> str:
     """`launch` as the user's machine runs it, returning once the groups exist. The machines the hypervisor
-    plays have no GPU: the offer (priced as the catalog's GPU instance) says so, or the agent would refuse."""
+    plays have no GPU: the offer (priced as the catalog's GPU instance) says so, or the agent would refuse.
+    grant(bundle): what the user grants the instances' identity for the job before it starts."""
     from nascloud import launching
 
     monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
     chosen = launching.choose_offer
     monkeypatch.setattr(launching, "choose_offer", lambda *args: {**chosen(*args), "gpu": None})
-    return launching.launch(launching.prepare(spec, force=True)).url
+    prepared = launching.prepare(spec, force=True)
+    if grant:
+        grant(prepared.bundle)
+    return launching.launch(prepared).url
 
 
 def reclaim_mid_search_and_finish(url: str, hosts: Hypervisor, reclaim) -> dict:
@@ -233,10 +252,11 @@ def test_aws_a_spot_reclaim_mid_search_the_group_replaces_it_and_nothing_is_left
 
 def test_gcp_a_preemption_mid_search_the_group_recreates_the_vm_and_nothing_is_left(
         gcp_env, hypervisor_env, monkeypatch, tmp_path, record_property):
-    from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    client = storage.Client(project="test", credentials=AnonymousCredentials())
+    from nascloud.gcp_auth import gcp_credentials
+
+    client = storage.Client(project="test", credentials=gcp_credentials()[0])  # the launcher's (the owner)
     client.lookup_bucket("nascloud-e2e") or client.create_bucket("nascloud-e2e")  # the server is shared
 
     def preempt(instance_id: str) -> None:
@@ -247,7 +267,7 @@ def test_gcp_a_preemption_mid_search_the_group_recreates_the_vm_and_nothing_is_l
     with Hypervisor(hypervisor_env, host_env(), gce_machines(gcp_env)) as hosts:
         url = launch_on_the_hypervisor(gcp_job("gs://nascloud-e2e/jobs", search=RECLAIM_SEARCH,
                                                on_demand_after_preemptions=1),
-                                       monkeypatch, tmp_path)
+                                       monkeypatch, tmp_path, grant=grant_gcp_job)
         timings = reclaim_mid_search_and_finish(url, hosts, preempt)
     with gcp_env.lock:
         (group,) = [g for g in gcp_env.groups.values() if url.rsplit("/", 1)[1] in g["name"]]

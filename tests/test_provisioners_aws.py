@@ -118,7 +118,7 @@ def test_the_template_read_back_carries_imdsv2_terminate_the_scoped_identity_and
                                       "Resource": "arn:aws:s3:::nascloud-test/jobs/data/*"}
     own = statements["OwnGroups"]
     assert own["Resource"] == [f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{NAME}"]
-    assert own["Condition"] == {"StringEquals": {"autoscaling:ResourceTag/nascloud-job": JOB}}
+    assert own["Condition"]["StringEquals"] == {"autoscaling:ResourceTag/nascloud-job": JOB}
     assert set(own["Action"]) >= {"autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup"}
     assert all(s["Resource"] == "*" for s in policy["Statement"] if s["Sid"] == "Describe")
     assert {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])

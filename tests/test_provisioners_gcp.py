@@ -354,13 +354,13 @@ def test_a_drill_refuses_an_on_demand_vm(gcp, gce):
 
 
 def test_whoami_reads_the_metadata_server_and_power_off_runs_the_command(gcp, gce, monkeypatch, tmp_path):
-    from tests.fixtures.hypervisor import MetadataServer
+    from tests.fixtures.hypervisor import MetadataServer, act_as_the_vm
 
     gcp.create_groups([group()])
     (instance,) = running(gcp)
     raw = vm(gce, instance)
     with MetadataServer.gce(raw["id"], raw["name"], instance.zone, "n1-standard-4", True, gce.project) as server:
-        monkeypatch.setenv("NASCLOUD_GCE_METADATA_URL", server.url)
+        act_as_the_vm(server, monkeypatch)  # its calls with the VM's token, as on the VM
         me = get_provisioner("gcp", region="us-central1").whoami(JOB, "search")  # as the instance makes it
     assert (me.instance_id, me.zone, me.spot, me.instance_type, me.launched_at) == (
         instance.instance_id, instance.zone, True, "n1-standard-4", instance.launched_at)

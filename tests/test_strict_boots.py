@@ -20,7 +20,8 @@ import pytest
 
 from nascloud.jobbucket import JobBucket
 from tests.fixtures.hypervisor import Hypervisor, gce_machines, hypervisor_env, moto_machines  # noqa: F401
-from tests.test_e2e_clouds import HOST_ENV, aws_job, gcp_env, gcp_job, launch_on_the_hypervisor, observe  # noqa: F401
+from tests.test_e2e_clouds import (HOST_ENV, aws_job, gcp_env, gcp_job, grant_gcp_job,  # noqa: F401
+                                   launch_on_the_hypervisor, observe)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.strict_cloud]
 
@@ -205,3 +206,101 @@ def test_aws_with_the_resize_refused_the_backstop_ends_the_loop_within_its_bound
     spent = spend(JobBucket.open(url), time.time())
     assert spent <= backstop_bound_usd(budget, price, 60, grace_seconds=10), spent
     print(f"backstop after {fired:.0f} s: {len(boots)} boots, ${spent:.2f} of a ${budget:.2f} budget")
+
+
+# --- GCP ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def gcp_launch(gcp_env, monkeypatch, tmp_path):
+    """launch(spec) -> the job's URL, its group made (the user's grants to the VMs' identity given) and no
+    host running yet."""
+    gcs_bucket().exists() or gcs_bucket().create()  # the server is shared
+    return lambda spec: launch_on_the_hypervisor(spec, monkeypatch, tmp_path, grant=grant_gcp_job)
+
+
+def gcs_bucket():
+    """The test bucket, as the launcher (the project's owner) sees it."""
+    from google.cloud import storage
+
+    from nascloud.gcp_auth import gcp_credentials
+
+    return storage.Client(project="test", credentials=gcp_credentials()[0]).bucket("nascloud-boots")
+
+
+def gcs_wheel(url: str):
+    prefix = url.removeprefix("gs://nascloud-boots/")
+    (wheel,) = [b for b in gcs_bucket().list_blobs(prefix=f"{prefix}/bundle/") if b.name.endswith(".whl")]
+    return wheel
+
+
+def gce_group(gce, url: str) -> dict:
+    """The job's managed group once it is at 0 (a resize is an operation: it takes effect when it is done)."""
+    from tests.test_e2e_clouds import wait_for
+
+    def at_zero():
+        gce.tick()
+        with gce.lock:
+            (group,) = [g for g in gce.groups.values() if url.rsplit("/", 1)[1] in g["name"]]
+            return dict(group) if group["targetSize"] == 0 else None
+
+    return wait_for(at_zero, 60, "the group to be at 0")
+
+
+def test_gcp_a_boot_that_finds_no_wheel_ends_the_group_and_says_why(gcp_launch, gcp_env, hypervisor_env, tmp_path):
+    url = gcp_launch(gcp_job("gs://nascloud-boots/jobs"))
+    gcs_wheel(url).delete()
+    with Hypervisor(hypervisor_env, boot_env(tmp_path), gce_machines(gcp_env), install=True) as hosts:
+        ended(hosts)
+        group = gce_group(gcp_env, url)
+    assert "no nascloud wheel" in group["description"], hosts.console(next(iter(hosts.hosts)))
+    assert_halted_once(url, hosts, tmp_path, "no nascloud wheel under")
+
+
+def test_gcp_a_boot_whose_pip_install_fails_ends_the_group(gcp_launch, gcp_env, hypervisor_env, tmp_path):
+    url = gcp_launch(gcp_job("gs://nascloud-boots/jobs"))
+    gcs_wheel(url).upload_from_string(b"not a zip file")
+    with Hypervisor(hypervisor_env, boot_env(tmp_path), gce_machines(gcp_env), install=True) as hosts:
+        ended(hosts)
+        gce_group(gcp_env, url)
+    assert_halted_once(url, hosts, tmp_path, "pip install")
+
+
+def test_gcp_a_boot_whose_gpu_driver_sees_no_device_ends_the_group(gcp_env, hypervisor_env, monkeypatch, tmp_path):
+    from nascloud import launching
+
+    gcs_bucket().exists() or gcs_bucket().create()
+    monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
+    prepared = launching.prepare(gcp_job("gs://nascloud-boots/jobs"), force=True)  # a T4 job
+    grant_gcp_job(prepared.bundle)
+    url = launching.launch(prepared).url
+    with Hypervisor(hypervisor_env, boot_env(tmp_path), gce_machines(gcp_env)) as hosts:
+        ended(hosts)
+        gce_group(gcp_env, url)
+    assert_halted_once(url, hosts, tmp_path, "no working NVIDIA driver for the T4 GPU")
+
+
+def test_gcp_a_governor_that_cannot_read_its_metadata_ends_the_group(gcp_launch, gcp_env, hypervisor_env, tmp_path):
+    url = gcp_launch(gcp_job("gs://nascloud-boots/jobs"))
+    machines = without_metadata(gce_machines(gcp_env), "instance/zone")
+    with Hypervisor(hypervisor_env, boot_env(tmp_path), machines) as hosts:
+        ended(hosts)
+        gce_group(gcp_env, url)
+    assert_halted_once(url, hosts, tmp_path, "the instance's governor failed: cannot read this VM's metadata")
+
+
+def test_gcp_a_boot_that_finds_the_breaker_open_ends_the_groups_before_anything_else(gcp_launch, gcp_env,
+                                                                                   hypervisor_env, tmp_path):
+    url = gcp_launch(gcp_job("gs://nascloud-boots/jobs"))
+    prefix = url.removeprefix("gs://nascloud-boots/")
+    for n in range(3):
+        gcs_bucket().blob(f"{prefix}/boots/search/{n}.json").upload_from_string(json.dumps({
+            "instance_id": str(n), "group": "search", "booted_at": time.time() - 300, "failed_at": time.time() - 240,
+            "reason": "pip install failed"}))
+    with Hypervisor(hypervisor_env, boot_env(tmp_path), gce_machines(gcp_env)) as hosts:
+        ended(hosts)
+        gce_group(gcp_env, url)
+    (host,) = hosts.hosts
+    console = hosts.console(host)
+    assert "the breaker is open: 3 boots of group search failed" in console
+    assert "starting the instance's governor" not in console
+    status = observe(url, tmp_path)
+    assert status["status"] == "halted" and "4 boots failed" in status["reason"], status

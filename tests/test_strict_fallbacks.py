@@ -51,7 +51,8 @@ def test_the_fake_repairs_a_preempted_vm_from_its_own_template_and_adds_new_ones
     first = until(lambda: gce.tick() or [n for _, n in gce.instances if n.startswith(plain)], "the plain group's VM")[0]
     assert _post(gce, f"regions/us-central1/instanceGroupManagers/{plain}/setInstanceTemplate",
                  {"instanceTemplate": f"global/instanceTemplates/{GCP_NAME}-standard"})[0] == 200
-    until(lambda: gce.tick() or gce.groups["us-central1", plain]["instanceTemplate"].endswith("-standard"), "the switch")
+    until(lambda: gce.tick() or gce.groups["us-central1", plain]["instanceTemplate"].endswith("-standard"),
+          "the switch")
     gce.preempt(first)
     repaired = until(lambda: gce.tick() or [n for _, n in gce.instances if n.startswith(plain) and n != first],
                      "the repair")[0]
@@ -96,8 +97,8 @@ def test_the_gcp_dry_run_shows_both_quotas_preflight_checks(monkeypatch):
     assert gcp_launch_request(GCP_JOB, offer, gcp_job())["quotas (preflight)"] == [
         "GPUS_ALL_REGIONS in the project", "PREEMPTIBLE_NVIDIA_T4_GPUS in us-central1"]
     request = gcp_launch_request(GCP_JOB, offer, gcp_job(**ON_DEMAND_AFTER))
-    assert request["quotas (preflight)"] == ["GPUS_ALL_REGIONS in the project",
-                                             "PREEMPTIBLE_NVIDIA_T4_GPUS in us-central1", "NVIDIA_T4_GPUS in us-central1"]
+    assert request["quotas (preflight)"] == [
+        "GPUS_ALL_REGIONS in the project", "PREEMPTIBLE_NVIDIA_T4_GPUS in us-central1", "NVIDIA_T4_GPUS in us-central1"]
     assert request["regionInstanceGroupManagers.insert"]["instanceLifecyclePolicy"]["forceUpdateOnRepair"] == "YES"
 
 

@@ -310,15 +310,15 @@ def test_a_get_of_a_missing_record_is_403_without_listing_and_nascloud_reads_it_
 
 
 def test_the_instance_writes_its_own_records_but_not_the_launchers_nor_deletes_the_ledger(instance):
-    from nascloud.provisioners.aws import INSTANCE_WRITES
-
-    for pattern in INSTANCE_WRITES:
-        instance.s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{pattern.replace('*', 'x.json')}", Body=b"{}")
     for key in ("budget.json", "stop.json", "bundle/job.json", "bundle/nascloud-9.9-py3-none-any.whl"):
         refused(lambda: instance.s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{key}", Body=b"{}"))
     refused(lambda: instance.s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/ledger/i-0.json"))
     refused(lambda: instance.s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/agent/exit.json"))
     instance.s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/manifests/1.json")  # the snapshot store's pruning
+    from nascloud.provisioners.aws import INSTANCE_WRITES
+
+    for pattern in INSTANCE_WRITES:
+        instance.s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{pattern.replace('*', 'x.json')}", Body=b"{}")
 
 
 def test_the_instance_cannot_raise_its_groups_size_but_switches_it_to_on_demand(instance, monkeypatch,

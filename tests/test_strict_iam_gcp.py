@@ -19,7 +19,7 @@ from nascloud.provisioners.common import dry_run_group
 from nascloud.provisioners.gcp import (INSTANCE_PERMISSIONS, bucket_bindings, identity_binding, instance_role,
                                        launch_request)
 from tests.fixtures.gcp_iam import IAM, OWNER, ConditionError, evaluate, gcs_checks
-from tests.fixtures.hypervisor import MetadataServer, gce_token
+from tests.fixtures.hypervisor import MetadataServer, act_as_the_vm, gce_token
 
 pytestmark = [pytest.mark.strict_cloud]
 
@@ -141,40 +141,40 @@ def launched(gce, gcp_iam, gcs_proxy):
 
 @pytest.fixture
 def vm(launched, gce, monkeypatch):
-    """This process as the VM: NASCLOUD_GCE_METADATA_URL and google-auth pointed at a metadata server serving
-    the service account's token (google-auth reads GCE_METADATA_HOST once, at import: the hosts get it in
-    their environment, this process here). Yields the metadata server; the token is in IAM."""
-    from google.auth.compute_engine import _metadata
-
+    """This process as the VM, whose metadata server serves the service account's token (issued by IAM).
+    Yields the metadata server."""
     _, raw = launched
     zone = raw["zone"].rsplit("/", 1)[-1]
     token = IAM.token_for(MEMBER)
     with MetadataServer.gce(raw["id"], raw["name"], zone, "n1-standard-4", True, gce.project,
                             account=gce_token(token, ACCOUNT)) as server:
-        monkeypatch.setenv("NASCLOUD_GCE_METADATA_URL", server.url)
-        monkeypatch.setattr(_metadata, "_GCE_METADATA_HOST", f"127.0.0.1:{server.port}")
+        act_as_the_vm(server, monkeypatch)
         server.access_token = token
         yield server
 
 
-def grant(gce, zone: str, without: str = "", narrow: str = "", bucket: bool = True) -> None:
-    """Grant what the code builds, less one permission of the custom role (`without`), with one clause of a
-    condition narrowed (`narrow`: the text in it that gets an "-x" more, so it names something else)."""
+def grant(gce, zone: str, without: str = "", narrow: str = "") -> None:
+    """Grant what the code builds, less one permission of the custom role or one bucket role (`without`),
+    with one clause of a condition narrowed (`narrow`: the text in it that gets "-x" more, before a closing
+    quote, so it names something else)."""
+    narrowed = []
+
+    def narrowing(expression: str) -> str:
+        if narrow and narrow in expression:
+            narrowed.append(narrow)
+            return expression.replace(narrow, narrow.rstrip('"') + "-x" + '"' * narrow.endswith('"'))
+        return expression
+
     role = instance_role(gce.project)
     IAM.create_role(f"projects/{gce.project}/roles/{role['roleId']}",
                     [p for p in role["role"]["includedPermissions"] if p != without])
     binding = identity_binding(gce.project, "us-central1", JOB, ["search"], (zone,))
-    expression = binding["condition"]["expression"]
-    if narrow and narrow in expression:
-        expression = expression.replace(narrow, narrow + "-x")
-    IAM.grant(MEMBER, binding["role"], f"projects/{gce.project}", expression)
-    if bucket:
-        for found in bucket_bindings(JOB_URL):
-            if found["role"] != without:
-                condition = (found.get("condition") or {}).get("expression")
-                if condition and narrow and narrow in condition:
-                    condition = condition.replace(narrow, narrow + "-x")
-                IAM.grant(MEMBER, found["role"], f"projects/_/buckets/{BUCKET}", condition)
+    IAM.grant(MEMBER, binding["role"], f"projects/{gce.project}", narrowing(binding["condition"]["expression"]))
+    for found in bucket_bindings(JOB_URL):
+        if found["role"] != without:
+            condition = (found.get("condition") or {}).get("expression")
+            IAM.grant(MEMBER, found["role"], f"projects/_/buckets/{BUCKET}", condition and narrowing(condition))
+    assert bool(narrowed) == bool(narrow), f"{narrow!r} is in no condition"
 
 
 def test_no_token_is_401_and_a_token_without_a_binding_is_403_in_compute_engines_json(launched, gce):
@@ -280,7 +280,21 @@ def _on_demand(gce):
     me.use_on_demand(JOB, "search")
 
 
+def _groups(gce):
+    """What the governor lists at boot to close the ledger (the fallback counts its preemptions)."""
+    get_provisioner("gcp", region="us-central1", project=gce.project, poll_seconds=0.05).groups(JOB)
+
+
 COMPUTE_CASES = [  # (what is removed or narrowed, the call it covers, the permission refused)
+    ("without compute.instanceGroupManagers.list", dict(without="compute.instanceGroupManagers.list"), _groups,
+     "compute.instanceGroupManagers.list"),
+    ("without compute.instances.list", dict(without="compute.instances.list"), _groups, "compute.instances.list"),
+    ("without compute.globalOperations.list", dict(without="compute.globalOperations.list"), _groups,
+     "compute.globalOperations.list"),
+    ("narrowed: the project, where lists are checked", dict(narrow="cloudresourcemanager.googleapis.com/Project"),
+     _groups, "compute.instanceGroupManagers.list"),
+    ("narrowed: the Spot template's name", dict(narrow=f'instanceTemplates/{NAME}"'), _groups,
+     "compute.instanceTemplates.get"),
     ("without compute.instances.get", dict(without="compute.instances.get"), _whoami, "compute.instances.get"),
     ("narrowed: the VMs' names", dict(narrow=f"/instances/{NAME}"), _whoami, "compute.instances.get"),
     ("without compute.instanceGroupManagers.update", dict(without="compute.instanceGroupManagers.update"), _resize,

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.strict_cloud
 # latest/API/ErrorResponses.html).
 THROTTLING = ("Throttling", "Rate exceeded", 400)
 EC2_THROTTLING = ("RequestLimitExceeded", "Request limit exceeded.", 503)
-PROFILE_NOT_READY = ("ValidationError", f"You must use a valid fully-formed launch template. Value (nascloud-{AWS_JOB}) "
-                     "for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name", 400)
+PROFILE_NOT_READY = ("ValidationError", "You must use a valid fully-formed launch template. Value "
+                     f"(nascloud-{AWS_JOB}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance "
+                     "Profile name", 400)
 
 
 @pytest.fixture
