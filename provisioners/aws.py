@@ -7,8 +7,9 @@ What a job creates, all tagged nascloud-job / nascloud-owner / nascloud-job-url:
 - per group: a launch template and an Auto Scaling group, both nascloud-<job-id>-<group>. The template
   holds the bootstrap (user data), IMDSv2 required, the instance profile and terminate-on-shutdown; the
   group spreads over the offer's instance types and its zones' default subnets, all spot with
-  price-capacity-optimized allocation and capacity rebalancing. Spot is asked for by the group's
-  instances distribution: AWS refuses a launch template with spot market options in a mixed group.
+  price-capacity-optimized allocation (and capacity rebalancing in groups of more than one). Spot is asked
+  for by the group's instances distribution: AWS refuses a launch template with spot market options in a
+  mixed group.
 A fire drill adds a role nascloud-fis-<job-id> that only AWS FIS may assume, to interrupt a spot instance.
 """
 
@@ -96,7 +97,8 @@ def _error(error: Exception, what: str) -> NascloudError:
 
 def _trust(service: str, account: Optional[str] = None, source_arn: Optional[str] = None) -> dict:
     """A role only `service` may assume; with account, only on behalf of that account's own resources
-    (source_arn), against the confused deputy (https://docs.aws.amazon.com/IAM/latest/UserGuide/confused-deputy.html)."""
+    (source_arn), against the confused deputy
+    (https://docs.aws.amazon.com/IAM/latest/UserGuide/confused-deputy.html)."""
     statement = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
     if account:
         statement["Condition"] = {"StringEquals": {"aws:SourceAccount": account},
@@ -145,7 +147,8 @@ def role_policy(bucket: str, prefix: str, job_id: str, groups: list[str]) -> dic
              "Resource": f"arn:aws:s3:::{bucket}/{data_prefix(prefix)}*"},
             # UpdateAutoScalingGroup is for the on-demand switch (use_on_demand), which sends no size: a MaxSize
             # or MinSize above 0 is refused, so the instance cannot raise its group's size (only SetDesiredCapacity
-            # is capped by MaxSize). Condition keys: https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2autoscaling.html
+            # is capped by MaxSize). Condition keys:
+            # https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2autoscaling.html
             {"Sid": "OwnGroups", "Effect": "Allow",
              "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup",
                         "autoscaling:CreateOrUpdateTags"],
@@ -709,7 +712,8 @@ class AwsProvisioner:
             partition, account = caller.split(":")[1], caller.split(":")[4]
             # Only this account's FIS experiments may assume it
             # (https://docs.aws.amazon.com/fis/latest/userguide/getting-started-iam-service-role.html).
-            trust = _trust("fis.amazonaws.com", account, f"arn:{partition}:fis:{instance.region}:{account}:experiment/*")
+            trust = _trust("fis.amazonaws.com", account,
+                           f"arn:{partition}:fis:{instance.region}:{account}:experiment/*")
             try:
                 role_arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust),
                                            Tags=[{"Key": JOB_TAG, "Value": instance.job_id}])["Role"]["Arn"]
@@ -719,7 +723,8 @@ class AwsProvisioner:
                 role_arn = iam.get_role(RoleName=name)["Role"]["Arn"]
             instance_arn = f"arn:{partition}:ec2:{instance.region}:{account}:instance/{instance.instance_id}"
             # The action's permissions: it describes its target, then interrupts it
-            # (https://docs.aws.amazon.com/fis/latest/userguide/fis-actions-reference.html#send-spot-instance-interruptions).
+            # (https://docs.aws.amazon.com/fis/latest/userguide/fis-actions-reference.html,
+            # "aws:ec2:send-spot-instance-interruptions").
             iam.put_role_policy(RoleName=name, PolicyName="interrupt", PolicyDocument=json.dumps({
                 "Version": "2012-10-17", "Statement": [
                     {"Effect": "Allow", "Action": "ec2:SendSpotInstanceInterruptions", "Resource": instance_arn},

@@ -4,6 +4,8 @@ documented examples, the proxy's refusals in each service's own format, and each
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.fixtures.aws_iam import ALLOW, EXPLICIT_DENY, IMPLICIT_DENY, evaluate
@@ -121,7 +123,8 @@ def test_if_exists_is_true_when_the_key_is_absent():
     assert evaluate([sizes], "autoscaling:UpdateAutoScalingGroup", "*", {}) == ALLOW
 
 
-# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-logic-multiple-context-keys-or-values.html
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/
+#     reference_policies_condition-logic-multiple-context-keys-or-values.html
 def test_several_keys_and_several_values_or():
     # The page's example: both principal tags (each one of its listed values) and one of the principal ARNs.
     doc = policy({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*", "Condition": {
@@ -168,8 +171,6 @@ class Identity:
         return boto3.client("iam").get_role_policy(RoleName=self.role, PolicyName="job")["PolicyDocument"]
 
     def set_policy(self, document: dict) -> None:
-        import json
-
         import boto3
 
         boto3.client("iam").put_role_policy(RoleName=self.role, PolicyName="job", PolicyDocument=json.dumps(document))
@@ -212,7 +213,8 @@ def refused(call, code: str = "AccessDenied") -> dict:
 
 
 def on_demand(me: Identity):
-    """use_on_demand's request (the whole policy: moto wants it whole, AWS takes the distribution alone)."""
+    """An UpdateAutoScalingGroup with no size, as use_on_demand sends it (its instances distribution is left out:
+    moto wants a MixedInstancesPolicy whole, AWS takes the distribution alone)."""
     return me.autoscaling.update_auto_scaling_group(AutoScalingGroupName=NAME, CapacityRebalance=False)
 
 
@@ -374,6 +376,8 @@ def test_the_fis_role_may_describe_and_interrupt_its_instance_and_only_this_acco
 
 
 def test_the_proxy_authenticates_the_signature_and_passes_the_launchers_keys(instance):
+    import boto3
+
     from tests.fixtures.aws_iam import STATIC_KEY
 
     wrong = {**instance.credentials, "SecretAccessKey": "not-the-secret"}
@@ -393,6 +397,12 @@ def test_the_proxy_authenticates_the_signature_and_passes_the_launchers_keys(ins
         assert "is not authorized to perform" in answer["Error"]["Message"]
     answer = refused(lambda: instance.ec2.describe_instances(), "UnauthorizedOperation")
     assert answer["Error"]["Code"] == "UnauthorizedOperation" and answer["ResponseMetadata"]["HTTPStatusCode"] == 403
+    # TerminateInstanceInAutoScalingGroup is judged on the instance's group (not granted: the breaker resizes).
+    (live,) = boto3.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[NAME])[
+        "AutoScalingGroups"][0]["Instances"]
+    answer = refused(lambda: instance.autoscaling.terminate_instance_in_auto_scaling_group(
+        InstanceId=live["InstanceId"], ShouldDecrementDesiredCapacity=True))
+    assert f"autoScalingGroupName/{NAME} because" in answer["Error"]["Message"]
 
 
 def test_fail_next_answers_the_first_calls_of_an_action_with_the_services_error(instance):

@@ -41,8 +41,10 @@ def fail_next(proxy, action: str, count: int, fault: tuple) -> None:
     proxy.fail_next(action, count, *fault)
 
 
-def attempts(proxy, action: str) -> int:
-    return sum(seen.lower() == action.lower() for seen in proxy.seen)
+def left(proxy, action: str) -> int:
+    """How many of the failures armed for `action` no call has met yet."""
+    with proxy.lock:
+        return proxy.failures[action.lower()][0]
 
 
 # --- AWS ---------------------------------------------------------------------------------------------------
@@ -51,30 +53,26 @@ def test_an_aws_launch_succeeds_despite_throttling_on_each_service(aws, aws_prox
     fail_next(aws_proxy, "ec2:CreateLaunchTemplate", 2, EC2_THROTTLING)
     fail_next(aws_proxy, "iam:CreateRole", 1, THROTTLING)
     fail_next(aws_proxy, "autoscaling:DescribeAutoScalingGroups", 1, THROTTLING)
-    before = attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup")
     aws.create_groups([aws_group()])
     (found,) = aws.groups(AWS_JOB)
     assert found.size == 1 and len(found.instances) == 1
-    assert attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup") - before == 3
-    assert all(armed[0] == 0 for armed in aws_proxy.failures.values())
+    assert all(armed[0] == 0 for armed in aws_proxy.failures.values())  # each throttle met, then retried through
 
 
 def test_an_aws_launch_waits_out_a_new_instance_profile_aws_does_not_know_yet(aws, aws_proxy):
     fail_next(aws_proxy, "autoscaling:CreateAutoScalingGroup", 2, PROFILE_NOT_READY)
-    before = attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup")
     aws.create_groups([aws_group()])
     assert [g.size for g in aws.groups(AWS_JOB)] == [1]
-    assert attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup") - before == 3
+    assert left(aws_proxy, "autoscaling:CreateAutoScalingGroup") == 0  # refused twice, made at the third
 
 
 def test_an_aws_launch_throttled_past_the_cap_fails_in_one_line_and_leaves_nothing(aws, aws_proxy):
-    fail_next(aws_proxy, "autoscaling:CreateAutoScalingGroup", 5, THROTTLING)
-    before = attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup")
+    fail_next(aws_proxy, "autoscaling:CreateAutoScalingGroup", 6, THROTTLING)
     with pytest.raises(CloudError) as raised:
         aws.create_groups([aws_group()])
     assert str(raised.value) == (f"AWS creating the Auto Scaling group {AWS_NAME} failed 5 times in a row (Throttling: "
                                  "Rate exceeded); AWS is throttling or unavailable: try again in a few minutes")
-    assert attempts(aws_proxy, "autoscaling:CreateAutoScalingGroup") - before == 5  # the cap, no more
+    assert left(aws_proxy, "autoscaling:CreateAutoScalingGroup") == 1  # 5 attempts, the cap, and no more
     assert_nothing_left_aws(AWS_JOB)  # create_groups' clean-up ran after the retries, not instead of them
 
 
@@ -85,10 +83,11 @@ def test_an_aws_governor_resize_and_its_bucket_writes_succeed_despite_throttling
     aws.resize(AWS_JOB, "search", 0, reason="finished")  # the governor's end of the job
     (found,) = aws.groups(AWS_JOB)
     assert (found.size, found.reason) == (0, "finished")
+    assert left(aws_proxy, "autoscaling:SetDesiredCapacity") == left(aws_proxy, "autoscaling:CreateOrUpdateTags") == 0
     fail_next(aws_proxy, "s3:PutObject", 2, ("SlowDown", "Please reduce your request rate.", 503))
     store = S3Objects("nascloud-test", f"jobs/{AWS_JOB}")
     store.put("agent/heartbeat.json", b"{}")  # the heartbeat the governor writes
-    assert store.get("agent/heartbeat.json")[0] == b"{}"
+    assert store.get("agent/heartbeat.json")[0] == b"{}" and left(aws_proxy, "s3:PutObject") == 0
 
 
 @pytest.fixture

@@ -32,8 +32,9 @@ NASCLOUD_GROUPS="${NASCLOUD_GROUPS:-$NASCLOUD_GROUP}"
 # BOOT_TRIES times BOOT_WAIT_SECONDS (five minutes); a test of each failure sets them to seconds.
 BOOT_TRIES="${NASCLOUD_BOOT_TRIES:-30}" BOOT_WAIT_SECONDS="${NASCLOUD_BOOT_WAIT_SECONDS:-10}"
 # AWS and GCP bill every instance at least 60 s: a failed boot that lives that long costs no more, and a
-# loop of them then bills at most the group's price per hour, the rate the launch's backstop assumes.
-BOOT_MINIMUM_SECONDS="${NASCLOUD_BOOT_MINIMUM_SECONDS:-60}"
+# loop of them then bills at most the group's price per hour, the rate the launch's backstop assumes. The
+# local supervisor paces its hosts itself.
+BOOT_MINIMUM_SECONDS="${NASCLOUD_BOOT_MINIMUM_SECONDS:-$([ "$NASCLOUD_CLOUD" = local ] && echo 0 || echo 60)}"
 BOOT_FAILURE_LIMIT=3
 BOOTED_AT=$(date +%s)
 mkdir -p "$NASCLOUD_ROOT"

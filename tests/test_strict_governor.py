@@ -1,0 +1,52 @@
+"""The governor's own paths to the breaker (issue 20, part 1): nothing before its first network call can
+stop it from ending the groups, and the budget timer's halt needs no metadata."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_provisioners_aws import JOB as AWS_JOB, aws, group as aws_group  # noqa: F401
+from tests.test_provisioners_gcp import JOB as GCP_JOB, gcp, group as gcp_group, running, vm  # noqa: F401
+
+pytestmark = [pytest.mark.strict_cloud]
+
+
+def test_a_vm_whose_metadata_lacks_the_provisioning_model_reads_preemptible(gcp, gce, monkeypatch):
+    """Older images' metadata have `scheduling/preemptible` and no `provisioning-model` (a 404)."""
+    from tests.fixtures.hypervisor import MetadataServer, act_as_the_vm
+
+    gcp.create_groups([gcp_group()])
+    (instance,) = running(gcp)
+    raw = vm(gce, instance)
+    server = MetadataServer.gce(raw["id"], raw["name"], instance.zone, "n1-standard-4", False, gce.project)
+    del server.values["instance/scheduling/provisioning-model"]
+    server.values["instance/scheduling/preemptible"] = "TRUE"
+    with server:
+        act_as_the_vm(server, monkeypatch)
+        from nascloud.provisioners import get_provisioner
+
+        me = get_provisioner("gcp", region="us-central1").whoami(GCP_JOB, "search")
+    assert (me.instance_id, me.spot) == (instance.instance_id, True)
+
+
+def test_the_budget_timer_halts_the_group_with_no_metadata_and_no_bucket(aws, monkeypatch, tmp_path):
+    """The timer was given the instance's id: it reads no metadata, and a bucket it cannot use does not
+    stop the resize."""
+    import boto3
+
+    from nascloud.agent.governor import halt_now
+
+    aws.create_groups([aws_group()])
+    env = {"NASCLOUD_CLOUD": "aws", "NASCLOUD_JOB_ID": AWS_JOB, "NASCLOUD_GROUP": "search",
+           "NASCLOUD_GROUPS": "search", "NASCLOUD_JOB_URL": f"s3://nascloud-nowhere/jobs/{AWS_JOB}",
+           "NASCLOUD_REGION": "us-east-1", "NASCLOUD_ROOT": str(tmp_path),
+           "NASCLOUD_AWS_METADATA_URL": "http://127.0.0.1:9",  # nothing listens there
+           "NASCLOUD_POWEROFF_COMMAND": f"touch {tmp_path / 'off'}"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as stopped:
+        halt_now("the budget timer fired: the budget or deadline ran out", "i-0123456789abcdef0")
+    assert stopped.value.code == 0 and (tmp_path / "off").exists()
+    (described,) = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    assert described["DesiredCapacity"] == 0
+    assert {t["Key"]: t["Value"] for t in described["Tags"]}["nascloud-reason"].startswith("the budget timer fired")
