@@ -204,6 +204,15 @@ def estimate(
     _render_estimates(question, ranking, top, plot, chosen_interval)
 
 
+def backstop_note(budget: float, usd_per_hour: float) -> str:
+    """What a loop of failed boots can cost at most (README "When a boot fails")."""
+    from nascloud.budget import backstop_bound_usd
+
+    return (f"If boots fail and the instance cannot end its group, the launch's backstop ends it: at most "
+            f"{dollars(backstop_bound_usd(budget, usd_per_hour, 60))} in all (the budget + 10 % + 11 min at "
+            f"{per_hour(usd_per_hour)}).")
+
+
 # The speed column's basis (gpus.csv): the reference GPU, the seed article, an estimate, this machine.
 SPEED_MARKS = {"reference": " ref", "seed": " seed", "estimated": " est.", "measured": " meas.",
                "this machine": " here"}
@@ -247,6 +256,8 @@ def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> No
         pick = ranking.launchable().option
         console.print(f"`launch` runs on the first row it can run: {pick.offer.cloud} {pick.offer.instance_type} "
                       f"{pick.kind}.")
+        if budget and pick.offer.cloud == "aws":
+            console.print(backstop_note(budget, pick.price_per_hour))
     except UsageError as error:
         console.print(f"Note: {error}")
     for note in resolved.notes:
