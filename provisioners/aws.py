@@ -31,7 +31,9 @@ from nascloud.provisioners.base import Group, GroupSpec, Instance, State
 from nascloud.provisioners.common import (bootstrap_script, default_owner, dry_run_group, job_prefix, power_off,
                                           remove_job_keys, ssh_cidr)
 
-# The Deep Learning Base AMI (NVIDIA driver, Ubuntu 22.04), found through AWS's public SSM parameter.
+# The Deep Learning Base AMI (NVIDIA driver, Ubuntu 22.04), found through AWS's public SSM parameter, as
+# https://docs.aws.amazon.com/dlami/latest/devguide/find-dlami-id.html names it (the AMI's own release
+# notes list the same path); it carries the NVIDIA driver and the `aws` CLI the bootstrap uses.
 DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 JOB_TAG, OWNER_TAG, JOB_URL_TAG, GROUP_TAG = "nascloud-job", "nascloud-owner", "nascloud-job-url", "nascloud-group"
 REASON_TAG = "nascloud-reason"  # why an instance resized its group to 0, for the observer
@@ -395,6 +397,8 @@ class AwsProvisioner:
             offer, spec = group.offer, group.spec
             region = self._region_of(offer)
             vcpus = self._check_offer(self._client("ec2", region), offer)
+            if not spec.compute.image:
+                self._image(region)  # a region without the Deep Learning AMI: said before anything is made
             _cidr(spec)
             bucket = job_prefix(spec, group.job_id, "s3")
             try:

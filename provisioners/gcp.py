@@ -38,7 +38,9 @@ from nascloud.provisioners.common import (bootstrap_script, default_owner, dry_r
 
 ENDPOINT_ENV = "NASCLOUD_GCE_ENDPOINT"
 METADATA_URL = "http://metadata.google.internal/computeMetadata/v1"
-# Deep Learning VM image family with CUDA and the NVIDIA driver installer; overridable with compute.image.
+# Deep Learning VM image family with CUDA and the NVIDIA driver installer, as listed on
+# https://cloud.google.com/deep-learning-vm/docs/images (families are renamed over time); compute.image
+# overrides it.
 DEFAULT_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
 JOB_LABEL, OWNER_LABEL, GROUP_LABEL = "nascloud-job", "nascloud-owner", "nascloud-group"
 JOB_URL_KEY = "nascloud-job-url"  # metadata (labels cannot hold a URL): where `gc` finds the job's bucket

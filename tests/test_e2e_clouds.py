@@ -233,6 +233,7 @@ def test_aws_a_spot_reclaim_mid_search_the_group_replaces_it_and_nothing_is_left
     import boto3
 
     ec2_quotas["L-3819A6DF"] = 8.0  # G spot vCPUs: preflight reads the account's quota
+    ec2_quotas["L-DB2E81BA"] = 8.0  # and G on-demand vCPUs: the job may fall back to on-demand
     boto3.client("s3").create_bucket(Bucket="nascloud-e2e")
     with Hypervisor(hypervisor_env, host_env(), moto_machines()) as hosts:
         url = launch_on_the_hypervisor(aws_job("s3://nascloud-e2e/jobs", search=RECLAIM_SEARCH,

@@ -108,7 +108,7 @@ def test_the_aws_branch_checks_the_gpu_installs_this_wheel_with_cuda_and_becomes
     wanted = f"{root}/bundle/{WHEEL}[search] tensorflow[and-cuda]>=2.16"
     assert f"pip wheel --quiet --wheel-dir {root}/wheelhouse {wanted}" in calls
     assert f"pip install --quiet --no-index --find-links {root}/wheelhouse {wanted}" in calls
-    (upload,) = [c for c in calls if c.startswith(f"aws s3 cp --quiet {root}/wheelhouse.tar ")]
+    (upload,) = [c for c in calls if c.startswith(f"aws s3 cp --quiet --cli-connect-timeout 10 --cli-read-timeout 20 {root}/wheelhouse.tar ")]
     assert re.fullmatch(r".* s3://bkt/jobs/digits-1a2b3c/bundle/wheelhouse/[0-9a-f]{16}-.*-cuda\.tar", upload)
     assert "python -m nascloud instance" in calls and calls.index("python -c import nascloud") > \
         calls.index(f"pip install --quiet --no-index --find-links {root}/wheelhouse {wanted}")

@@ -50,3 +50,14 @@ def test_the_budget_timer_halts_the_group_with_no_metadata_and_no_bucket(aws, mo
     (described,) = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
     assert described["DesiredCapacity"] == 0
     assert {t["Key"]: t["Value"] for t in described["Tags"]}["nascloud-reason"].startswith("the budget timer fired")
+
+
+def test_a_region_without_the_deep_learning_ami_parameter_is_refused_at_preflight(aws):
+    """moto's SSM has no public parameters: the AMI look-up fails before anything is made, saying what to do."""
+    from nascloud.errors import CloudError
+    from tests.test_provisioners_aws import job
+
+    with pytest.raises(CloudError, match="the Deep Learning AMI is not published in us-east-1 .*give an AMI id as "
+                                         "compute.image"):
+        aws.preflight([aws_group(job(image=None))])
+    assert aws.list_owned() == []

@@ -6,6 +6,7 @@ narrowing it and seeing the call it covers refused."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -204,8 +205,8 @@ def test_no_token_is_401_and_a_token_without_a_binding_is_403_in_compute_engines
 def test_the_instance_calls_as_its_service_account_and_the_granted_binding_covers_what_it_does(launched, vm, gce):
     """whoami (instances.get), the resize with its reason and the waits on them (regionOperations.get), the
     on-demand switch (instanceTemplates.get, setInstanceTemplate with the template's use), and the bootstrap's
-    own resize: curl with the metadata token, as provisioners/scripts/bootstrap.sh sends it."""
-    launcher, raw = launched
+    own reason and resize: curl with the metadata token, as provisioners/scripts/bootstrap.sh sends them."""
+    _, raw = launched
     zone = raw["zone"].rsplit("/", 1)[-1]
     instance = get_provisioner("gcp", region="us-central1", poll_seconds=0.05)
     with pytest.raises(CloudError, match="compute.instances.get"):  # nothing granted yet: refused
@@ -218,9 +219,12 @@ def test_the_instance_calls_as_its_service_account_and_the_granted_binding_cover
     with gce.lock:
         group = gce.groups["us-central1", NAME]
         assert group["instanceTemplate"].endswith(f"/{NAME}-standard") and group["description"] == "still searching"
-    request = urllib.request.Request(
-        f"{gce.url}/compute/v1/projects/{gce.project}/regions/us-central1/instanceGroupManagers/{NAME}/resize?size=0",
-        method="POST", data=b"", headers={"Authorization": f"Bearer {vm.access_token}"})
+    group_url = f"{gce.url}/compute/v1/projects/{gce.project}/regions/us-central1/instanceGroupManagers/{NAME}"
+    bearer = {"Authorization": f"Bearer {vm.access_token}"}
+    noted = urllib.request.Request(group_url, method="PATCH", data=json.dumps({"description": "a boot failed"}).encode(),
+                                   headers={**bearer, "Content-Type": "application/json"})
+    urllib.request.urlopen(noted, timeout=10).read()
+    request = urllib.request.Request(f"{group_url}/resize?size=0", method="POST", data=b"", headers=bearer)
     with urllib.request.urlopen(request, timeout=10) as reply:
         assert json.load(reply)["operationType"] == "compute.instanceGroupManagers.resize"
     gce.tick()  # let the operation finish (time passes at the server)
@@ -235,7 +239,7 @@ def test_growing_updating_or_deleting_the_group_beyond_the_custom_role_is_refuse
     from google.cloud import compute_v1
     from google.oauth2.credentials import Credentials
 
-    launcher, raw = launched
+    _, raw = launched
     zone = raw["zone"].rsplit("/", 1)[-1]
     grant(gce, zone)
     credentials = Credentials(vm.access_token)
@@ -375,8 +379,6 @@ def test_an_object_name_condition_does_not_grant_listing(launched, vm, gce):
               f'resource.name.startsWith("{objects}jobs/{JOB}/")')
     store = _store()
     store.put("bundle/nascloud-1.0-py3-none-any.whl", b"wheel")  # the object itself: granted
-    import os
-
     listing = (f"{os.environ['STORAGE_EMULATOR_HOST']}/storage/v1/b/{BUCKET}/o?prefix=jobs%2F{JOB}%2Fbundle%2F"
                "&delimiter=%2F&fields=items(name)")
     request = urllib.request.Request(listing, headers={"Authorization": f"Bearer {vm.access_token}"})
