@@ -61,3 +61,25 @@ def test_a_region_without_the_deep_learning_ami_parameter_is_refused_at_prefligh
                                          "compute.image"):
         aws.preflight([aws_group(job(image=None))])
     assert aws.list_owned() == []
+
+
+def test_failed_boots_are_billed_until_resume_books_them_in_the_ledger_and_clears_the_count(tmp_path):
+    """A boot that never reached its governor wrote no ledger entry: the budget bills its record (its
+    minimum at the group's price), and `resume` moves it to the ledger so the breaker counts anew."""
+    import time
+
+    from nascloud.jobbucket import JobBucket, spend
+    from tests.fixtures.search import make_bundle
+
+    job = JobBucket.open(make_bundle(tmp_path, "boots-1a2b3c", price_per_hour=36.0))
+    now = time.time()
+    for n in range(2):
+        job.store.put_json(f"boots/search/local-{n}.json", {"instance_id": f"local-{n}", "group": "search",
+                                                            "booted_at": now - 100, "failed_at": now - 90,
+                                                            "reason": "pip install failed", "future": "kept"})
+    before = spend(job, now)
+    assert before >= 2 * 36.0 * 60 / 3600  # two billing minimums at $36/h
+    job.reopen()
+    assert job.failed_boots() == [] and spend(job, now) == before
+    assert sorted((e.instance_id, e.end_reason) for e in job.ledger()) == [("local-0", "boot failed"),
+                                                                           ("local-1", "boot failed")]
