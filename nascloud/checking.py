@@ -19,6 +19,7 @@ from nascloud.job import JobSpec
 AWS_ACTIONS = (
     "autoscaling:CreateAutoScalingGroup", "autoscaling:DescribeAutoScalingGroups", "autoscaling:SetDesiredCapacity",
     "autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags", "autoscaling:DeleteAutoScalingGroup",
+    "autoscaling:PutScheduledUpdateGroupAction",
     "ec2:CreateLaunchTemplate", "ec2:DescribeLaunchTemplates", "ec2:DeleteLaunchTemplate", "ec2:CreateTags",
     "ec2:RunInstances", "ec2:DescribeInstances", "ec2:DescribeInstanceTypes", "ec2:DescribeAvailabilityZones",
     "ec2:DescribeSubnets", "servicequotas:GetServiceQuota", "servicequotas:GetAWSDefaultServiceQuota",

@@ -4,7 +4,7 @@
     budget.json            the budget and deadline in force; `resume` updates it
     stop.json              a stop request (`nascloud stop`, from any machine)
     ledger/<instance>.json each instance: its price at launch, launch time, last seen, end
-    boots/<group>/<instance>.json   a boot that failed before the governor ran (the bootstrap writes it)
+    boots/<group>/<instance>.json   a boot that ended in the breaker (the bootstrap writes it)
     charges/<source>.json  the bucket's own charges: launch's requests, storage measured by the instances
     events/<ns>-<kind>-<id>.json   one object per event, created once, ordered by name
     claims/<key>           create-only markers: an alert or notice fired once, whoever fires it
@@ -68,8 +68,8 @@ class LedgerEntry:
 
 @dataclass(frozen=True)
 class FailedBoot:
-    """A boot that failed before its governor ran, as the bootstrap's breaker records it: the next boot of
-    the group counts these, `status` shows the newest's reason, and the budget bills each at the group's
+    """A boot that ended in the bootstrap's breaker (it failed before the agent ran, or its governor did), as
+    the breaker records it: the next boot of the group counts these, `status` shows the newest's reason, and the budget bills each at the group's
     price until `resume` books it in the ledger."""
 
     instance_id: str

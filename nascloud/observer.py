@@ -57,7 +57,7 @@ def job_status(bucket: JobBucket, found: Optional[list]) -> tuple[str, Optional[
     if found is not None and (not found or all(g.size == 0 for g in found)):
         reasons = list(dict.fromkeys(g.reason for g in found if g.reason))
         if boots := bucket.failed_boots():
-            reasons.append(f"{len(boots)} boot{'s' * (len(boots) > 1)} failed before the governor ran, the last: "
+            reasons.append(f"{len(boots)} boot{'s' * (len(boots) > 1)} failed, the last: "
                            f"{boots[-1].reason}")
         return HALTED, "; ".join(reasons) or "the job's groups are at 0"
     if bucket.stop_request():

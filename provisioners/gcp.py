@@ -6,7 +6,8 @@ nascloud-group: per group, two global instance templates (the offer's Spot or pr
 STANDARD one the group may be switched to for the on-demand fallback) and the managed group, spread over
 the offer's zones of the region, which recreates a VM that is preempted, stopped or deleted by anyone but
 itself. The template holds the bootstrap as startup-script, the job's bucket URL (metadata
-nascloud-job-url), onHostMaintenance TERMINATE, the accelerator and the service account. With
+nascloud-job-url), onHostMaintenance TERMINATE, the accelerator, the service account and, with a budget or a
+deadline, the launcher's backstop (scheduling.terminationTime, see _scheduling). With
 compute.ssh_cidr set, also a firewall rule nascloud-<job-id> admitting 22/tcp from it to the job's network
 tag; without, no inbound rule at all. Operations are waited on with our own operations clients: the
 library's `.result()` would poll Google's real host whatever endpoint the clients were given.
@@ -17,6 +18,7 @@ that is how the tests reach their local server, which checks the caller's token 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -24,7 +26,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -175,14 +177,34 @@ def _zones(offer: dict) -> list[str]:
     return zones
 
 
-def _scheduling(spot: bool, preemptible: bool) -> dict:
+# The launcher's backstop (README "When a boot fails"; GroupSpec.stop_at) is the templates' terminationTime,
+# which no identity of the VMs can move: "When the MIG creates VMs based on the template, the time limit is
+# applied to each VM", and "When a VM reaches its time limit, the MIG automatically terminates (deletes) that
+# VM" (https://cloud.google.com/compute/docs/instance-groups/limit-vm-runtime-in-migs). A time limit is 30 s
+# to 120 days and legacy preemptible VMs take none (https://cloud.google.com/compute/docs/instances/
+# limit-vm-runtime, "Restrictions"): so from 30 s before that time on no VM of the template can be made, and
+# a group on legacy preemptible VMs has the backstop on its on-demand template only.
+TIME_LIMIT_MAX_SECONDS = 120 * 86400
+
+
+def _termination_time(stop_at: float) -> str:
+    """stop_at as RFC 3339, no later than the longest time limit a VM made from now on may have."""
+    return datetime.fromtimestamp(min(stop_at, time.time() + TIME_LIMIT_MAX_SECONDS), timezone.utc).isoformat(
+        timespec="seconds")
+
+
+def _scheduling(spot: bool, preemptible: bool, stop_at: Optional[float] = None) -> dict:
     if spot and preemptible:
         return {"preemptible": True, "automaticRestart": False, "onHostMaintenance": "TERMINATE"}
     if spot:
         # STOP, not DELETE: the group sees a stopped member and recreates it, as after any failure.
-        return {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP", "automaticRestart": False,
-                "onHostMaintenance": "TERMINATE"}
-    return {"provisioningModel": "STANDARD", "automaticRestart": True, "onHostMaintenance": "TERMINATE"}
+        scheduling = {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP", "automaticRestart": False,
+                      "onHostMaintenance": "TERMINATE"}
+    else:
+        scheduling = {"provisioningModel": "STANDARD", "automaticRestart": True, "onHostMaintenance": "TERMINATE"}
+    if stop_at:
+        scheduling["terminationTime"] = _termination_time(stop_at)
+    return scheduling
 
 
 def requests(group: GroupSpec, image: str, service_account: Optional[str], cidr: Optional[str]) -> dict:
@@ -206,7 +228,7 @@ def requests(group: GroupSpec, image: str, service_account: Optional[str], cidr:
                        "initializeParams": {"sourceImage": image, "diskSizeGb": str(int(BOOT_DISK_GB))}}],
             "networkInterfaces": [{"network": "global/networks/default",
                                    "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]}],
-            "scheduling": _scheduling(spot, spec.compute.provisioning == "preemptible"),
+            "scheduling": _scheduling(spot, spec.compute.provisioning == "preemptible", group.stop_at),
             "metadata": {"items": items},
         }
         if cidr:
@@ -300,9 +322,22 @@ def bucket_bindings(job_url: str) -> list[dict]:
             {"role": "roles/storage.legacyBucketReader"}]
 
 
+def _planned_stop(group: GroupSpec, spec) -> Optional[float]:
+    """The backstop's time a launch now would set (nascloud.launching.backstop, nothing spent yet)."""
+    from nascloud.budget import backstop_at
+    from nascloud.bundle import OfferRecord
+
+    budget, now = spec.budget, time.time()
+    if not (budget.usd or budget.max_hours):
+        return None
+    price = OfferRecord.model_validate(group.offer).highest_price() * group.size
+    return backstop_at(now, budget.usd, price, now + budget.max_hours * 3600 if budget.max_hours else None)
+
+
 def launch_request(job_id: str, offer, spec) -> dict:
     """What create_groups would send for the job's search group, with no credentials and no network."""
     group = dry_run_group("gcp", job_id, offer, spec)
+    group = dataclasses.replace(group, stop_at=_planned_stop(group, spec))
     project = os.environ.get("NASCLOUD_GCP_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT") or "<your project>"
     account = os.environ.get("NASCLOUD_GCP_SERVICE_ACCOUNT") or "<NASCLOUD_GCP_SERVICE_ACCOUNT>"
     made = requests(group, spec.compute.image or DEFAULT_IMAGE, account, spec.compute.ssh_cidr)
@@ -395,8 +430,8 @@ class GcpProvisioner:
                 raise CloudError(f"GCP quota stops {what}: {message}; request more under IAM & Admin > Quotas")
             raise CloudError(f"GCP {what} failed: {code}: {message}")
 
-    def _insert(self, what: str, kind: str, resource: str, body: dict, message, region: Optional[str] = None) -> None:
-        """Insert unless it exists (made by an earlier launch of the same job: left as it is)."""
+    def _insert(self, what: str, kind: str, resource: str, body: dict, message, region: Optional[str] = None) -> bool:
+        """Insert unless it exists (made by an earlier launch of the same job: left as it is); whether it was made."""
         from google.api_core.exceptions import Conflict
 
         params = {resource: message.from_json(json.dumps(body))}
@@ -405,10 +440,11 @@ class GcpProvisioner:
         try:
             operation = getattr(self._client(kind), "insert_unary")(project=self.project, **params)
         except Conflict:
-            return
+            return False
         except Exception as error:
             raise _error(error, what) from None
         self._wait(operation, what, region=region)
+        return True
 
     # --- launch ---------------------------------------------------------------------------------------
     def _check_offer(self, offer: dict) -> str:
@@ -484,12 +520,34 @@ class GcpProvisioner:
         if cidr:
             self._insert("creating the firewall rule", "FirewallsClient", "firewall_resource",
                          made["firewalls.insert"], compute_v1.Firewall)
-        for template in made["instanceTemplates.insert"]:
-            self._insert(f"creating the instance template {template['name']}", "InstanceTemplatesClient",
-                         "instance_template_resource", template, compute_v1.InstanceTemplate)
+        templates = made["instanceTemplates.insert"]
+        kept = [t for t in templates if not self._insert(f"creating the instance template {t['name']}",
+                                                         "InstanceTemplatesClient", "instance_template_resource",
+                                                         t, compute_v1.InstanceTemplate)]
+        if self._other_backstop(kept):
+            # A resume of a job whose group is still there (at 0): a template cannot change, nor be deleted
+            # while a group uses it, so the group and those templates are made anew with the new time.
+            manager = made["regionInstanceGroupManagers.insert"]["name"]
+            self._delete("RegionInstanceGroupManagersClient", {"region": region, "instance_group_manager": manager},
+                         f"deleting {manager}", region=region)
+            for template in kept:
+                self._delete("InstanceTemplatesClient", {"instance_template": template["name"]},
+                             f"deleting {template['name']}")
+                self._templates.pop(template["name"], None)
+                self._insert(f"creating the instance template {template['name']}", "InstanceTemplatesClient",
+                             "instance_template_resource", template, compute_v1.InstanceTemplate)
         self._insert(f"creating the managed instance group {made['regionInstanceGroupManagers.insert']['name']}",
                      "RegionInstanceGroupManagersClient", "instance_group_manager_resource",
                      made["regionInstanceGroupManagers.insert"], compute_v1.InstanceGroupManager, region=region)
+
+    def _other_backstop(self, templates: list[dict]) -> bool:
+        """Whether any of these templates, as GCE holds them, ends its VMs at another time than asked."""
+        for template in templates:
+            held = self._call("reading the instance template", "InstanceTemplatesClient", "get",
+                              instance_template=template["name"]).properties.scheduling.termination_time
+            if _timestamp(held or None) != _timestamp(template["properties"]["scheduling"].get("terminationTime")):
+                return True
+        return False
 
     # --- observe and resize ---------------------------------------------------------------------------
     def _managers(self, region: str, job_id: Optional[str]) -> list:

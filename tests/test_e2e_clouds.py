@@ -48,11 +48,11 @@ def aws_job(bucket: str, search: Optional[dict] = None, usd: float = 20, **compu
                       "checkpoint": {"bucket": bucket, "interval_minutes": 0.01}, "budget": {"usd": usd}})
 
 
-def gcp_job(bucket: str, search: Optional[dict] = None, **compute):
+def gcp_job(bucket: str, search: Optional[dict] = None, usd: float = 20, **compute):
     return parse_job({"name": "digits-gcp", "search": {**SEARCH, **(search or {})},
                       "compute": {"cloud": "gcp", "gpu": "T4", "region": "us-central1",
                                   "instance_type": "n1-standard-4", **compute},
-                      "checkpoint": {"bucket": bucket, "interval_minutes": 0.01}, "budget": {"usd": 20}})
+                      "checkpoint": {"bucket": bucket, "interval_minutes": 0.01}, "budget": {"usd": usd}})
 
 
 @pytest.fixture

@@ -304,3 +304,59 @@ def test_gcp_a_boot_that_finds_the_breaker_open_ends_the_groups_before_anything_
     assert "starting the instance's governor" not in console
     status = observe(url, tmp_path)
     assert status["status"] == "halted" and "4 boots failed" in status["reason"], status
+
+
+def test_gcp_with_the_resize_refused_the_backstop_ends_the_loop_within_its_bound(gcp_launch, gcp_env, hypervisor_env,
+                                                                                  monkeypatch, tmp_path):
+    """The VMs' service account may not resize their group (its role lost compute.instanceGroupManagers.update):
+    every boot fails, is refused the resize, records itself and powers off after the billing minimum; the group
+    replaces it, until the terminationTime the launch put in the group's templates with the launcher's
+    credentials: the group deletes its VM then, and every VM it tries to make after is refused."""
+    from datetime import datetime
+
+    from nascloud.budget import BACKSTOP_SLACK, backstop_bound_usd
+    from nascloud.jobbucket import spend
+    from nascloud.provisioners.gcp import INSTANCE_ROLE_ID, group_name
+    from tests.fixtures.gcp_iam import IAM
+    from tests.test_e2e_clouds import wait_for
+
+    price, budget, grace = 36.0, 1.0, 10  # a cent a second: the backstop comes 110 s after launch, plus its grace
+    monkeypatch.setenv("NASCLOUD_BACKSTOP_GRACE_SECONDS", str(grace))
+    launched = time.time()
+    url = gcp_launch(gcp_job("gs://nascloud-boots/jobs", usd=budget, price_per_hour=price))
+    backstop_by = launched + budget / price * 3600 * (1 + BACKSTOP_SLACK) + grace  # the latest the launch may set
+    gcs_wheel(url).delete()
+    role = f"projects/{gcp_env.project}/roles/{INSTANCE_ROLE_ID}"
+    IAM.create_role(role, IAM.custom_roles[role] - {"compute.instanceGroupManagers.update"})
+    # Every boot lives the clouds' billing minimum, as on a real VM: the loop bills the group's price.
+    env = boot_env(tmp_path, NASCLOUD_BOOT_MINIMUM_SECONDS="60")
+    with Hypervisor(hypervisor_env, env, gce_machines(gcp_env), install=True) as hosts:
+        hosts.wait_for(lambda found: time.time() > backstop_by and bool(found) and
+                       all(h.ended_at for h in found.values()), backstop_by - time.time() + 60,
+                       "the backstop to end the group's VM")
+        name = group_name(url.rsplit("/", 1)[1], "search")
+
+        def refused():  # the group tried to make a VM again, and the time limit refused it
+            gcp_env.tick()
+            with gcp_env.lock:
+                return sum(n for error, n in gcp_env.groups["us-central1", name].get("_errors", {}).items()
+                           if "terminationTime" in error)
+
+        wait_for(refused, 30, "the group to try a new VM")
+        with gcp_env.lock:
+            left = [vm["name"] for vm in gcp_env.instances.values() if vm["name"].startswith(name)]
+            group = dict(gcp_env.groups["us-central1", name])
+            stop_at = datetime.fromisoformat(gcp_env.templates[name]["properties"]["scheduling"]["terminationTime"])
+    assert not left and group["targetSize"] == 1  # ended by the template's time, not by a resize
+    assert launched < stop_at.timestamp() <= backstop_by
+    consoles = "\n".join(hosts.console(i)[-1500:] for i in hosts.hosts)
+    assert "could not set group search to 0 with this instance's identity" in consoles
+    boots = JobBucket.open(url).failed_boots()
+    fired = stop_at.timestamp() - launched
+    assert 2 <= len(boots) <= fired // 60 + 1, (fired, consoles)  # a loop, one boot per billing minimum
+    bound = backstop_bound_usd(budget, price, 60, grace_seconds=grace)
+    spent = spend(JobBucket.open(url), time.time())
+    billed = sum(max(h.ended_at - h.started_at, 60) for h in hosts.hosts.values()) * price / 3600  # the hosts' lives
+    assert spent <= bound and billed <= bound, (spent, billed, bound)
+    print(f"backstop after {fired:.0f} s: {len(boots)} boots, ${spent:.2f} in the ledger (${billed:.2f} by the "
+          f"hosts' lives) of a ${budget:.2f} budget, bound ${bound:.2f}")

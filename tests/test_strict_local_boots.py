@@ -30,7 +30,7 @@ def test_a_boot_that_cannot_import_nascloud_ends_the_group_once_with_the_reason(
     wait_for(lambda: not supervisors(engine.folder), 60, "the group to end itself and its supervisor to exit", 0.05)
     ended = engine.group()
     assert ended.size == 0 and len(ended.instances) == 1, ended
-    assert "failed before the governor ran: nascloud does not import with /bin/false" in ended.reason
+    assert "failed: nascloud does not import with /bin/false" in ended.reason
     (boot,) = JobBucket.open(engine.specs[0].bootstrap_env["NASCLOUD_JOB_URL"]).failed_boots()
     assert (boot.instance_id, boot.reason) == (ended.instances[0].instance_id,
                                                "nascloud does not import with /bin/false")
@@ -39,10 +39,10 @@ def test_a_boot_that_cannot_import_nascloud_ends_the_group_once_with_the_reason(
 def test_another_groups_failed_boot_ends_this_group(engine):
     engine.run("sleep 600")
     wait_for(lambda: engine.group().live, 30, "a host", 0.05)
-    (engine.folder / "halt").write_text("a boot of local-0 failed before the governor ran: no GPU\n")
+    (engine.folder / "halt").write_text("instance local-0 failed: no GPU\n")
     wait_for(lambda: not supervisors(engine.folder), 30, "the group to end and its supervisor to exit", 0.05)
     group = engine.group()
-    assert (group.size, group.live, group.reason) == (0, [], "a boot of local-0 failed before the governor ran: no GPU")
+    assert (group.size, group.live, group.reason) == (0, [], "instance local-0 failed: no GPU")
 
 
 def test_hosts_that_end_at_once_are_replaced_after_a_growing_pause(engine):

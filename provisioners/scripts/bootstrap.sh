@@ -62,7 +62,7 @@ fail() {
   log "FAILED: $*"
   echo "$*" >"$NASCLOUD_ROOT/failed"
   record_failed_boot "$*"
-  end_groups "a boot of $INSTANCE_ID failed before the governor ran: $*"
+  end_groups "instance $INSTANCE_ID failed: $*"
   local left=$((BOOTED_AT + BOOT_MINIMUM_SECONDS - $(date +%s)))
   [ "$left" -gt 0 ] && sleep "$left"
   power_off
