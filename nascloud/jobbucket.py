@@ -182,24 +182,20 @@ class JobBucket:
     def ledger(self) -> list[LedgerEntry]:
         return list(self._viewed("ledger", self._read_ledger))
 
+    def _records(self, prefix: str) -> list[dict]:
+        """Every record under prefix: one listing, one read each."""
+        return [record for info in self.store.objects.list(prefix) if (record := self.store.get_json(info.key))]
+
     def _read_ledger(self) -> list[LedgerEntry]:
-        entries = []
-        for info in self.store.objects.list("ledger/"):
-            record = self.store.get_json(info.key)
-            if record:
-                entries.append(LedgerEntry(**record))
-        return sorted(entries, key=lambda e: e.launched_at)
+        return sorted((LedgerEntry(**r) for r in self._records("ledger/")), key=lambda e: e.launched_at)
 
     def failed_boots(self) -> list[FailedBoot]:
-        """The boots that failed before their governor ran, oldest first."""
+        """The boots that ended in the breaker, oldest first."""
         return list(self._viewed("boots", self._read_failed_boots))
 
     def _read_failed_boots(self) -> list[FailedBoot]:
-        found = []
-        for info in self.store.objects.list("boots/"):
-            record = self.store.get_json(info.key)
-            if record:
-                found.append(FailedBoot(**{k: record[k] for k in FailedBoot.__dataclass_fields__}))
+        # The bootstrap writes these in bash: a field it adds later is left out here, not a crash.
+        found = (FailedBoot(**{k: r[k] for k in FailedBoot.__dataclass_fields__}) for r in self._records("boots/"))
         return sorted(found, key=lambda b: b.failed_at)
 
     def instances(self) -> list[LedgerEntry]:

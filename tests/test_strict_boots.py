@@ -324,7 +324,7 @@ def test_gcp_with_the_resize_refused_the_backstop_ends_the_loop_within_its_bound
     monkeypatch.setenv("NASCLOUD_BACKSTOP_GRACE_SECONDS", str(grace))
     launched = time.time()
     url = gcp_launch(gcp_job("gs://nascloud-boots/jobs", usd=budget, price_per_hour=price))
-    backstop_by = launched + budget / price * 3600 * (1 + BACKSTOP_SLACK) + grace  # the latest the launch may set
+    backstop_by = time.time() + budget / price * 3600 * (1 + BACKSTOP_SLACK) + grace  # the latest launch could set
     gcs_wheel(url).delete()
     role = f"projects/{gcp_env.project}/roles/{INSTANCE_ROLE_ID}"
     IAM.create_role(role, IAM.custom_roles[role] - {"compute.instanceGroupManagers.update"})

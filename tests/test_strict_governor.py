@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.test_provisioners_aws import JOB as AWS_JOB, aws, group as aws_group  # noqa: F401
-from tests.test_provisioners_gcp import JOB as GCP_JOB, gcp, group as gcp_group, running, vm  # noqa: F401
+from tests.test_provisioners_gcp import JOB as GCP_JOB, gcp, group as gcp_group, running, until, vm  # noqa: F401
 
 pytestmark = [pytest.mark.strict_cloud]
 
@@ -83,3 +83,21 @@ def test_failed_boots_are_billed_until_resume_books_them_in_the_ledger_and_clear
     assert job.failed_boots() == [] and spend(job, now) == before
     assert sorted((e.instance_id, e.end_reason) for e in job.ledger()) == [("local-0", "boot failed"),
                                                                            ("local-1", "boot failed")]
+
+
+def test_a_gcp_resize_to_0_holds_even_when_noting_the_reason_fails(gcp, gce):
+    """The resize is what stops the bill: it is sent before the description patch, whose failure then
+    cannot keep the group running (it used to wait on the patch first, and a refused patch left it at 1)."""
+    from nascloud.errors import CloudError
+
+    gcp.create_groups([gcp_group()])
+    gce.fail_next("regionInstanceGroupManagers.patch", 1, status=400, reason="invalid")
+    with pytest.raises(CloudError):
+        gcp.resize(GCP_JOB, "search", 0, reason="finished: the search is done")
+
+    def at_zero() -> bool:
+        gce.tick()  # the resize is an operation: it takes effect when done, whoever waits on it
+        with gce.lock:
+            return [g["targetSize"] for g in gce.groups.values() if GCP_JOB in g["name"]] == [0]
+
+    until(at_zero, "the group at 0")
