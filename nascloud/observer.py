@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 from nascloud.errors import NascloudError
-from nascloud.jobbucket import FINAL, JobBucket
+from nascloud.jobbucket import FINAL, JobBucket, heartbeat_seconds
 
+ENDING_GRACE_SECONDS = 60.0  # how long an instance at the job's end may take to write it (seconds, normally)
 HALTED = "halted"  # the groups were ended without an exit record: the instance said why on the group
 SHOWN_FINAL = FINAL + (HALTED,)
 EXIT_CODES = {"finished": 0, "stopped": 0, "budget": 3, "deadline": 3, "failed": 1, HALTED: 1}
@@ -79,11 +80,23 @@ def tidy(bucket: JobBucket, found: Optional[list], status: str) -> None:
     if status not in SHOWN_FINAL:
         return
     prov = provisioner(bucket)
+    ending = _ending(bucket, found, time.time())
     for group in found:
-        if group.size:
+        if group.size and group.name not in ending:
             prov.resize(bundle.job_id, group.name, 0, reason=f"the job is {status}")
     if all(not g.live for g in found):
         prov.delete(bundle.job_id)
+
+
+def _ending(bucket: JobBucket, found: list, now: float) -> set[str]:
+    """The groups with an instance that is still writing the job's end (its final event, history, log and
+    notice come after the exit record): live at the provider and seen in the ledger within the grace. It
+    ends its groups itself when it is done; ending them now would cut those writes short. A silent one is
+    ended once the grace is over."""
+    grace = max(2 * heartbeat_seconds(), ENDING_GRACE_SECONDS)
+    entries = {e.instance_id: e for e in bucket.ledger()}
+    return {g.name for g in found for i in g.live
+            if (e := entries.get(i.instance_id)) and now - max(e.last_seen, e.ended_at or 0) <= grace}
 
 
 def summary(bucket: JobBucket, now: Optional[float] = None, tidy_up: bool = True) -> dict:

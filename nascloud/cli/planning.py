@@ -256,7 +256,8 @@ def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> No
         pick = ranking.launchable().option
         console.print(f"`launch` runs on the first row it can run: {pick.offer.cloud} {pick.offer.instance_type} "
                       f"{pick.kind}.")
-        if budget and pick.offer.cloud == "aws":
+        # GCP's backstop is a time limit, which legacy preemptible VMs cannot have (README "When a boot fails")
+        if budget and pick.offer.cloud in ("aws", "gcp") and pick.kind != "gcp-preemptible":
             console.print(backstop_note(budget, pick.price_per_hour))
     except UsageError as error:
         console.print(f"Note: {error}")
