@@ -285,40 +285,44 @@ def instance_role(project: str) -> dict:
                                     "switch it to its on-demand template; read itself and the operations"}}
 
 
-def identity_binding(project: str, region: str, job_id: str, groups: list[str], zones: tuple = ()) -> dict:
-    """The project binding the service account needs for the job (granted by the user, who owns the project's
-    IAM): the custom role above, conditioned on the job's groups, their two templates, the groups' VMs in the
-    offer's zones (the VM reads itself), the region's operations (names GCE picks; reading one reveals only
-    its progress) and the project, where the lists are checked (of the role's permissions only those are
-    checked there). IAM Conditions see these names and types as
+def identity_binding(project: str, region: str, job_name: str, zones: tuple = ()) -> dict:
+    """The project binding the service account needs for every run of a job name, granted by the user (who
+    owns the project's IAM) once, before the first launch: a job's id (NAME-6 random hex digits) is made at
+    launch and its first VM boots seconds after its group exists, too soon to grant anything for that id.
+    The custom role above, conditioned on the name's prefix: the runs' groups and their two templates
+    (nascloud-NAME-...), the groups' VMs in the offer's zones (the VM reads itself), the region's operations
+    (names GCE picks; reading one reveals only its progress) and the project, where the lists are checked (of
+    the role's permissions only those are checked there). The prefix also covers a job named NAME-MORE.
+    IAM Conditions see these names and types as
     https://cloud.google.com/iam/docs/conditions-resource-attributes writes them."""
-    names = [f'resource.name == "projects/{project}/regions/{region}/instanceGroupManagers/{group_name(job_id, g)}"'
-             for g in groups]
-    # the on-demand fallback points the group at its STANDARD template: using it is checked on it
-    names += [f'resource.name == "projects/{project}/global/instanceTemplates/{template}"'
-              for g in groups for template in (group_name(job_id, g), standard_template(job_id, g))]
-    names += [f'resource.name.startsWith("projects/{project}/zones/{zone}/instances/{group_name(job_id, g)}-")'
-              for g in groups for zone in zones]
+    runs = group_name(job_name, "")  # nascloud-NAME-: every job id and group of the name follows it
+    names = [f'resource.name.startsWith("projects/{project}/regions/{region}/instanceGroupManagers/{runs}")',
+             # the on-demand fallback points the group at its STANDARD template: using it is checked on it
+             f'resource.name.startsWith("projects/{project}/global/instanceTemplates/{runs}")']
+    names += [f'resource.name.startsWith("projects/{project}/zones/{zone}/instances/{runs}")' for zone in zones]
     names.append(f'resource.name.startsWith("projects/{project}/regions/{region}/operations/")')
     names.append('resource.type == "cloudresourcemanager.googleapis.com/Project"')
     return {"role": f"projects/{project}/roles/{INSTANCE_ROLE_ID}", "condition": {
-        "title": f"nascloud {job_id} groups", "expression": " || ".join(names)}}
+        "title": f"nascloud {job_name} jobs", "expression": " || ".join(names)}}
 
 
-def bucket_bindings(job_url: str) -> list[dict]:
-    """The bucket bindings the service account needs (gcloud storage buckets add-iam-policy-binding): the
-    job's prefix read and written; the data sets beside it (PREFIX/data/, written by launch) read only; and
-    the bucket itself read. Listing is checked on the bucket, not on object names, so no object-name
-    condition grants it (https://cloud.google.com/storage/docs/access-control/iam#conditions): the
-    bootstrap's wheel listing and the store's prefix listings need legacyBucketReader (storage.objects.list
-    and storage.buckets.get, which the store reads to tell a missing object from a missing bucket)."""
-    bucket, _, prefix = job_url.removeprefix("gs://").partition("/")
-    parent = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
-    objects = f"projects/_/buckets/{bucket}/objects/"
+def bucket_bindings(bucket_url: str, job_name: str) -> list[dict]:
+    """The bucket bindings the service account needs for every run of a job name (gcloud storage buckets
+    add-iam-policy-binding; bucket_url: the job file's checkpoint.bucket, gs://BUCKET/PREFIX): the runs'
+    prefixes (PREFIX/NAME-...) read and written; the data sets beside them (PREFIX/data/, written by launch)
+    read only; and the bucket itself read. Listing is checked on the bucket, not on object names, so no
+    object-name condition grants it (https://cloud.google.com/storage/docs/access-control/iam#conditions):
+    the bootstrap's wheel listing and the store's prefix listings need legacyBucketReader
+    (storage.objects.list and storage.buckets.get, which the store reads to tell a missing object from a
+    missing bucket)."""
+    bucket, _, prefix = bucket_url.removeprefix("gs://").partition("/")
+    prefix = prefix.strip("/")
+    objects = f"projects/_/buckets/{bucket}/objects/{prefix}/" if prefix else f"projects/_/buckets/{bucket}/objects/"
     return [{"role": "roles/storage.objectAdmin", "condition": {
-                "title": "nascloud job prefix", "expression": f'resource.name.startsWith("{objects}{prefix}/")'}},
+                "title": f"nascloud {job_name} jobs",
+                "expression": f'resource.name.startsWith("{objects}{job_name}-")'}},
             {"role": "roles/storage.objectViewer", "condition": {
-                "title": "nascloud data sets", "expression": f'resource.name.startsWith("{objects}{parent}data/")'}},
+                "title": "nascloud data sets", "expression": f'resource.name.startsWith("{objects}data/")'}},
             {"role": "roles/storage.legacyBucketReader"}]
 
 
@@ -344,9 +348,9 @@ def launch_request(job_id: str, offer, spec) -> dict:
     region = _region(group.offer)
     return {"cloud": "gcp", "project": project, "region": region, **made,
             "service account role": instance_role(project),
-            "service account binding": identity_binding(project, region, job_id, [group.name],
-                                                        tuple(_zones(group.offer))),
-            "bucket bindings": bucket_bindings(job_prefix(spec, job_id, "gs").url),
+            # granted before the launch, for every run of the job's name: what the user grants, exactly
+            "service account binding": identity_binding(project, region, spec.name, tuple(_zones(group.offer))),
+            "bucket bindings": bucket_bindings(spec.checkpoint.bucket, spec.name),
             "quotas (preflight)": [f"{metric} in {where or 'the project'}"
                                    for metric, where in quota_metrics(group.offer, spec)]}
 

@@ -64,13 +64,16 @@ def gcp_env(gce, gcp_iam, monkeypatch):
     return gce
 
 
-def grant_gcp_job(bundle) -> None:
-    """The user's grants for a job, as `launch --dry-run` prints them (tests/fixtures/gcp_iam.py)."""
+def grant_gcp_job(spec) -> None:
+    """The user's grants for every run of the job's name, given before its first launch for the region and
+    zones `launch --dry-run` prints (tests/fixtures/gcp_iam.py)."""
+    from nascloud import launching
     from tests.fixtures.gcp_iam import IAM, grant_job
 
-    zones = [z.zone for z in bundle.offer.zones if z.zone] or [bundle.offer.zone]
-    grant_job(IAM, os.environ["NASCLOUD_GCP_PROJECT"], ACCOUNT, bundle.job_id, bundle.job_url,
-              bundle.offer.region, zones, [g.name for g in bundle.groups])
+    _, request = launching.dry_run(spec, None)
+    zones = [z["zone"].removeprefix("zones/")
+             for z in request["regionInstanceGroupManagers.insert"]["distributionPolicy"]["zones"]]
+    grant_job(IAM, request["project"], ACCOUNT, spec.name, spec.checkpoint.bucket, request["region"], zones)
 
 
 def host_env() -> dict:
@@ -101,7 +104,7 @@ def test_gcp_an_instance_that_cannot_use_its_bucket_ends_its_group_with_the_reas
     job_id = "digits-gcp-0badb0"
     group = dry_run_group("gcp", job_id, {"cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4",
                                           "gpu": None, "spot": True}, gcp_job("gs://nascloud-nowhere/jobs"))
-    grant_job(IAM, gcp_env.project, ACCOUNT, job_id, f"gs://nascloud-nowhere/jobs/{job_id}", "us-central1",
+    grant_job(IAM, gcp_env.project, ACCOUNT, "digits-gcp", "gs://nascloud-nowhere/jobs", "us-central1",
               ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"])
     with Hypervisor(hypervisor_env, host_env(), gce_machines(gcp_env)) as hosts:
         gcp.create_groups([group])
@@ -132,16 +135,16 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2, hosts:
 def launch_on_the_hypervisor(spec, monkeypatch, tmp_path, grant=None) -> str:
     """`launch` as the user's machine runs it, returning once the groups exist. The machines the hypervisor
     plays have no GPU: the offer (priced as the catalog's GPU instance) says so, or the agent would refuse.
-    grant(bundle): what the user grants the instances' identity for the job before it starts."""
+    grant(spec): what the user grants the instances' identity for the job's name, before anything of this
+    run exists (its job id is made by prepare)."""
     from nascloud import launching
 
     monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
     chosen = launching.choose_offer
     monkeypatch.setattr(launching, "choose_offer", lambda *args: {**chosen(*args), "gpu": None})
-    prepared = launching.prepare(spec, force=True)
     if grant:
-        grant(prepared.bundle)
-    return launching.launch(prepared).url
+        grant(spec)
+    return launching.launch(launching.prepare(spec, force=True)).url
 
 
 def reclaim_mid_search_and_finish(url: str, hosts: Hypervisor, reclaim) -> dict:

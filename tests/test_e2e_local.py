@@ -282,7 +282,7 @@ def test_an_agent_that_dies_at_start_fails_the_job_at_once_with_the_reason(cli):
     assert final["status"] == "failed" and "died 3 times in a row" in final["message"], final
     wait_for(lambda: not running_hosts(cli.home), 30, "every host to end")
     status = json.loads(cli.run("status", url, "--json").stdout)
-    assert status["status"] == "failed" and "without a new snapshot or epoch" in status["reason"]
+    assert status["status"] == "failed" and "without a new snapshot or completed trial" in status["reason"]
     assert len(status["instances"]) == 1  # one boot: the group was ended, not left to retry for ever
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime
 
 import pytest
 
@@ -269,8 +270,9 @@ def test_gcp_a_boot_whose_gpu_driver_sees_no_device_ends_the_group(gcp_env, hype
 
     gcs_bucket().exists() or gcs_bucket().create()
     monkeypatch.setenv("NASCLOUD_HOME", str(tmp_path / "home"))
-    prepared = launching.prepare(gcp_job("gs://nascloud-boots/jobs"), force=True)  # a T4 job
-    grant_gcp_job(prepared.bundle)
+    spec = gcp_job("gs://nascloud-boots/jobs")  # a T4 job
+    grant_gcp_job(spec)
+    prepared = launching.prepare(spec, force=True)
     url = launching.launch(prepared).url
     with Hypervisor(hypervisor_env, boot_env(tmp_path), gce_machines(gcp_env)) as hosts:
         ended(hosts)
@@ -312,8 +314,6 @@ def test_gcp_with_the_resize_refused_the_backstop_ends_the_loop_within_its_bound
     every boot fails, is refused the resize, records itself and powers off after the billing minimum; the group
     replaces it, until the terminationTime the launch put in the group's templates with the launcher's
     credentials: the group deletes its VM then, and every VM it tries to make after is refused."""
-    from datetime import datetime
-
     from nascloud.budget import BACKSTOP_SLACK, backstop_bound_usd
     from nascloud.jobbucket import spend
     from nascloud.provisioners.gcp import INSTANCE_ROLE_ID, group_name
@@ -330,19 +330,18 @@ def test_gcp_with_the_resize_refused_the_backstop_ends_the_loop_within_its_bound
     IAM.create_role(role, IAM.custom_roles[role] - {"compute.instanceGroupManagers.update"})
     # Every boot lives the clouds' billing minimum, as on a real VM: the loop bills the group's price.
     env = boot_env(tmp_path, NASCLOUD_BOOT_MINIMUM_SECONDS="60")
+    name = group_name(url.rsplit("/", 1)[1], "search")
+
+    def refused():  # the group tried to make a VM, and the templates' time limit refused it
+        gcp_env.tick()
+        with gcp_env.lock:
+            return sum(n for error, n in gcp_env.groups["us-central1", name].get("_errors", {}).items()
+                       if "terminationTime" in error)
+
     with Hypervisor(hypervisor_env, env, gce_machines(gcp_env), install=True) as hosts:
-        hosts.wait_for(lambda found: time.time() > backstop_by and bool(found) and
-                       all(h.ended_at for h in found.values()), backstop_by - time.time() + 60,
-                       "the backstop to end the group's VM")
-        name = group_name(url.rsplit("/", 1)[1], "search")
-
-        def refused():  # the group tried to make a VM again, and the time limit refused it
-            gcp_env.tick()
-            with gcp_env.lock:
-                return sum(n for error, n in gcp_env.groups["us-central1", name].get("_errors", {}).items()
-                           if "terminationTime" in error)
-
-        wait_for(refused, 30, "the group to try a new VM")
+        wait_for(refused, backstop_by - time.time() + 60, "the backstop to refuse the group a new VM")
+        hosts.wait_for(lambda found: bool(found) and all(h.ended_at for h in found.values()), 30,
+                       "the group's last VM to end")
         with gcp_env.lock:
             left = [vm["name"] for vm in gcp_env.instances.values() if vm["name"].startswith(name)]
             group = dict(gcp_env.groups["us-central1", name])
@@ -360,3 +359,32 @@ def test_gcp_with_the_resize_refused_the_backstop_ends_the_loop_within_its_bound
     assert spent <= bound and billed <= bound, (spent, billed, bound)
     print(f"backstop after {fired:.0f} s: {len(boots)} boots, ${spent:.2f} in the ledger (${billed:.2f} by the "
           f"hosts' lives) of a ${budget:.2f} budget, bound ${bound:.2f}")
+
+
+def test_gcp_a_resume_that_finds_the_group_makes_it_anew_with_the_new_backstop(gcp_env):
+    """A template cannot change: create_groups again with another backstop time (what `resume` runs, its job
+    stopped and the group at 0) replaces the group and both templates; with the same time it leaves them."""
+    import dataclasses
+
+    from nascloud.provisioners import get_provisioner
+    from nascloud.provisioners.common import dry_run_group
+
+    gcp = get_provisioner("gcp", region="us-central1", poll_seconds=0.05)
+    offer = {"cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4", "gpu": "T4", "spot": True}
+    stopped = dataclasses.replace(dry_run_group("gcp", "digits-gcp-0b5e1d", offer, gcp_job("gs://nascloud-boots/jobs")),
+                                  size=0, stop_at=time.time() + 3600)
+    name = "nascloud-digits-gcp-0b5e1d-search"
+
+    def made() -> tuple[str, list[str]]:
+        with gcp_env.lock:
+            return gcp_env.groups["us-central1", name]["id"], [
+                gcp_env.templates[t]["properties"]["scheduling"].get("terminationTime") for t in (name, f"{name}-standard")]
+
+    gcp.create_groups([stopped])
+    first, times = made()
+    gcp.create_groups([stopped])
+    assert made() == (first, times)  # the same time: nothing to do
+    gcp.create_groups([dataclasses.replace(stopped, stop_at=stopped.stop_at + 600)])
+    again, moved = made()
+    assert again != first and [datetime.fromisoformat(t).timestamp() for t in moved] == [
+        int(stopped.stop_at + 600)] * 2, (times, moved)

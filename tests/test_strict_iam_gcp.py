@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.error
 import urllib.request
 
@@ -19,15 +18,18 @@ from nascloud.provisioners import State, get_provisioner
 from nascloud.provisioners.common import dry_run_group
 from nascloud.provisioners.gcp import (INSTANCE_PERMISSIONS, bucket_bindings, identity_binding, instance_role,
                                        launch_request)
-from tests.fixtures.gcp_iam import IAM, OWNER, ConditionError, evaluate, gcs_checks
+from tests.fixtures.gcp_iam import IAM, OWNER, ConditionError, evaluate, gcs_checks, grant_job
 from tests.fixtures.hypervisor import MetadataServer, act_as_the_vm, gce_token
+from tests.test_provisioners_gcp import until
 
 pytestmark = [pytest.mark.strict_cloud]
 
-JOB = "digits-iam-a1b2c3"
+JOB_NAME = "digits-iam"
+JOB = f"{JOB_NAME}-a1b2c3"
 NAME = f"nascloud-{JOB}-search"
+RUNS = f"nascloud-{JOB_NAME}-"  # what the binding names: every run of the job name, granted before the first
 BUCKET = "nascloud-iam"
-JOB_URL = f"gs://{BUCKET}/jobs/{JOB}"
+BUCKET_URL = f"gs://{BUCKET}/jobs"  # the job file's checkpoint.bucket
 ACCOUNT = "nascloud-job@nascloud-test.iam.gserviceaccount.com"
 MEMBER = f"serviceAccount:{ACCOUNT}"
 ZONES = [{"zone": "us-central1-a", "price_per_hour": 0.14, "on_demand_price_per_hour": 0.54}]
@@ -98,7 +100,7 @@ def test_cloud_storage_checks_listing_on_the_bucket_and_a_replacing_write_needs_
 
 # --- the fakes refuse who IAM does not allow --------------------------------------------------------------
 def job(**compute):
-    return parse_job({"name": "digits-iam", "checkpoint": {"bucket": f"gs://{BUCKET}/jobs"},
+    return parse_job({"name": JOB_NAME, "checkpoint": {"bucket": BUCKET_URL},
                       "compute": {"cloud": "gcp", "region": "us-central1", **compute}})
 
 
@@ -106,16 +108,6 @@ def group():
     offer = {"cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4", "gpu": None, "spot": True,
              "zones": ZONES}
     return dry_run_group("gcp", JOB, offer, job())
-
-
-def until(check, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -128,7 +120,8 @@ def launched(gce, gcp_iam, gcs_proxy):
     launcher = get_provisioner("gcp", region="us-central1", project=gce.project, service_account=ACCOUNT,
                                poll_seconds=0.05)
     launcher.create_groups([group()])
-    (me,) = until(lambda: [i for g in launcher.groups(JOB) for i in g.live if i.state == State.RUNNING], "the VM")
+    (me,) = until(lambda: [i for g in launcher.groups(JOB) for i in g.live if i.state == State.RUNNING], "the VM",
+                  timeout=20)
     credentials, _ = gcp_credentials()
     client = storage.Client(project=gce.project, credentials=credentials)
     client.lookup_bucket(BUCKET) or client.create_bucket(BUCKET)
@@ -169,9 +162,9 @@ def grant(gce, zone: str, without: str = "", narrow: str = "") -> None:
     role = instance_role(gce.project)
     IAM.create_role(f"projects/{gce.project}/roles/{role['roleId']}",
                     [p for p in role["role"]["includedPermissions"] if p != without])
-    binding = identity_binding(gce.project, "us-central1", JOB, ["search"], (zone,))
+    binding = identity_binding(gce.project, "us-central1", JOB_NAME, (zone,))
     IAM.grant(MEMBER, binding["role"], f"projects/{gce.project}", narrowing(binding["condition"]["expression"]))
-    for found in bucket_bindings(JOB_URL):
+    for found in bucket_bindings(BUCKET_URL, JOB_NAME):
         if found["role"] != without:
             condition = (found.get("condition") or {}).get("expression")
             IAM.grant(MEMBER, found["role"], f"projects/_/buckets/{BUCKET}", condition and narrowing(condition))
@@ -264,7 +257,7 @@ def test_growing_updating_or_deleting_the_group_beyond_the_custom_role_is_refuse
         instances.delete(project=gce.project, zone=zone, instance=raw["name"])
     # With the old role the same condition let it delete the group.
     IAM.bindings.clear()
-    binding = identity_binding(gce.project, "us-central1", JOB, ["search"], (zone,))
+    binding = identity_binding(gce.project, "us-central1", JOB_NAME, (zone,))
     IAM.grant(MEMBER, "roles/compute.instanceAdmin.v1", f"projects/{gce.project}", binding["condition"]["expression"])
     managers.delete(project=gce.project, region="us-central1", instance_group_manager=NAME)
 
@@ -297,13 +290,13 @@ COMPUTE_CASES = [  # (what is removed or narrowed, the call it covers, the permi
      "compute.globalOperations.list"),
     ("narrowed: the project, where lists are checked", dict(narrow="cloudresourcemanager.googleapis.com/Project"),
      _groups, "compute.instanceGroupManagers.list"),
-    ("narrowed: the Spot template's name", dict(narrow=f'instanceTemplates/{NAME}"'), _groups,
+    ("narrowed: the templates' names, the Spot one", dict(narrow=f"instanceTemplates/{RUNS}"), _groups,
      "compute.instanceTemplates.get"),
     ("without compute.instances.get", dict(without="compute.instances.get"), _whoami, "compute.instances.get"),
-    ("narrowed: the VMs' names", dict(narrow=f"/instances/{NAME}"), _whoami, "compute.instances.get"),
+    ("narrowed: the VMs' names", dict(narrow=f"/instances/{RUNS}"), _whoami, "compute.instances.get"),
     ("without compute.instanceGroupManagers.update", dict(without="compute.instanceGroupManagers.update"), _resize,
      "compute.instanceGroupManagers.update"),
-    ("narrowed: the group's name", dict(narrow=f"instanceGroupManagers/{NAME}"), _resize,
+    ("narrowed: the groups' names", dict(narrow=f"instanceGroupManagers/{RUNS}"), _resize,
      "compute.instanceGroupManagers.update"),
     ("without compute.regionOperations.get", dict(without="compute.regionOperations.get"), _resize,
      "compute.regionOperations.get"),
@@ -313,7 +306,7 @@ COMPUTE_CASES = [  # (what is removed or narrowed, the call it covers, the permi
      "compute.instanceTemplates.get"),
     ("without compute.instanceTemplates.useReadOnly", dict(without="compute.instanceTemplates.useReadOnly"),
      _on_demand, "compute.instanceTemplates.useReadOnly"),
-    ("narrowed: the on-demand template's name", dict(narrow=f"instanceTemplates/{NAME}-standard"), _on_demand,
+    ("narrowed: the templates' names, the on-demand one", dict(narrow=f"instanceTemplates/{RUNS}"), _on_demand,
      "compute.instanceTemplates.get"),
 ]
 
@@ -346,8 +339,8 @@ def _data_store():
 BUCKET_CASES = [  # (what, change, the call, the status or error it meets)
     ("without roles/storage.objectAdmin", dict(without="roles/storage.objectAdmin"),
      lambda: _store().put("agent/heartbeat.json", b"{}"), "403"),
-    ("narrowed: the job's prefix", dict(narrow=f"objects/jobs/{JOB}"), lambda: _store().put("ledger/1.json", b"{}"),
-     "403"),
+    ("narrowed: the job name's prefix", dict(narrow=f"objects/jobs/{JOB_NAME}-"),
+     lambda: _store().put("ledger/1.json", b"{}"), "403"),
     ("without roles/storage.objectViewer", dict(without="roles/storage.objectViewer"),
      lambda: _data_store().get("data/abc.npz"), "403"),
     ("narrowed: the data sets' prefix", dict(narrow="objects/jobs/data"), lambda: _data_store().get("data/abc.npz"),
@@ -391,14 +384,79 @@ def test_an_object_name_condition_does_not_grant_listing(launched, vm, gce):
         assert [i["name"] for i in json.load(reply)["items"]] == [f"jobs/{JOB}/bundle/nascloud-1.0-py3-none-any.whl"]
 
 
+OFFER = {"cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4", "gpu": "T4", "spot": True,
+         "zones": ZONES}
+
+
 def test_the_dry_run_shows_the_custom_role_and_the_bindings_as_the_code_builds_them(monkeypatch):
     monkeypatch.setenv("NASCLOUD_GCP_PROJECT", "my-project")
-    request = launch_request(JOB, {"cloud": "gcp", "region": "us-central1", "instance_type": "n1-standard-4",
-                                   "gpu": "T4", "spot": True, "zones": ZONES}, job())
+    request = launch_request(JOB, OFFER, job())
     assert request["service account role"]["role"]["includedPermissions"] == list(INSTANCE_PERMISSIONS)
     binding = request["service account binding"]
+    assert binding == identity_binding("my-project", "us-central1", JOB_NAME, ("us-central1-a",))
     assert binding["role"] == "projects/my-project/roles/nascloudInstance"
-    assert f'projects/my-project/zones/us-central1-a/instances/{NAME}-' in binding["condition"]["expression"]
+    assert f'projects/my-project/zones/us-central1-a/instances/{RUNS}"' in binding["condition"]["expression"]
+    assert request["bucket bindings"] == bucket_bindings(BUCKET_URL, JOB_NAME)
     assert [b["role"] for b in request["bucket bindings"]] == ["roles/storage.objectAdmin", "roles/storage.objectViewer",
                                                                "roles/storage.legacyBucketReader"]
     assert OWNER not in json.dumps(request)
+
+
+def test_the_dry_runs_bindings_are_the_same_for_every_run_of_the_job_name(monkeypatch):
+    """What the user grants is printed before the job's id exists (the dry run's placeholder NAME-xxxxxx): it
+    must be what every launch of the name needs, whatever id the launch then draws."""
+    from nascloud.provisioners import launch_request as dry_run_request
+
+    monkeypatch.setenv("NASCLOUD_GCP_PROJECT", "my-project")
+    printed = dry_run_request(job(), OFFER)
+    for job_id in (JOB, f"{JOB_NAME}-ffffff"):
+        launched = launch_request(job_id, OFFER, job())
+        assert [launched[k] for k in ("service account role", "service account binding", "bucket bindings")] == [
+            printed[k] for k in ("service account role", "service account binding", "bucket bindings")]
+
+
+def grant_printed(request: dict) -> None:
+    """The user's grants, copied from what `launch --dry-run` printed (README: gcloud iam roles create,
+    projects add-iam-policy-binding, storage buckets add-iam-policy-binding)."""
+    role, binding = request["service account role"], request["service account binding"]
+    IAM.create_role(f"{role['parent']}/roles/{role['roleId']}", role["role"]["includedPermissions"])
+    IAM.grant(MEMBER, binding["role"], role["parent"], binding["condition"]["expression"])
+    for found in request["bucket bindings"]:
+        condition = (found.get("condition") or {}).get("expression")
+        IAM.grant(MEMBER, found["role"], f"projects/_/buckets/{BUCKET}", condition)
+
+
+def test_what_the_dry_run_printed_before_the_launch_covers_the_launched_jobs_vm(launched, vm, gce, monkeypatch):
+    """Granted from the dry run (before the id the launch drew existed), the VM reads itself, notes its reason
+    and resizes its group, and writes its job's records: the first boot of a job is not one without
+    permissions."""
+    from nascloud.provisioners import launch_request as dry_run_request
+
+    monkeypatch.setenv("NASCLOUD_GCP_PROJECT", gce.project)
+    grant_printed(dry_run_request(job(), OFFER))
+    me = get_provisioner("gcp", region="us-central1", project=gce.project, poll_seconds=0.05)
+    assert me.whoami(JOB, "search").instance_id == launched[1]["id"]
+    me.resize(JOB, "search", 0, reason="a test")
+    _store().put("ledger/1.json", b"{}")
+    with gce.lock:
+        assert gce.groups["us-central1", NAME]["targetSize"] == 0
+
+
+def test_what_is_granted_for_one_job_name_refuses_another_names_groups_and_objects(launched, vm, gce):
+    """Granted for the job name digits-ia (a prefix of this job's name digits-iam, but not of nascloud-digits-iam-
+    up to its hyphen): this job's VM, group and prefix are refused; granted for digits-iam, they are not."""
+    from nascloud.checkpoints.gcs import GCSObjects
+
+    zone = launched[1]["zone"].rsplit("/", 1)[-1]
+    grant_job(IAM, gce.project, ACCOUNT, "digits-ia", BUCKET_URL, "us-central1", [zone])
+    with pytest.raises(CloudError, match=r"compute\.instances\.get"):
+        _whoami(gce)
+    with pytest.raises(CloudError, match=r"compute\.instanceGroupManagers\.update"):
+        _resize(gce)
+    with pytest.raises(CloudError, match="403"):
+        _store().put("ledger/1.json", b"{}")
+    GCSObjects(BUCKET, "jobs/digits-ia-a1b2c3").put("ledger/1.json", b"{}")  # its own name's prefix: granted
+    grant_job(IAM, gce.project, ACCOUNT, JOB_NAME, BUCKET_URL, "us-central1", [zone])
+    _whoami(gce)
+    _resize(gce)
+    _store().put("ledger/1.json", b"{}")

@@ -4,7 +4,7 @@ At boot, before anything slow, the instance records itself in the bucket's ledge
 already at its budget, deadline, stop request or end resizes its groups to 0 and powers off at once. It
 arms an OS-level timer from the budget left (a separate process that ends the group and the machine, so
 a hung Python cannot overspend), then runs the agent under supervision: a crash is restarted; K crashes in
-a row with no new snapshot or epoch fail the job with the reason. At every end (finished, budget,
+a row with no new snapshot or completed trial fail the job with the reason. At every end (finished, budget,
 deadline, stop request, failure) it writes the final notice, sets the job's groups to 0 and powers the
 machine off, so the bill ends with the search. A bucket it cannot use is its own case: the groups go to 0
 with the reason on the group (what `status` shows) and nothing is counted as a crash. Anything else that
@@ -28,7 +28,7 @@ from nascloud.jobbucket import FINAL, JobBucket, heartbeat_seconds
 
 log = logging.getLogger("nascloud.instance")
 
-CRASH_LIMIT = 3  # agent starts in a row that die without a new snapshot or epoch
+CRASH_LIMIT = 3  # agent starts in a row that die without a new snapshot or completed trial
 NOTICE_GRACE_SECONDS = 180.0  # a preemption notice the cloud does not follow up: resume the agent after this
 GOVERNOR_FAILED = "governor-failed"  # in NASCLOUD_ROOT: why the governor exited, for the bootstrap's breaker
 
@@ -177,9 +177,19 @@ class Governor:
         return self.root / "work" / "agent.log"
 
     def _marker(self) -> tuple:
-        """What counts as progress: a new snapshot or a new epoch."""
+        """What counts as progress: what survives a restart, a new snapshot (a trial's end and an epoch
+        backup publish one) or a completed trial. An epoch trained again since the last snapshot is not:
+        an agent killed every few seconds would otherwise reach a different epoch each time and never trip."""
         progress = self.bucket.progress()
-        return progress.get("snapshot_id"), progress.get("trials_done"), str(progress.get("running"))
+        return progress.get("snapshot_id"), progress.get("trials_done")
+
+    def _log_tail(self, lines: int) -> str:
+        """The agent's last lines on this instance, for the failure's reason."""
+        try:
+            text = self.agent_log.read_text(errors="replace")
+        except OSError:
+            return "(no agent log on this instance)"
+        return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:])
 
     def _book_requests(self) -> None:
         from dataclasses import asdict
@@ -232,9 +242,8 @@ class Governor:
             crashes = crashes + 1 if now_marker == marker else 1
             marker = now_marker
             if crashes >= CRASH_LIMIT:
-                tail = self.bucket.log_tail(3).replace("\n", " | ")
                 message = (f"the agent died {crashes} times in a row on {self.me.instance_id} without a new snapshot "
-                           f"or epoch; last log lines: {tail[-400:]}")
+                           f"or completed trial; its last log lines: {self._log_tail(3)[-400:]}")
                 self.bucket.write_exit("failed", message, self.me.instance_id)
                 self.end("failed", message)
             self.bucket.add_event("agent-restarted", f"the agent on {self.me.instance_id} died; restarting it "

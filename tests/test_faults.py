@@ -1,0 +1,102 @@
+"""Faults a job must survive (issue 24), on the local provider with the laptop's commands as a user runs them.
+
+The end of a job that someone watches is complete: before, 5 of 9 local runs followed to
+their end by `launch` or `watch` lost it (no final event, no history.json, no agent log, no final notice),
+the README's first command among them: the observer's tidy set the group to 0 as soon as the exit record
+was final, and on local that killed the host while its governor was still writing the end. Now an
+observer leaves an instance that is still ending the job to end its groups itself."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.test_e2e_local import bucket, cli, ended, running_hosts, wait_for, webhook  # noqa: F401
+
+pytestmark = [pytest.mark.e2e]
+
+RUNS = 3  # each way: one small search each
+
+
+def missing_of_the_end(url: str, notices: list[str]) -> list[str]:
+    """The parts of a finished job's end that are not there."""
+    job = bucket(url)
+    missing = []
+    if "finished" not in [e.kind for e in job.events()]:
+        missing.append("the final event")
+    if job.store.get_json("history.json") is None:
+        missing.append("history.json")
+    if not all(job.store.objects.get(f"logs/{e.instance_id}.log") for e in job.ledger()):
+        missing.append("the agent's log")
+    if not any("search finished" in text for text in notices):
+        missing.append("the final notice")
+    return missing
+
+
+@pytest.mark.parametrize("how", ["launch", "watch"])
+def test_a_job_followed_to_its_end_ends_complete_every_time(cli, webhook, how):
+    hook, received = webhook
+    job = cli.write_job(trials=1, epochs=1, webhook=hook)
+    ends = []
+    for _ in range(RUNS):
+        before = len(received)
+        if how == "launch":  # the README's first command: launch in the foreground, with the live view
+            followed = cli.run("launch", str(job), timeout=600)
+            job_id = re.search(r"nascloud results (\S+?)`", followed.stdout)[1]
+            url = f"file://{cli.workdir / 'bucket'}/{job_id}"
+        else:
+            url = cli.launch(job)
+            followed = cli.run("watch", url, timeout=600)
+        assert followed.returncode == 0, followed.stdout + followed.stderr
+        wait_for(lambda: not running_hosts(cli.home), 120, "the job's host to power itself off")
+        ends.append(missing_of_the_end(url, received[before:]))
+    assert ends == [[]] * RUNS
+
+
+def agent_pid(url: str):
+    """The live agent process of the job (its command line names the job's bucket URL)."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"agent" in words and url.encode() in words:
+            return int(entry.name)
+    return None
+
+
+def test_an_agent_killed_again_and_again_before_a_snapshot_trips_the_crash_loop_breaker(cli):
+    """Killed at a later epoch each time, always before the checkpoint interval publishes one: each restart
+    trains the first trial again from its start and reaches a new epoch, which is not progress (before, each
+    restart counted 1 of 3 again: six kills, no snapshot, no trip)."""
+    path = cli.write_job(trials=2, epochs=300)
+    path.write_text(path.read_text().replace("interval_minutes: 0.01", "interval_minutes: 30"))
+    url = cli.launch(path)
+    job, kills = bucket(url), 0
+    for target_epoch in (2, 3, 4, 5, 6, 7):
+        if ended(url):
+            break
+
+        def training_past_target():
+            pid, beat = agent_pid(url), job.heartbeat()
+            running = job.progress().get("running") or {}
+            return pid if (pid and beat.get("pid") == pid and beat.get("phase") == "searching"
+                           and running.get("epoch", 0) >= target_epoch) else None
+
+        found = wait_for(lambda: ended(url) or training_past_target(), 300, f"the agent at epoch {target_epoch}",
+                         0.05)
+        if isinstance(found, dict):  # the job's exit record: it ended
+            break
+        assert not job.progress().get("snapshot_id"), "a snapshot was published: the kills came too late"
+        os.kill(found, signal.SIGKILL)
+        kills += 1
+    final = wait_for(lambda: ended(url), 120, "the job to fail", interval=0.5)
+    assert final["status"] == "failed" and "died 3 times in a row" in final["message"], final
+    assert kills == 3, kills
+    tail = final["message"].split("its last log lines: ", 1)[1]
+    assert tail.strip() and tail != "(no agent log on this instance)", final["message"]
+    wait_for(lambda: not running_hosts(cli.home), 60, "every host to end")
