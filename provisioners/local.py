@@ -146,16 +146,21 @@ class LocalProvisioner:
             self._ensure_supervisor(folder)
 
     def _ensure_supervisor(self, folder: Path) -> None:
-        """Start the group's supervisor unless one runs (it holds supervisor.lock while it lives)."""
-        with open(folder / "supervisor.lock", "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        """Start the group's supervisor unless one runs (it holds supervisor.lock while it lives). One caller
+        at a time decides (spawn.lock), and holds that until the new supervisor has taken its lock: a second
+        caller meanwhile (`resume` asks twice) would otherwise see no supervisor yet and start another."""
+        with open(folder / "spawn.lock", "a") as spawning:
+            fcntl.flock(spawning, fcntl.LOCK_EX)
+            if self._supervised(folder):
                 return
-        with open(folder / "supervisor.log", "ab") as log:
-            subprocess.Popen([sys.executable, "-m", "nascloud.provisioners.local", "supervise", str(folder)],
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, env={k: v for k, v in os.environ.items() if k != INSTANCE_ENV})
+            with open(folder / "supervisor.log", "ab") as log:
+                started = subprocess.Popen(
+                    [sys.executable, "-m", "nascloud.provisioners.local", "supervise", str(folder)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    env={k: v for k, v in os.environ.items() if k != INSTANCE_ENV})
+            deadline = time.monotonic() + 30
+            while not self._supervised(folder) and started.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     def groups(self, job_id: str) -> list[Group]:
         folder = self.root / "groups" / job_id

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_e2e_local import bucket, cli, ended, running_hosts, wait_for, webhook  # noqa: F401
+from tests.test_provisioners_local import JOB, engine, specs, supervisors  # noqa: F401
 
 pytestmark = [pytest.mark.e2e]
 
@@ -100,3 +101,20 @@ def test_an_agent_killed_again_and_again_before_a_snapshot_trips_the_crash_loop_
     tail = final["message"].split("its last log lines: ", 1)[1]
     assert tail.strip() and tail != "(no agent log on this instance)", final["message"]
     wait_for(lambda: not running_hosts(cli.home), 60, "every host to end")
+
+
+def test_resizes_from_several_callers_at_once_start_exactly_one_supervisor(engine):
+    """`resume` asks for the supervisor twice, and two machines' commands may ask at once: before, each
+    caller saw no supervisor yet (the new one had not taken its lock) and started its own."""
+    import threading
+
+    engine.run("sleep 600", size=0)
+    wait_for(lambda: not supervisors(engine.folder), 30, "the size-0 group's supervisor to exit", 0.05)
+    callers = [threading.Thread(target=engine.provider.resize, args=(JOB, "search", 1)) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(supervisors(engine.folder)) == 1
+    wait_for(lambda: engine.group().live, 30, "the host", 0.05)
+    assert len(engine.group().instances) == 1
