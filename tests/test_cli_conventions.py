@@ -208,8 +208,14 @@ def test_the_examples_placeholder_bucket_is_refused(cli):
 @pytest.fixture
 def aws_bucket(moto_reset, ec2_quotas):
     """An S3 bucket in the session's moto server, in an account whose spot G-family quota allows a T4
-    instance; returns its URL and a count of what it holds."""
+    instance and whose region publishes the Deep Learning AMI's parameter; returns its URL and a count of
+    what it holds."""
+    from nascloud.provisioners.aws import DLAMI_PARAMETER
+    from tests.fixtures.moto_ec2 import publish_ssm_parameter
+
     ec2_quotas[SPOT_G_QUOTA] = 8
+    ec2_quotas["L-DB2E81BA"] = 8  # on-demand G too: the example job may fall back to on-demand
+    publish_ssm_parameter(DLAMI_PARAMETER, "ami-0dlami0000000001")
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="nascloud-conventions")
     return "s3://nascloud-conventions/jobs", lambda: s3.list_objects_v2(Bucket="nascloud-conventions").get("KeyCount")

@@ -138,8 +138,9 @@ def test_use_on_demand_points_the_group_at_its_standard_template_for_the_vms_it_
     gce.preempt(vm(gce, first)["name"])
     (second,) = until(lambda: [i for i in running(gcp) if i.instance_id != first.instance_id], "a replacement")
     assert second.spot is False and vm(gce, second)["scheduling"]["provisioningModel"] == "STANDARD"
-    binding = identity_binding(gce.project, "us-central1", JOB, ["search"])["condition"]["expression"]
-    assert f'global/instanceTemplates/{NAME}-standard"' in binding and f'instanceGroupManagers/{NAME}"' in binding
+    binding = identity_binding(gce.project, "us-central1", "digits-t4")["condition"]["expression"]
+    assert 'global/instanceTemplates/nascloud-digits-t4-")' in binding  # the STANDARD template's name follows it
+    assert 'instanceGroupManagers/nascloud-digits-t4-")' in binding
     gcp.delete(JOB)
     assert_nothing_left_gce(gce, JOB)
 
@@ -328,7 +329,8 @@ def test_dry_run_shows_the_templates_and_the_group_without_credentials(monkeypat
     assert (manager["name"], manager["targetSize"], manager["instanceTemplate"]) == (
         NAME, 1, f"global/instanceTemplates/{NAME}")
     assert "firewalls.insert" not in request
-    assert f"instanceGroupManagers/{NAME}" in request["service account binding"]["condition"]["expression"]
+    binding = request["service account binding"]["condition"]["expression"]
+    assert 'instanceGroupManagers/nascloud-digits-t4-")' in binding  # every run of the job name
     json.dumps(request)
 
 
