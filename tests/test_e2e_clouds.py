@@ -58,7 +58,7 @@ def gcp_job(bucket: str, search: Optional[dict] = None, usd: float = 20, **compu
 @pytest.fixture
 def gcp_env(gce, gcp_iam, monkeypatch):
     """GCP with IAM enforced: the launcher is the project's owner; each VM calls as ACCOUNT, which holds what
-    the README has the user grant it for the job (grant_gcp_job)."""
+    the README has the user grant it for the job's name (grant_gcp_job)."""
     monkeypatch.setenv("NASCLOUD_GCP_PROJECT", gce.project)
     monkeypatch.setenv("NASCLOUD_GCP_SERVICE_ACCOUNT", ACCOUNT)
     return gce

@@ -420,3 +420,100 @@ def test_fail_next_answers_the_first_calls_of_an_action_with_the_services_error(
     answer = refused(lambda: instance.s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/bundle/job.json"), "SlowDown")
     assert answer["ResponseMetadata"]["HTTPStatusCode"] == 503
     instance.s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/bundle/job.json")
+
+
+# --- the launching user's identity: `nascloud check` through the proxy --------------------------------------
+from tests.test_cli_conventions import AWS_JOB, aws_bucket, cli  # noqa: E402,F401  (the conventions' account)
+
+
+def launching_user(proxy, monkeypatch, name: str, actions, may_simulate: bool = True) -> str:
+    """An IAM user in moto's IAM allowed `actions` on "*" and the bucket's own on the conventions' bucket (the
+    probe writes there for real), with an access key: this process's AWS clients sign as it, through the proxy,
+    which judges its calls and answers iam:SimulatePrincipalPolicy from its policies. Returns its ARN."""
+    import boto3
+
+    iam = boto3.client("iam")
+    iam.create_user(UserName=name)
+    allowed = [*actions, "iam:SimulatePrincipalPolicy"] if may_simulate else list(actions)
+    iam.put_user_policy(UserName=name, PolicyName="launch", PolicyDocument=json.dumps(policy(
+        {"Effect": "Allow", "Action": allowed, "Resource": "*"},
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"],
+         "Resource": ["arn:aws:s3:::nascloud-conventions", "arn:aws:s3:::nascloud-conventions/*"]})))
+    keys = proxy.register_user(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["SecretAccessKey"])
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    return f"arn:aws:iam::123456789012:user/{name}"
+
+
+# Neither is called by check itself, so only the permissions line can fail; PassRole is asked on the job's role.
+@pytest.mark.parametrize("missing", ["autoscaling:PutScheduledUpdateGroupAction", "iam:PassRole"])
+def test_check_names_the_one_permission_the_launching_user_lacks(cli, aws_bucket, aws_proxy, monkeypatch, missing):
+    from nascloud.checking import AWS_ACTIONS
+
+    url, held = aws_bucket
+    user = launching_user(aws_proxy, monkeypatch, "ana", [a for a in AWS_ACTIONS if a != missing])
+    code, out, err = cli("check", AWS_JOB, "--bucket", url)
+    lines = out.splitlines()
+    assert code == 1 and [line.split()[0] for line in lines] == ["ok", "ok", "FAIL", "ok"], out + err
+    assert lines[2] == (f"FAIL  permissions: {user} may not call {missing}; grant them (README: Providers and "
+                        "permissions lists each with why)")
+    assert held() == 0
+
+
+def test_check_says_ok_for_a_user_with_every_action_until_its_group_denies_one(cli, aws_bucket, aws_proxy,
+                                                                               monkeypatch):
+    import boto3
+
+    from nascloud.checking import AWS_ACTIONS
+
+    url, _ = aws_bucket
+    iam = boto3.client("iam")  # moto itself, with the session's keys (before the user's replace them)
+    user = launching_user(aws_proxy, monkeypatch, "bob", AWS_ACTIONS)
+    code, out, err = cli("check", AWS_JOB, "--bucket", url)
+    assert code == 0, out + err
+    assert out.splitlines()[2] == f"ok    permissions: {user} may call all {len(AWS_ACTIONS)} actions the launch uses"
+    # An explicit Deny in a managed policy of the user's group wins over the user's inline Allow (the evaluation
+    # logic; the simulator includes the user's groups' policies: API_SimulatePrincipalPolicy.html).
+    denied = iam.create_policy(PolicyName="no-launch", PolicyDocument=json.dumps(policy(
+        {"Effect": "Deny", "Action": "ec2:RunInstances", "Resource": "*"})))["Policy"]["Arn"]
+    iam.create_group(GroupName="interns")
+    iam.attach_group_policy(GroupName="interns", PolicyArn=denied)
+    iam.add_user_to_group(GroupName="interns", UserName="bob")
+    code, out, _ = cli("check", AWS_JOB, "--bucket", url)
+    assert code == 1 and out.splitlines()[2].startswith(f"FAIL  permissions: {user} may not call ec2:RunInstances;")
+
+
+def test_check_cannot_say_for_a_user_who_may_not_simulate_its_own_policy(cli, aws_bucket, aws_proxy, monkeypatch):
+    from nascloud.checking import AWS_ACTIONS
+
+    url, _ = aws_bucket
+    user = launching_user(aws_proxy, monkeypatch, "eve", AWS_ACTIONS, may_simulate=False)
+    code, out, err = cli("check", AWS_JOB, "--bucket", url)
+    assert code == 0, out + err  # not known is no failure: a launch refused for a permission leaves nothing
+    assert out.splitlines()[2].startswith(f"skip  permissions: could not check: {user} may not call "
+                                          "iam:SimulatePrincipalPolicy on itself;")
+    assert f"iam:SimulatePrincipalPolicy {user}" in aws_proxy.refused
+
+
+def test_the_proxy_simulates_a_roles_policies_in_iams_shape_and_a_missing_principal_is_no_such_entity(instance):
+    from tests.fixtures.aws_iam import STATIC_KEY
+
+    iam = instance.proxy.client("iam", {"AccessKeyId": STATIC_KEY, "SecretAccessKey": "testing", "SessionToken": None})
+    role = f"arn:aws:iam::123456789012:role/{instance.role}"
+    job_object, other_object = f"arn:aws:s3:::{BUCKET}/{PREFIX}/bundle/job.json", f"arn:aws:s3:::{BUCKET}/jobs/x"
+    (result,) = iam.simulate_principal_policy(PolicySourceArn=role, ActionNames=["s3:GetObject"],
+                                              ResourceArns=[job_object, other_object])["EvaluationResults"]
+    # The most restrictive decision over the resources, each one's own beside it (API_EvaluationResult.html).
+    assert (result["EvalActionName"], result["EvalDecision"]) == ("s3:GetObject", "implicitDeny")
+    assert [(r["EvalResourceName"], r["EvalResourceDecision"]) for r in result["ResourceSpecificResults"]] == [
+        (job_object, "allowed"), (other_object, "implicitDeny")]
+    instance.set_policy(policy({"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                               {"Effect": "Deny", "Action": "s3:DeleteObject", "Resource": "*"}))
+    decided = {r["EvalActionName"]: r["EvalDecision"] for r in iam.simulate_principal_policy(
+        PolicySourceArn=role, ActionNames=["s3:GetObject", "s3:DeleteObject", "ec2:RunInstances"])["EvaluationResults"]}
+    assert decided == {"s3:GetObject": "allowed", "s3:DeleteObject": "explicitDeny", "ec2:RunInstances": "implicitDeny"}
+    answer = refused(lambda: iam.simulate_principal_policy(PolicySourceArn="arn:aws:iam::123456789012:user/nobody",
+                                                           ActionNames=["s3:GetObject"]), "NoSuchEntity")
+    assert answer["ResponseMetadata"]["HTTPStatusCode"] == 404
