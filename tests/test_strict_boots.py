@@ -3,8 +3,8 @@ part 1). A group replaces a machine that powers off, so a boot that only powered
 that fails the same way, without end. Each failure point must end in the breaker: the groups at 0 with the
 reason in `status`, the boot recorded (and billed) in the bucket, one boot per failure; a boot that finds
 the breaker open ends the groups before anything else; and when the instance's own identity may not
-resize its group, the launcher's backstop (a scheduled action of the group's engine) ends the loop
-within its money bound.
+resize its group, the launcher's backstop (AWS: a scheduled action of the group's engine; GCP: the
+templates' terminationTime) ends the loop within its money bound.
 
 Each job is launched with no host running, its bucket then damaged the way the failure needs, and only
 then are its instances played: every boot below is the real user data on a local host.
