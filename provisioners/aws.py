@@ -259,7 +259,8 @@ def backstop_request(group: GroupSpec) -> dict:
     a one-time action at its StartTime and then deletes it; putting it again under the same name replaces it
     (https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-scheduled-scaling.html)."""
     return {"AutoScalingGroupName": group_name(group.job_id, group.name), "ScheduledActionName": BACKSTOP_ACTION,
-            "StartTime": datetime.fromtimestamp(group.stop_at, timezone.utc), "DesiredCapacity": 0, "MinSize": 0}
+            "StartTime": datetime.fromtimestamp(group.stop_at, timezone.utc).isoformat(timespec="seconds"),
+            "DesiredCapacity": 0, "MinSize": 0}
 
 
 def job_requests(groups: list[GroupSpec], bucket: str, prefix: str, cidr: Optional[str]) -> dict:

@@ -184,7 +184,23 @@ def dry_run_group(cloud: str, job_id: str, offer, spec, name: str = "search"):
            "NASCLOUD_REGION": flat.region or "", "NASCLOUD_ROOT": CLOUD_ROOT, "NASCLOUD_GPU": flat.gpu or "",
            "NASCLOUD_SSH": "1" if spec.compute.ssh_cidr else ""}
     tags = {"nascloud-job": job_id, "nascloud-owner": default_owner(), "nascloud-job-url": url}
-    return GroupSpec(job_id=job_id, name=name, size=1, bootstrap_env=env, offer=record, spec=spec, tags=tags)
+    return GroupSpec(job_id=job_id, name=name, size=1, bootstrap_env=env, offer=record, spec=spec, tags=tags,
+                     stop_at=_planned_stop(record, spec))
+
+
+def _planned_stop(offer: dict, spec) -> Optional[float]:
+    """The backstop's time a launch now would set (nascloud.launching.backstop, nothing spent yet)."""
+    import time
+
+    from nascloud.budget import backstop_at
+    from nascloud.bundle import OfferRecord
+
+    budget, now = spec.budget, time.time()
+    if not (budget.usd or budget.max_hours):
+        return None
+    # An offer given without prices (a test's, a provider's own look-up) bounds only the deadline.
+    price = OfferRecord.model_validate(offer).highest_price() if "price_per_hour" in offer else 0.0
+    return backstop_at(now, budget.usd, price, now + budget.max_hours * 3600 if budget.max_hours else None)
 
 
 def power_off() -> None:

@@ -18,7 +18,6 @@ that is how the tests reach their local server, which checks the caller's token 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -326,22 +325,9 @@ def bucket_bindings(bucket_url: str, job_name: str) -> list[dict]:
             {"role": "roles/storage.legacyBucketReader"}]
 
 
-def _planned_stop(group: GroupSpec, spec) -> Optional[float]:
-    """The backstop's time a launch now would set (nascloud.launching.backstop, nothing spent yet)."""
-    from nascloud.budget import backstop_at
-    from nascloud.bundle import OfferRecord
-
-    budget, now = spec.budget, time.time()
-    if not (budget.usd or budget.max_hours):
-        return None
-    price = OfferRecord.model_validate(group.offer).highest_price() * group.size
-    return backstop_at(now, budget.usd, price, now + budget.max_hours * 3600 if budget.max_hours else None)
-
-
 def launch_request(job_id: str, offer, spec) -> dict:
     """What create_groups would send for the job's search group, with no credentials and no network."""
     group = dry_run_group("gcp", job_id, offer, spec)
-    group = dataclasses.replace(group, stop_at=_planned_stop(group, spec))
     project = os.environ.get("NASCLOUD_GCP_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT") or "<your project>"
     account = os.environ.get("NASCLOUD_GCP_SERVICE_ACCOUNT") or "<NASCLOUD_GCP_SERVICE_ACCOUNT>"
     made = requests(group, spec.compute.image or DEFAULT_IMAGE, account, spec.compute.ssh_cidr)
