@@ -14,10 +14,10 @@
 #
 # A boot that fails before the governor ends the job (the breaker): an Auto Scaling group or a managed
 # instance group replaces a machine that powers off, so a boot that failed and only powered off would boot
-# a new GPU that fails the same way, without end. So a failed boot sets every group of the job to 0 with
-# the instance's own identity (the resize first: it stops the bill), records its reason in the bucket
-# (boots/<group>/<instance>.json: `status` shows it, the budget bills it), and powers off no sooner than
-# a billing minimum after it began. A boot that finds BOOT_FAILURE_LIMIT failed boots of its group already
+# a new GPU that fails the same way, without end. So a failed boot records its reason in the bucket
+# (boots/<group>/<instance>.json: `status` shows it, the budget bills it), sets every group of the job to
+# 0 with the instance's own identity (after the record: the resize ends this machine), and powers off no
+# sooner than a billing minimum after it began. A boot that finds BOOT_FAILURE_LIMIT failed boots of its group already
 # recorded ends the groups before doing anything else. When the identity itself is refused, the launch's
 # backstop (set with the launcher's credentials) ends the group when the budget runs out at its price.
 set -uo pipefail
