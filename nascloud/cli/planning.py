@@ -257,7 +257,8 @@ def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> No
         console.print(f"`launch` runs on the first row it can run: {pick.offer.cloud} {pick.offer.instance_type} "
                       f"{pick.kind}.")
         # GCP's backstop is a time limit, which legacy preemptible VMs cannot have (README "When a boot fails")
-        if budget and pick.offer.cloud in ("aws", "gcp") and pick.kind != "gcp-preemptible":
+        preemptible = question.spec is not None and question.spec.compute.provisioning == "preemptible"
+        if budget and (pick.offer.cloud == "aws" or pick.offer.cloud == "gcp" and not preemptible):
             console.print(backstop_note(budget, pick.price_per_hour))
     except UsageError as error:
         console.print(f"Note: {error}")
