@@ -69,8 +69,8 @@ class LedgerEntry:
 @dataclass(frozen=True)
 class FailedBoot:
     """A boot that ended in the bootstrap's breaker (it failed before the agent ran, or its governor did), as
-    the breaker records it: the next boot of the group counts these, `status` shows the newest's reason, and the budget bills each at the group's
-    price until `resume` books it in the ledger."""
+    the breaker records it: the next boot of the group counts these, `status` shows the newest's reason,
+    and the budget bills each at the group's price until `resume` books it in the ledger."""
 
     instance_id: str
     group: str

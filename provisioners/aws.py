@@ -437,9 +437,9 @@ class AwsProvisioner:
             self._create(groups, job_id, spec)
             for group in groups:  # also for a group an earlier launch made: resume moves its backstop
                 if group.stop_at:
+                    auto_scaling = self._client("autoscaling", self._region_of(group.offer))
                     self._call(f"scheduling the backstop of {group_name(job_id, group.name)}",
-                               self._client("autoscaling", self._region_of(group.offer)).put_scheduled_update_group_action,
-                               **backstop_request(group))
+                               auto_scaling.put_scheduled_update_group_action, **backstop_request(group))
         except NascloudError:
             self.delete(job_id)  # a group that cannot be made leaves nothing behind
             raise

@@ -11,9 +11,10 @@ checkpoint or agent (tests/test_imports.py proves it). A host that ends (its boo
 a preemption kills it) is recorded with the supervisor's own time, like a cloud's console would, and
 replaced while the size says so: at once after a preemption, after a growing pause (2 s, 4 s ... a minute)
 when hosts end within a minute of their start. It obeys the bootstrap's breaker as a cloud group obeys
-the instance's resize: a host that ended leaving `failed` (its boot or governor failed), or a
-`halt` file another group's failed boot left, sets the group to 0 with that reason. State is small JSON files under the provider's root, which the bundle
-records, so any process on this machine (a fresh NASCLOUD_HOME included) finds the same groups.
+the instance's resize: a host that ended leaving `failed` (its boot or governor failed), or a `halt`
+file another group's failed boot left, sets the group to 0 with that reason. State is small JSON files
+under the provider's root, which the bundle records, so any process on this machine (a fresh NASCLOUD_HOME
+included) finds the same groups.
 """
 
 from __future__ import annotations
