@@ -533,8 +533,7 @@ class GcpProvisioner:
     def _other_backstop(self, templates: list[dict]) -> bool:
         """Whether any of these templates, as GCE holds them, ends its VMs at another time than asked."""
         for template in templates:
-            held = self._call("reading the instance template", "InstanceTemplatesClient", "get",
-                              instance_template=template["name"]).properties.scheduling.termination_time
+            held = self._template(template["name"]).properties.scheduling.termination_time
             if _timestamp(held or None) != _timestamp(template["properties"]["scheduling"].get("terminationTime")):
                 return True
         return False
