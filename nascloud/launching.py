@@ -358,9 +358,10 @@ def results(bucket, folder: Path) -> Optional[dict]:
 def drill(bucket, timeout_seconds: float = 1800) -> float:
     """Preempt the group's current instance the way its cloud would and return the seconds until the agent
     trains again on a replacement (read from the bucket: the group does the recovery)."""
-    from nascloud.observer import groups, provisioner
+    from nascloud.observer import groups, provisioner, revive
 
-    job_id = bucket.bundle().job_id
+    job_id, prov = bucket.bundle().job_id, provisioner(bucket)
+    revive(bucket, prov)  # an engine that died would never replace the victim
     live = [i for g in groups(bucket) or () for i in g.live]
     beat = bucket.heartbeat()
     if not live or beat.get("phase") != "searching":
@@ -368,8 +369,9 @@ def drill(bucket, timeout_seconds: float = 1800) -> float:
     victim = live[0]
     started = time.time()
     bucket.add_event("drill", f"fire drill: preempting {victim.instance_id}")
-    provisioner(bucket).preempt(victim)
+    prov.preempt(victim)
     while time.time() - started < timeout_seconds:
+        revive(bucket, prov)
         beat = bucket.heartbeat()
         if (beat.get("instance_id") not in (None, victim.instance_id) and beat.get("phase") == "searching"
                 and beat.get("time", 0) > started):

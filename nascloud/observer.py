@@ -68,6 +68,17 @@ def job_status(bucket: JobBucket, found: Optional[list]) -> tuple[str, Optional[
     return "running", None
 
 
+def revive(bucket: JobBucket, prov) -> None:
+    """A job that runs must have its engine: a dead one (the local supervisor; a cloud's never dies) is started
+    again, and the job's events say so."""
+    try:
+        for name in prov.revive(bucket.bundle().job_id):
+            bucket.add_event("engine-revived", f"the engine of group {name} (its supervisor on this machine) had "
+                                               "died: started it again, so a lost instance is replaced")
+    except NascloudError:
+        pass  # an unreadable bucket or provider: the view says what it can
+
+
 def tidy(bucket: JobBucket, found: Optional[list], status: str) -> None:
     """Close the ledger from the provider's listing; once the job ended, nothing of it may still bill."""
     if found is None:
@@ -115,6 +126,8 @@ def _summary(bucket: JobBucket, now: Optional[float], tidy_up: bool) -> dict:
     status, reason = job_status(bucket, found)
     if tidy_up:
         tidy(bucket, found, status)
+        if status in ("running", "launching"):
+            revive(bucket, provisioner(bucket))
     if status in SHOWN_FINAL:
         from nascloud import history
 

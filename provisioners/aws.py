@@ -619,6 +619,10 @@ class AwsProvisioner:
         region and provisioner, the zone names' IDs)."""
         return [g for region in sorted(self.regions) for g in self._groups(region, job_id)]
 
+    def revive(self, job_id: str) -> list[str]:
+        """The Auto Scaling group is the cloud's own engine: nothing of ours to start again."""
+        return []
+
     def resize(self, job_id: str, group: str, size: int, reason: Optional[str] = None) -> None:
         name = group_name(job_id, group)
         for region in sorted(self.regions):

@@ -7,8 +7,8 @@ instance runs the same bootstrap (scripts/bootstrap.sh), which starts the instan
 (`nascloud instance`): the instance records itself in the bucket's ledger and governs its own budget,
 stops and power-off. So the methods split by who calls them:
 
-- the launcher and observers (any machine): preflight, create_groups, groups, resize, delete, preempt,
-  list_owned;
+- the launcher and observers (any machine): preflight, create_groups, groups, revive, resize, delete,
+  preempt, list_owned;
 - the instance itself (its own identity): whoami, resize (to 0 at the end), use_on_demand, power_off.
 """
 
@@ -89,6 +89,10 @@ class Provisioner(Protocol):
 
     def groups(self, job_id: str) -> list[Group]:
         """The job's groups with their instances, in one call per region; [] when none exists."""
+
+    def revive(self, job_id: str) -> list[str]:
+        """Where the engine is a process of ours (local), start it again if it died while its group is above 0,
+        so a lost instance is still replaced; the names of the groups revived. A cloud runs its own: []."""
 
     def resize(self, job_id: str, group: str, size: int, reason: Optional[str] = None) -> None:
         """Set the group's target size; 0 ends every instance of it. A missing group is success."""

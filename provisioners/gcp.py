@@ -615,6 +615,10 @@ class GcpProvisioner:
                         spot=scheduling.provisioning_model == "SPOT" or bool(scheduling.preemptible),
                         state=State.PREEMPTED, launched_at=None, ended_at=_timestamp(op.insert_time))
 
+    def revive(self, job_id: str) -> list[str]:
+        """The managed instance group is the cloud's own engine: nothing of ours to start again."""
+        return []
+
     def resize(self, job_id: str, group: str, size: int, reason: Optional[str] = None) -> None:
         from google.api_core.exceptions import NotFound
         from google.cloud import compute_v1

@@ -146,14 +146,15 @@ class LocalProvisioner:
                         "spot": bool(spec.offer.get("spot")), "created_at": time.time()})
             self._ensure_supervisor(folder)
 
-    def _ensure_supervisor(self, folder: Path) -> None:
-        """Start the group's supervisor unless one runs (it holds supervisor.lock while it lives). One caller
-        at a time decides (spawn.lock), and holds that until the new supervisor has taken its lock: a second
-        caller meanwhile (`resume` asks twice) would otherwise see no supervisor yet and start another."""
+    def _ensure_supervisor(self, folder: Path) -> bool:
+        """Start the group's supervisor unless one runs (it holds supervisor.lock while it lives); whether it
+        started one. One caller at a time decides (spawn.lock), and holds that until the new supervisor has
+        taken its lock: a second caller meanwhile (`resume` asks twice) would otherwise see no supervisor yet
+        and start another."""
         with open(folder / "spawn.lock", "a") as spawning:
             fcntl.flock(spawning, fcntl.LOCK_EX)
             if self._supervised(folder):
-                return
+                return False
             with open(folder / "supervisor.log", "ab") as log:
                 started = subprocess.Popen(
                     [sys.executable, "-m", "nascloud.provisioners.local", "supervise", str(folder)],
@@ -162,6 +163,7 @@ class LocalProvisioner:
             deadline = time.monotonic() + 30
             while not self._supervised(folder) and started.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
+            return True
 
     def groups(self, job_id: str) -> list[Group]:
         folder = self.root / "groups" / job_id
@@ -196,6 +198,15 @@ class LocalProvisioner:
             except BlockingIOError:
                 return True
             return False
+
+    def revive(self, job_id: str) -> list[str]:
+        """A supervisor can be killed, which a cloud's engine cannot: whoever observes the job (status, watch,
+        drill, the governor) starts it again, so a preempted host is replaced rather than billed as running."""
+        revived = []
+        for group in self.groups(job_id):
+            if group.size > 0 and self._ensure_supervisor(self._group_dir(job_id, group.name)):
+                revived.append(group.name)
+        return revived
 
     def resize(self, job_id: str, group: str, size: int, reason: Optional[str] = None) -> None:
         folder = self._group_dir(job_id, group)

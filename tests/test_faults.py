@@ -118,3 +118,24 @@ def test_resizes_from_several_callers_at_once_start_exactly_one_supervisor(engin
     assert len(supervisors(engine.folder)) == 1
     wait_for(lambda: engine.group().live, 30, "the host", 0.05)
     assert len(engine.group().instances) == 1
+
+
+def test_a_killed_group_supervisor_is_started_again_and_a_drill_then_recovers(cli):
+    """The local provider stands in for the clouds' engines, which cannot be killed: before, with its supervisor
+    killed, a preempted instance was never replaced (`status` said running, billing, and `drill` waited 30 min).
+    Now the governor (each heartbeat) and every observer start it again, and the job's events say so."""
+    url = cli.launch(cli.write_job(trials=3, epochs=30))
+    job = bucket(url)
+    folder = cli.home / "local" / "groups" / url.rsplit("/", 1)[1] / "search"
+    wait_for(lambda: job.heartbeat().get("phase") == "searching", 300, "the search to train")
+    [first] = supervisors(folder)
+    os.kill(first, signal.SIGKILL)
+    # No observer runs meanwhile: the instance's governor is the one to see it.
+    revived = wait_for(lambda: [p for p in supervisors(folder) if p != first], 60, "a new supervisor", 0.1)
+    wait_for(lambda: "engine-revived" in [e.kind for e in job.events()], 30, "the event that says so")
+    os.kill(revived[0], signal.SIGKILL)
+    drilled = cli.run("drill", url, timeout=300)
+    assert drilled.returncode == 0 and "training again" in drilled.stdout, drilled.stdout + drilled.stderr
+    assert len(supervisors(folder)) == 1
+    stopped = cli.run("stop", url, timeout=300)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr

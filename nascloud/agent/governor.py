@@ -215,11 +215,21 @@ class Governor:
                 break
             except subprocess.TimeoutExpired:
                 self._upload_log()
+                self._revive()
         self._upload_log()
         record = self.bucket.exit_record() or {}
         mine = record.get("instance_id") == self.me.instance_id and record.get("time", 0) >= started - 1
         log.info("the agent exited with code %s (%s)", agent.returncode, record.get("status") if mine else "no record")
         return record if mine else None
+
+    def _revive(self) -> None:
+        """The group's engine, started again if it died (local only), so this instance's loss is replaced."""
+        from nascloud.observer import revive
+
+        try:
+            revive(self.bucket, self.provisioner)
+        except Exception as error:  # noqa: BLE001  a courtesy to the next instance: the search goes on
+            log.warning("could not check the group's engine: %s", error)
 
     def _upload_log(self) -> None:
         try:
