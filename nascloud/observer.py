@@ -17,7 +17,8 @@ from nascloud.errors import NascloudError
 from nascloud.jobbucket import FINAL, JobBucket, heartbeat_seconds
 
 ENDING_GRACE_SECONDS = 60.0  # how long an instance at the job's end may take to write it (seconds, normally)
-HALTED = "halted"  # the groups were ended without an exit record: the instance said why on the group
+HALTED = "halted"  # the groups were ended without an exit record: the instance said why on the group (an
+# observer then copies it into the exit record)
 SHOWN_FINAL = FINAL + (HALTED,)
 EXIT_CODES = {"finished": 0, "stopped": 0, "budget": 3, "deadline": 3, "failed": 1, HALTED: 1}
 
@@ -53,7 +54,7 @@ def job_status(bucket: JobBucket, found: Optional[list]) -> tuple[str, Optional[
     """(status, why): an exit record's final status; halted when the groups were ended without one;
     launching before the first instance recorded itself; else running (stopping once a stop is asked)."""
     record = bucket.exit_record() or {}
-    if record.get("status") in FINAL:
+    if record.get("status") in SHOWN_FINAL:
         return record["status"], record.get("message")
     if found is not None and (not found or all(g.size == 0 for g in found)):
         reasons = list(dict.fromkeys(g.reason for g in found if g.reason))
@@ -79,15 +80,19 @@ def revive(bucket: JobBucket, prov) -> None:
         pass  # an unreadable bucket or provider: the view says what it can
 
 
-def tidy(bucket: JobBucket, found: Optional[list], status: str) -> None:
-    """Close the ledger from the provider's listing; once the job ended, nothing of it may still bill."""
+def tidy(bucket: JobBucket, found: Optional[list], status: str, reason: Optional[str] = None) -> None:
+    """Close the ledger from the provider's listing; once the job ended, nothing of it may still bill. A halted
+    job's reason goes into its exit record, and its instances into the ledger, before its groups, which
+    held both, are deleted: where the bucket refuses, the groups stay (at 0 they cost nothing), so the next
+    look, once the bucket is fixed, finds every instance that ran with its times, and the reason."""
     if found is None:
         return
     bundle = bucket.bundle()
     try:
         bucket.reconcile([i for g in found for i in g.instances], time.time())
+        recorded = True
     except NascloudError:
-        pass  # a bucket this machine cannot write either: the view still shows what it can read
+        recorded = False  # a bucket this machine cannot write either: the view still shows what it can read
     if status not in SHOWN_FINAL:
         return
     prov = provisioner(bucket)
@@ -95,7 +100,12 @@ def tidy(bucket: JobBucket, found: Optional[list], status: str) -> None:
     for group in found:
         if group.size and group.name not in ending:
             prov.resize(bundle.job_id, group.name, 0, reason=f"the job is {status}")
-    if all(not g.live for g in found):
+    if status == HALTED and found and (bucket.exit_record() or {}).get("status") != HALTED:
+        try:
+            bucket.write_exit(HALTED, reason or "the job's groups are at 0", "observer")
+        except NascloudError:
+            return
+    if recorded and all(not g.live for g in found):
         prov.delete(bundle.job_id)
 
 
@@ -125,7 +135,7 @@ def _summary(bucket: JobBucket, now: Optional[float], tidy_up: bool) -> dict:
     found = groups(bucket)
     status, reason = job_status(bucket, found)
     if tidy_up:
-        tidy(bucket, found, status)
+        tidy(bucket, found, status, reason)
         if status in ("running", "launching"):
             revive(bucket, provisioner(bucket))
     if status in SHOWN_FINAL:

@@ -39,6 +39,7 @@ from nascloud.provisioners.common import bootstrap_script
 INSTANCE_ENV = "NASCLOUD_LOCAL_INSTANCE"  # marks every process of a local host
 SSHD_PID = "ssh/sshd.pid"  # in a host's folder: its opt-in sshd (nascloud/agent/ssh.py), which the mark misses
 POLL_SECONDS = 0.2
+HOST_LOGS = ("bootstrap.log", "work/agent.log")  # in a host's folder: what delete keeps
 QUICK_END_SECONDS = 60.0  # a host that ends sooner than this after its start delays the next: the longest pause
 
 
@@ -219,12 +220,24 @@ class LocalProvisioner:
             self._ensure_supervisor(folder)
 
     def delete(self, job_id: str) -> None:
-        """The groups' folders, once no host of theirs lives (a group still running is left alone)."""
+        """The groups' folders, once no host of theirs lives (a group still running is left alone). The hosts'
+        logs are kept, as a cloud keeps a gone instance's console output a while: a boot that failed before it
+        could reach the bucket left its reason nowhere else."""
         for group in self.groups(job_id):
-            if group.size == 0 and not group.live and not self._supervised(self._group_dir(job_id, group.name)):
-                shutil.rmtree(self._group_dir(job_id, group.name), ignore_errors=True)
+            folder = self._group_dir(job_id, group.name)
+            if group.size == 0 and not group.live and not self._supervised(folder):
+                for name in HOST_LOGS:
+                    for found in (folder / "hosts").glob(f"*/{name}"):
+                        kept = self.logs_dir(job_id) / found.relative_to(folder / "hosts").parts[0]
+                        kept.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(found, kept / found.name)
+                shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             (self.root / "groups" / job_id).rmdir()
+
+    def logs_dir(self, job_id: str) -> Path:
+        """Where the logs of a job's deleted hosts are kept, one folder per host."""
+        return self.root / "logs" / job_id
 
     def preempt(self, instance: Instance) -> None:
         """Kill every process of the host at once and mark it preempted, as a spot reclaim would."""

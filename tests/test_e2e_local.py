@@ -304,13 +304,24 @@ def test_a_bucket_the_instance_cannot_write_halts_the_job_with_the_reason_and_re
     halted = wait_for(lambda: (g := group(cli, url)) and g.size == 0 and g.reason and g, 120, "the group to end")
     assert "cannot use the job's bucket" in halted.reason
     wait_for(lambda: not running_hosts(cli.home), 30, "every host to end")
-    shown = cli.run("status", url)
-    assert shown.returncode == 0 and "halted" in shown.stdout and "cannot use the job's bucket" in shown.stdout
+    # The reason stays for every later look (before, the first `status` deleted the group that held it, and
+    # the second said only that the groups were at 0), and so does the instance the ledger could not hold.
+    for _ in range(2):
+        shown = cli.run("status", url)
+        assert shown.returncode == 0 and "halted" in shown.stdout and "cannot use the job's bucket" in shown.stdout
 
     ledger.unlink()  # fixed: the job continues where it stopped
     ledger.mkdir()
     for name, data in saved.items():
         (ledger / name).write_bytes(data)
+    shown = json.loads(cli.run("status", url, "--json").stdout)
+    [unrecorded] = [e for e in shown["instances"] if e["instance_id"] == halted.instances[-1].instance_id]
+    assert unrecorded["ended_at"] >= unrecorded["launched_at"] > 0, unrecorded  # billed from the provider's times
+    assert shown["status"] == "halted" and "cannot use the job's bucket" in shown["reason"]
+    # Its group deleted now, the host's own log is kept on this machine: the one record of why it stopped.
+    kept = cli.home / "local" / "logs" / url.rsplit("/", 1)[1] / unrecorded["instance_id"] / "bootstrap.log"
+    assert "cannot use the job's bucket" in kept.read_text()
+    assert group(cli, url) is None
     resumed = cli.run("resume", url, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert bucket(url).progress()["trials_done"] == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_e2e_local import bucket, cli, ended, running_hosts, wait_for, webhook  # noqa: F401
+from tests.test_e2e_local import bucket, cli, ended, group, running_hosts, wait_for, webhook  # noqa: F401
 from tests.test_provisioners_local import JOB, engine, specs, supervisors  # noqa: F401
 
 pytestmark = [pytest.mark.e2e]
@@ -139,3 +139,38 @@ def test_a_killed_group_supervisor_is_started_again_and_a_drill_then_recovers(cl
     assert len(supervisors(folder)) == 1
     stopped = cli.run("stop", url, timeout=300)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+@pytest.fixture
+def small_disk(cli):
+    """The test's bucket folder on a 48 MB file system of its own (root mounts a tmpfs): a bucket that fills
+    up for real (ENOSPC), as a quota'd volume or a full disk would."""
+    import subprocess
+
+    path = cli.workdir / "bucket"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(path)], check=True)
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_bucket_that_fills_up_mid_search_halts_the_job_with_the_reason(cli, small_disk):
+    """Before, the governor died on the storage error of an event write and its breaker counted a failed boot;
+    every bucket write of the governor now ends in the halt, with the reason, and the machine goes off."""
+    url = cli.launch(cli.write_job(trials=3, epochs=300))
+    job = bucket(url)
+    wait_for(lambda: (job.progress().get("running") or {}).get("epoch", 0) >= 1, 300, "training")
+    with open(small_disk / "filler", "wb") as filler:  # the disk to its last byte
+        try:
+            while True:
+                filler.write(b"\0" * 1_000_000)
+                filler.flush()
+        except OSError:
+            pass
+    wait_for(lambda: not running_hosts(cli.home), 300, "the job's host to power itself off")
+    found = group(cli, url)
+    assert found.size == 0 and "refused a write" in found.reason, found.reason
+    assert not job.failed_boots()
+    (small_disk / "filler").unlink()  # space again: status shows why it stopped, and it can go on
+    shown = cli.run("status", url)
+    assert shown.returncode == 0 and "halted" in shown.stdout and "refused a write" in shown.stdout, shown.stdout

@@ -8,8 +8,9 @@ a row with no new snapshot or completed trial fail the job with the reason. At e
 deadline, stop request, failure) it writes the final notice, sets the job's groups to 0 and powers the
 machine off, so the bill ends with the search. A bucket it cannot use is its own case: the groups go to 0
 with the reason on the group (what `status` shows) and nothing is counted as a crash. Anything else that
-goes wrong (no metadata, a provider or bucket error, a bug) exits with the reason in governor-failed, and
-the bootstrap's breaker ends the groups, records the failed boot and powers off (scripts/bootstrap.sh).
+goes wrong (no metadata, a provider error, a bug) exits with the reason in governor-failed, and the
+bootstrap's breaker ends the groups, records the failed boot and powers off (scripts/bootstrap.sh); a bucket
+that refuses a write later (full, read-only) halts the job as one it cannot use at boot does.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import NoReturn, Optional
 
-from nascloud.errors import NascloudError
+from nascloud.errors import NascloudError, StorageError
 from nascloud.jobbucket import FINAL, JobBucket, heartbeat_seconds
 
 log = logging.getLogger("nascloud.instance")
@@ -268,14 +269,19 @@ class GovernorFailed(Exception):
 def govern() -> None:
     """The instance's governor; any failure leaves its reason for the bootstrap's breaker and exits 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s nascloud instance: %(message)s")
+    from nascloud.cloud_errors import one_line
+
     governor = None
     try:
         governor = Governor()
-        governor.boot()
-        governor.supervise()
+        try:
+            governor.boot()
+            governor.supervise()
+        except StorageError as error:  # full, read-only or forbidden mid-run: the job's end, not a failed boot
+            log.exception("the job's bucket refused a write")
+            governor.halt(f"the job's bucket {governor.job_url} refused a write ({one_line(error)}); free space "
+                          "or fix its permissions, then `nascloud resume`")
     except Exception as error:  # noqa: BLE001  whatever it is, the groups must end: the breaker's job
-        from nascloud.cloud_errors import one_line
-
         log.exception("the governor failed")
         reason = f"the instance's governor failed: {one_line(error)}"
         root = governor.root if governor else Path(os.environ.get("NASCLOUD_ROOT") or ".")
