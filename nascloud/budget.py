@@ -369,6 +369,15 @@ def stop_decision(rows: Sequence[Any], config: BudgetConfig, now: float, extra_u
     return "none", ""
 
 
+def next_trial_cost(progress: Progress, config: BudgetConfig, price_per_hour: float) -> tuple[float, float]:
+    """(USD, seconds) a new instance bills to train one more trial and shut down: a trial as long as the mean
+    so far (before any ends, the estimate's), the next check and the shutdown, and at least its billing
+    minimum. What `resume` asks the budget and deadline to leave room for before anything boots."""
+    trial = statistics.fmean(progress.trial_durations) if progress.trial_durations else config.trial_seconds_hint
+    seconds = (trial or 0.0) + config.tick_seconds + config.shutdown_seconds
+    return price_per_hour * max(seconds, config.minimum_billed_seconds) / 3600, seconds
+
+
 def evaluate(rows: Sequence[Any], progress: Progress, config: BudgetConfig, fired_alerts: Iterable[str],
              now: float, extra_usd: float = 0.0) -> Tick:
     """One tick of the money: spend, burn, projection, P(over budget), new alerts, stop or not.

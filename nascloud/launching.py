@@ -10,6 +10,7 @@ work from any machine on the job's bucket.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -300,8 +301,10 @@ def resume(bucket, budget_usd: Optional[float], max_hours: Optional[float]) -> N
     if status in ("running", "launching", "stopping"):
         raise UsageError(f"job {bucket.bundle().job_id} is {status}; `nascloud stop` it first or watch it")
     record = bucket.budget()
-    bucket.set_budget(record.get("usd") if budget_usd is None else budget_usd,
-                      record.get("max_hours") if max_hours is None else max_hours)
+    record = {"usd": record.get("usd") if budget_usd is None else budget_usd,
+              "max_hours": record.get("max_hours") if max_hours is None else max_hours}
+    check_room_for_a_trial(bucket, record)
+    bucket.set_budget(record["usd"], record["max_hours"])
     bucket.reopen()
     bundle = bucket.bundle()
     bucket.add_event("resumed", "job resumed" + (f" with budget ${budget_usd:.2f}" if budget_usd else ""))
@@ -309,6 +312,26 @@ def resume(bucket, budget_usd: Optional[float], max_hours: Optional[float]) -> N
     prov.create_groups(group_specs(bundle, backstop(bucket)))  # those a finished stop deleted; the backstop anew
     for group in bundle.groups:
         prov.resize(bundle.job_id, group.name, group.size)
+
+
+def check_room_for_a_trial(bucket, budget: dict) -> None:
+    """Before anything boots: the budget and deadline leave room for a new instance to train one more trial
+    (else it would bill its minimum and stop at once); the error says the least that does."""
+    from nascloud.budget import burn_rate, next_trial_cost
+    from nascloud.jobbucket import budget_view, spend
+
+    now, bundle = time.time(), bucket.bundle()
+    config, progress = budget_view(bucket, budget)
+    usd, seconds = next_trial_cost(progress, config, burn_rate(bucket.billed(now)) or bundle.offer.price_per_hour)
+    job_id = bundle.job_id
+    if budget.get("usd") is not None and (spent := spend(bucket, now)) + usd > budget["usd"]:
+        raise UsageError(f"a budget of ${budget['usd']:.2f} leaves no room for another trial: ${spent:.2f} is spent "
+                         f"and the next instance bills about ${usd:.2f} for a trial and its shutdown; "
+                         f"`nascloud resume {job_id} --budget {math.ceil((spent + usd) * 100) / 100:.2f}` or more")
+    if config.deadline_at is not None and now + seconds > config.deadline_at:
+        hours = (now + seconds - bundle.created_at) / 3600
+        raise UsageError(f"the {budget['max_hours']:g} h deadline (from the launch) leaves no room for another "
+                         f"trial; `nascloud resume {job_id} --max-hours {math.ceil(hours * 100) / 100:g}` or more")
 
 
 def holdings(bucket) -> tuple[str, int, int]:

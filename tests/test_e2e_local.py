@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -248,6 +249,13 @@ def test_the_cap_holds_with_the_laptop_gone_and_resume_from_elsewhere_finishes(c
     assert not kept.get("finished") and kept.get("snapshot_id"), kept  # a final snapshot, search resumable
 
     fresh = cli.workdir.parent / "elsewhere"
+    # A cent more cannot pay for a trial: refused before anything boots (before, an instance billed its minimum
+    # and stopped at once), saying the least budget that does.
+    refused = cli.run("resume", url, "--budget", "+0.01", home=fresh, timeout=120)
+    assert refused.returncode == 2 and "leaves no room for another trial" in refused.stderr, refused.stderr
+    least = float(re.search(r"--budget (\d+\.\d\d)` or more", refused.stderr)[1])
+    assert spent + price * 60 / 3600 <= least + 0.01  # at least the next instance's billing minimum
+    assert len(job.instances()) == len(ledger) and not running_hosts(cli.home)
     resumed = cli.run("resume", url, "--budget", "+5", home=fresh, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     final = json.loads(cli.run("status", url, "--json", home=fresh).stdout)
