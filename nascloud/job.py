@@ -191,6 +191,7 @@ class ComputeSection(_Section):
     # Declared before ssh_cidr, whose check reads it.
     ssh_allow_wide: bool = False  # admit SSH from a range wider than /16 (never from the whole internet)
     ssh_cidr: Optional[str] = None  # who may reach port 22 (IPv4); default: the caller's public address /32
+    ssh_sudo: bool = False  # the cloud instance's SSH login may sudo (root); off, it is a plain user
     # fall back to on-demand after N preemptions
     on_demand_after_preemptions: Optional[Number("a whole number", ge=0, le=1000, whole=True)] = None
     interruptions_per_hour: Optional[Number("a rate per hour", ge=0, le=100)] = None  # override the catalog's

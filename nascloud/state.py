@@ -33,6 +33,8 @@ class KnownJob:
 class JobCache:
     def __init__(self, path: Optional[Path] = None):
         self.path = path or nascloud_home() / "jobs.db"
+        self.path.touch(mode=0o600)  # the job URLs are the user's alone (sqlite's journals copy its mode)
+        self.path.chmod(0o600)  # one an older nascloud made 0644
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.executescript(SCHEMA)

@@ -337,3 +337,22 @@ def test_unreachable_endpoint_is_a_cloud_error(moto_server, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(CloudError, match="cannot reach S3"):
         open_store("s3://some-bucket/job").list()
+
+
+def test_a_file_bucket_is_only_its_user_s_whatever_the_umask(tmp_path):
+    from nascloud.jobbucket import JobBucket
+    from tests.fixtures.search import make_bundle
+
+    umask = os.umask(0o022)  # a shared machine's usual umask: 0755 folders, 0644 files
+    try:
+        job = JobBucket.open(make_bundle(tmp_path, "private-a1b2c3"))  # what launch writes: bundle, data, budget
+        job.store.put_json("agent/heartbeat.json", {"time": 1.0})
+        (tmp_path / "model.npz").write_bytes(os.urandom(1000))
+        job.store.put_file("results/model.npz", tmp_path / "model.npz")
+    finally:
+        os.umask(umask)
+    bucket = tmp_path / "bucket"
+    modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in [bucket, *bucket.rglob("*")]}
+    assert "bucket/private-a1b2c3/bundle/job.json" in modes and "bucket/private-a1b2c3/results/model.npz" in modes
+    assert {path: mode for path, mode in modes.items()
+            if mode != ("0o700" if (tmp_path / path).is_dir() else "0o600")} == {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -214,3 +215,27 @@ def test_gc_collects_ended_empty_and_silent_groups_and_never_one_whose_agent_bea
     # The collected groups are gone with their hosts, in one pass.
     assert sorted(g.job_id for g in provider.list_owned()) == ["digits-e2e-beating", "digits-e2e-booting"]
     assert cli.run("gc", "--yes").stdout.strip() == "nothing to collect"
+
+
+def test_the_home_and_its_jobs_db_are_only_the_user_s_whatever_the_umask(cli):
+    """They hold every job's bucket URL, and the home the local hosts' scripts and the SSH keys."""
+    def mode(path: Path) -> str:
+        return oct(path.stat().st_mode & 0o777)
+
+    umask = os.umask(0o022)  # a shared machine's usual umask, inherited by the CLI
+    try:
+        assert cli.run("status").returncode == 0
+        assert (mode(cli.home), mode(cli.home / "jobs.db")) == ("0o700", "0o600")
+
+        # A home an older nascloud left open is closed; a folder of the user's that NASCLOUD_HOME names keeps
+        # its mode.
+        cli.home.chmod(0o755)
+        (cli.home / "jobs.db").chmod(0o644)
+        shared = cli.workdir / "shared"
+        shared.mkdir()
+        for home in (cli.home, shared):
+            assert cli.run("status", home=home).returncode == 0
+    finally:
+        os.umask(umask)
+    assert (mode(cli.home), mode(cli.home / "jobs.db")) == ("0o700", "0o600")
+    assert (mode(shared), mode(shared / "jobs.db")) == ("0o755", "0o600")

@@ -13,10 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.servers import requires_sshd
+from tests.fixtures.servers import requires_sshd, sshd_safe_tmp  # noqa: F401  (sshd_safe_tmp: fixture)
 from tests.test_e2e_local import Cli, bucket, cli, live_host, running_hosts, wait_for  # noqa: F401  (cli: fixture)
 
 pytestmark = [pytest.mark.e2e]
+
+
+@pytest.fixture
+def tmp_path(sshd_safe_tmp):
+    """The cli's home and bucket where the host's sshd (StrictModes yes) trusts the authorized_keys in it."""
+    return sshd_safe_tmp
 
 
 def sshd_of(host: Path) -> list[int]:

@@ -5,7 +5,8 @@ The instance has a host key of its own: on a cloud image the system sshd's (made
 port and user, at hosts/<instance-id>.json in the job's bucket, where `nascloud ssh JOB` pins it. The
 client key it admits is the bundle's ssh_public_key, whose private half stays on the launching machine:
 nothing private is in user data, metadata or the bucket. The firewall rule admitting compute.ssh_cidr
-to port 22 is the cloud provisioner's; without ssh_cidr none of this runs and no port is open.
+to port 22 is the cloud provisioner's; without ssh_cidr none of this runs and no port is open. A cloud's
+login may sudo only with compute.ssh_sudo; either sshd checks the key files' modes (StrictModes yes).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ SYSTEM_HOST_KEY = Path("/etc/ssh/ssh_host_ed25519_key.pub")
 def open_ssh(bucket, instance_id: str, cloud: str, root: Path) -> None:
     """Admit the job's key, publish the host key; a failure is said (log and event), never ends the job."""
     try:
-        authorized = bucket.bundle().ssh_public_key
+        bundle = bucket.bundle()
+        authorized = bundle.ssh_public_key
         if not authorized:
             raise NascloudError("the bundle has no ssh_public_key (launched by a nascloud without opt-in SSH)")
-        host = local_sshd(root, instance_id, authorized) if cloud == "local" else _cloud(cloud, authorized)
+        host = (local_sshd(root, instance_id, authorized) if cloud == "local"
+                else _cloud(cloud, authorized, bundle.spec.compute.ssh_sudo))
         host.publish(bucket, instance_id)
         log.info("SSH open for debugging: %s@%s:%s, host key %s", host.user, host.address, host.port,
                  host.host_key[:40])
@@ -56,22 +59,35 @@ def _keygen(path: Path, comment: str) -> None:
                    check=True, capture_output=True, stdin=subprocess.DEVNULL)
 
 
+def _unwritable_by_others(*paths: Path) -> None:
+    """StrictModes: sshd refuses an authorized_keys that another user could change, in it or a folder above it
+    (up to the login's home, else /). A umask of 002 leaves nascloud's folders group-writable."""
+    for path in paths:
+        path.chmod(path.stat().st_mode & ~0o022)
+
+
 # --- local: a private sshd per host ---------------------------------------------------------------
 def local_sshd(root: Path, instance_id: str, authorized: str) -> HostRecord:
     """A private sshd on a free 127.0.0.1 port, with a host key made here and only the job's key admitted.
     It inherits the host's mark, and its sessions get it back (sshd clears their environment); its pid
     goes where the host's power-off finds it, since sshd's process title overwrites its environment."""
+    from nascloud.paths import nascloud_home
     from nascloud.provisioners.local import INSTANCE_ENV, SSHD_PID
 
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     if not os.access(sshd, os.X_OK):
         raise NascloudError("OpenSSH's sshd is not installed on this machine (apt-get install openssh-server)")
     folder = root / "ssh"
-    folder.mkdir(parents=True, exist_ok=True)
-    host_key = folder / "ssh_host_ed25519_key"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    host_key = folder / "ssh_host_ed25519_key"  # ssh-keygen makes it 0600, as sshd requires of a host key
     if not host_key.exists():
         _keygen(host_key, f"nascloud-host-{instance_id}")
-    (folder / "authorized_keys").write_text(authorized + "\n")
+    keys = folder / "authorized_keys"
+    keys.write_text(authorized + "\n")
+    keys.chmod(0o600)
+    # The host's folders are nascloud's own up to NASCLOUD_HOME (made 0700); what is above it is the user's.
+    home = nascloud_home()
+    _unwritable_by_others(*(path for path in (folder, *folder.parents) if home in (path, *path.parents)))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
     # SHLVL=1 keeps bash from sourcing ~/.bashrc in non-interactive sessions; NASCLOUD_ROOT says where the
@@ -86,7 +102,7 @@ def local_sshd(root: Path, instance_id: str, authorized: str) -> HostRecord:
         config.write_text("\n".join([
             f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"PidFile {root / SSHD_PID}",
             f"AuthorizedKeysFile {folder / 'authorized_keys'}", "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password",
+            "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes yes", "PermitRootLogin prohibit-password",
             "Subsystem sftp internal-sftp", f"SetEnv {session_env}", "LogLevel ERROR", ""]))
         with open(folder / "sshd.log", "ab") as out:
             process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=out,
@@ -106,15 +122,16 @@ def local_sshd(root: Path, instance_id: str, authorized: str) -> HostRecord:
 
 
 # --- clouds: the image's sshd on port 22 --------------------------------------------------------------
-def _cloud(cloud: str, authorized: str) -> HostRecord:
+def _cloud(cloud: str, authorized: str, sudo: bool) -> HostRecord:
     if not SYSTEM_HOST_KEY.exists():  # images make it at first boot; this is the backstop
         subprocess.run(["ssh-keygen", "-A"], check=True, capture_output=True)
-    _authorize(CLOUD_USER, authorized)
+    _authorize(CLOUD_USER, authorized, sudo)
     return HostRecord(_public_line(SYSTEM_HOST_KEY), public_address(cloud), 22, CLOUD_USER)
 
 
-def _authorize(user: str, key: str) -> None:
-    """A login for the job's key, with sudo as the images' own default user has (debugging needs it)."""
+def _authorize(user: str, key: str, sudo: bool) -> None:
+    """A login for the job's key; with sudo (compute.ssh_sudo) as the images' own default user has, else a
+    plain user, who cannot change the host."""
     try:
         pwd.getpwnam(user)
     except KeyError:
@@ -129,9 +146,11 @@ def _authorize(user: str, key: str) -> None:
     keys.chmod(0o600)
     for path in (folder, keys):
         shutil.chown(path, user, user)
-    sudoers = Path("/etc/sudoers.d/90-nascloud")
-    sudoers.write_text(f"{user} ALL=(ALL) NOPASSWD:ALL\n")
-    sudoers.chmod(0o440)
+    _unwritable_by_others(home)
+    if sudo:
+        sudoers = Path("/etc/sudoers.d/90-nascloud")
+        sudoers.write_text(f"{user} ALL=(ALL) NOPASSWD:ALL\n")
+        sudoers.chmod(0o440)
 
 
 def public_address(cloud: str) -> str:

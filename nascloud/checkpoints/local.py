@@ -13,6 +13,7 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager, suppress
+from itertools import takewhile
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -50,8 +51,15 @@ class LocalObjects:
             raise storage_error(error, verb, f"{self.url}/{key}") from None
 
     def _temp(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path.parent / f"{TEMP_PREFIX}{path.name}.{uuid.uuid4().hex[:12]}"
+        """A new empty temp file beside path. Every object is first one of these, so here is the one place that
+        makes the bucket private: folders 0700 and files 0600 whatever the umask (the bundle holds the webhook
+        URL; the snapshots are the user's results)."""
+        missing = list(takewhile(lambda folder: not folder.exists(), (path.parent, *path.parent.parents)))
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o700, exist_ok=True)  # a umask only takes bits away: never wider than 0700
+        temp = path.parent / f"{TEMP_PREFIX}{path.name}.{uuid.uuid4().hex[:12]}"
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # renamed or linked, it keeps 0600
+        return temp
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
         temp = self._temp(path)
