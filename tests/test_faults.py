@@ -8,6 +8,7 @@ observer leaves an instance that is still ending the job to end its groups itsel
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_e2e_local import bucket, cli, ended, group, running_hosts, wait_for, webhook  # noqa: F401
+from tests.test_e2e_local import bucket, cli, ended, group, host_records, running_hosts, wait_for, webhook  # noqa: F401
 from tests.test_provisioners_local import JOB, engine, specs, supervisors  # noqa: F401
 
 pytestmark = [pytest.mark.e2e]
@@ -174,3 +175,25 @@ def test_a_bucket_that_fills_up_mid_search_halts_the_job_with_the_reason(cli, sm
     (small_disk / "filler").unlink()  # space again: status shows why it stopped, and it can go on
     shown = cli.run("status", url)
     assert shown.returncode == 0 and "halted" in shown.stdout and "refused a write" in shown.stdout, shown.stdout
+
+
+def test_a_bucket_made_read_only_mid_run_still_accounts_for_the_instance_once_writable(cli, small_disk):
+    """The instance cannot close its own ledger entry in a read-only bucket, and neither can `status`: before,
+    the first `status` deleted the group anyway, and with it the provider's times, the entry's only source."""
+    import subprocess
+
+    url = cli.launch(cli.write_job(trials=3, epochs=300))
+    job = bucket(url)
+    wait_for(lambda: (job.progress().get("running") or {}).get("epoch", 0) >= 1, 300, "training")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    wait_for(lambda: not running_hosts(cli.home), 300, "the job's host to power itself off")
+    [entry] = job.ledger()
+    assert entry.ended_at is None  # what the instance could not write
+    shown = cli.run("status", url)
+    assert shown.returncode == 0 and "halted" in shown.stdout and "refused a write" in shown.stdout, shown.stdout
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    [host] = host_records(cli, url).values()
+    shown = cli.run("status", url, "--json")
+    [entry] = bucket(url).ledger()
+    assert entry.ended_at == pytest.approx(host["ended_at"]) and entry.end_reason == "terminated", entry
+    assert "refused a write" in json.loads(shown.stdout)["reason"]
