@@ -343,16 +343,15 @@ def money(bucket: JobBucket, now: float):
     The cap leaves room for what a stop still bills: the final snapshot, the group to 0, the power-off."""
     from nascloud.budget import evaluate
 
-    config, progress = budget_view(bucket, bucket.budget())
+    config, progress = budget_view(bucket.bundle(), bucket.budget(), bucket.progress())
     return evaluate(bucket.billed(now), progress, config, bucket.fired(), now, extra_usd=bucket.charges_usd())
 
 
-def budget_view(bucket: JobBucket, budget: dict):
-    """(BudgetConfig, Progress): the job's money settings under a budget record (the one in force, or one
-    `resume` is about to write), and its progress as the budget reads it."""
+def budget_view(bundle, budget: dict, progress: dict):
+    """(BudgetConfig, Progress): a job's money settings under a budget record (the one in force, one `resume`
+    is about to write, or a launch's), and its progress record as the budget reads it."""
     from nascloud.budget import SHUTDOWN_SECONDS, BudgetConfig, Progress
 
-    bundle = bucket.bundle()
     shutdown = float(os.environ.get("NASCLOUD_SHUTDOWN_SECONDS", SHUTDOWN_SECONDS))
     config = BudgetConfig.for_bundle(bundle, budget, tick_seconds=heartbeat_seconds(), shutdown_seconds=shutdown)
-    return config, Progress.of(bucket.progress(), bundle.spec.search.epochs, bundle.spec.search.job_trials)
+    return config, Progress.of(progress, bundle.spec.search.epochs, bundle.spec.search.job_trials)

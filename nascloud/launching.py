@@ -200,6 +200,7 @@ def prepare(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool =
     warnings = data_warnings(spec.search, split(load_packed(packed.parent), spec.search.seed_list[0],
                                                 spec.search.data_fraction))
     bundle = new_bundle(found, new_job_id(spec), object_name(packed))
+    check_budget_buys_a_trial(bundle)
     provisioner = provisioner_for(bundle)
     provisioner.preflight(group_specs(bundle))  # quota, names, the bucket: before anything is created
     return Prepared(found, bundle, packed, scratch, provisioner, tuple(warnings))
@@ -220,6 +221,28 @@ def new_bundle(found: Quote, job_id: str, data: str):
                   bucket_rates=catalog.bucket_rates(parse_url(job_url).scheme),
                   billing_minimum_seconds=catalog.billing_for(record.cloud).minimum_hours * 3600,
                   local_root=str((nascloud_home() / "local").resolve()) if record.cloud == "local" else None)
+
+
+def running_namesakes(spec: JobSpec) -> list[str]:
+    """The jobs of this name that this machine launched or watched and that still run: a launch would start
+    a second search beside them, billed apart."""
+    from nascloud.jobbucket import JobBucket
+    from nascloud.observer import SHOWN_FINAL, groups, job_status
+    from nascloud.state import JobCache
+
+    running = []
+    for known in JobCache().jobs():
+        if known.name != spec.name:
+            continue
+        try:
+            bucket = JobBucket.open(known.job_url)
+            if (bucket.exit_record() or {}).get("status") in SHOWN_FINAL:
+                continue  # ended: no need to ask its provider
+            if job_status(bucket, groups(bucket))[0] in ("launching", "running", "stopping"):
+                running.append(known.job_id)
+        except NascloudError:
+            continue  # a bucket gone or unreadable from here: nothing of it to run beside
+    return running
 
 
 def launch(prepared: Prepared):
@@ -314,6 +337,24 @@ def resume(bucket, budget_usd: Optional[float], max_hours: Optional[float]) -> N
         prov.resize(bundle.job_id, group.name, group.size)
 
 
+def check_budget_buys_a_trial(bundle) -> None:
+    """Whatever the flags: a budget below what one trial and the cap's own reserve (the next check and the
+    shutdown) bill at the offer's price would start a job that stops with no trial done."""
+    from nascloud.budget import next_trial_cost
+    from nascloud.jobbucket import budget_view
+
+    usd = bundle.spec.budget.usd
+    if usd is None:
+        return
+    config, progress = budget_view(bundle, {"usd": usd}, {})
+    cost, seconds = next_trial_cost(progress, config, bundle.offer.price_per_hour)
+    if cost > usd:
+        raise UsageError(f"a budget of ${usd:.2f} cannot buy one trial at {per_hour(bundle.offer.price_per_hour)}: "
+                         f"a trial (about {seconds - config.tick_seconds - config.shutdown_seconds:.0f} s by the "
+                         f"estimate), the cap's next check and the shutdown ({config.shutdown_seconds:.0f} s) bill "
+                         f"about ${cost:.2f}; set --budget {math.ceil(cost * 100) / 100:.2f} or more")
+
+
 def check_room_for_a_trial(bucket, budget: dict) -> None:
     """Before anything boots: the budget and deadline leave room for a new instance to train one more trial
     (else it would bill its minimum and stop at once); the error says the least that does."""
@@ -321,7 +362,7 @@ def check_room_for_a_trial(bucket, budget: dict) -> None:
     from nascloud.jobbucket import budget_view, spend
 
     now, bundle = time.time(), bucket.bundle()
-    config, progress = budget_view(bucket, budget)
+    config, progress = budget_view(bundle, budget, bucket.progress())
     usd, seconds = next_trial_cost(progress, config, burn_rate(bucket.billed(now)) or bundle.offer.price_per_hour)
     job_id = bundle.job_id
     if budget.get("usd") is not None and (spent := spend(bucket, now)) + usd > budget["usd"]:

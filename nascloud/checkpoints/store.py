@@ -365,6 +365,21 @@ class SnapshotStore:
             return candidate
         raise NascloudError(f"{self.url}: no snapshot could be restored: {'; '.join(problems)}")
 
+    def overwrites(self, local_dir: Path, snapshot_id: Optional[str] = None) -> list[str]:
+        """The files in local_dir that a restore of the snapshot (default: HEAD's) would remove or replace:
+        those it does not hold as they are. A snapshot that cannot be read counts every file."""
+        local_dir = Path(local_dir)
+        if not local_dir.is_dir():
+            return []
+        with _local_disk("read", local_dir):
+            current = self._scan(local_dir)
+        wanted = snapshot_id or self._see_head()
+        try:
+            kept = self._manifest(wanted).files if wanted and wanted.isdigit() else {}
+        except Damaged:
+            kept = {}
+        return sorted(rel for rel, entry in current.items() if kept.get(rel) != entry)
+
     def _restore_manifest(self, local_dir: Path, snapshot_id: str) -> Manifest:
         if not snapshot_id.isdigit():
             raise UsageError(f"bad snapshot id {snapshot_id!r}: use one `nascloud checkpoints list` shows")

@@ -44,12 +44,12 @@ SETTINGS = typer.Option(None, "--set", metavar="KEY=VALUE", show_default=False,
                         help="Set a job-file field for this run (repeatable), e.g. --set search.max_trials=40.")
 
 
-def ask_first(lines: list[str], question: str, what: str) -> None:
+def ask_first(lines: list[str], question: str, what: str, flag: str = "--yes") -> None:
     """Show what is about to happen (on stderr: stdout stays the command's answer) and ask. Without a terminal
-    to ask on, refuse (exit 2): a script says --yes."""
+    to ask on, refuse (exit 2): a script passes the flag."""
     typer.echo("\n".join(lines), err=True)
     if not sys.stdin.isatty():
-        raise UsageError(f"{what}, and there is no terminal to ask on; pass --yes to go ahead without asking")
+        raise UsageError(f"{what}, and there is no terminal to ask on; pass {flag} to go ahead without asking")
     if not typer.confirm(question, err=True):
         typer.echo("nothing done", err=True)
         raise typer.Exit(1)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from nascloud.cli.app import Typer, app, complete_job
+from nascloud.cli.app import Typer, app, ask_first, complete_job
 from nascloud.errors import NascloudError, UsageError
 from nascloud.formats import data_size
 
@@ -69,9 +69,20 @@ def pull(
                                      "(files not in it are removed)."),
     snapshot: Optional[str] = typer.Option(None, "--snapshot", help="This snapshot id instead of the "
                                            "latest committed one (see `nascloud checkpoints list`)."),
+    force: bool = typer.Option(False, "--force", help="Remove or replace DIR's files the snapshot does not hold "
+                                                      "without asking."),
 ) -> None:
     """Download a verified snapshot of a job's search state (the tuner's project directory) into DIR."""
     store = _open(job_or_url)
+    overwritten = [] if force else store.overwrites(directory, snapshot)
+    if overwritten:
+        shown = [f"  {rel}" for rel in overwritten[:20]] + ([f"  ... and {len(overwritten) - 20} more"]
+                                                           if len(overwritten) > 20 else [])
+        ask_first([f"{directory} holds {len(overwritten)} file(s) the snapshot does not, which the pull would remove "
+                   "or replace:", *shown], "Remove or replace them?",
+                  f"{directory} is not empty: the pull would remove or replace {len(overwritten)} file(s) there "
+                  f"({', '.join(overwritten[:3])}{', ...' if len(overwritten) > 3 else ''}); pull into an empty "
+                  "folder", flag="--force")
     restored = store.restore(directory, snapshot)
     if restored is None:
         raise NascloudError(f"{store.url} has no snapshot yet: the job has not checkpointed; try again later")

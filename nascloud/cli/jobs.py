@@ -52,6 +52,8 @@ def launch(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print, as JSON, the exact requests the cloud would "
                                  "receive (and what it would spend, on stderr); spend nothing."),
     force: bool = typer.Option(False, "--force", help="Launch even if the estimate's P50 already exceeds the budget."),
+    another: bool = typer.Option(False, "--another", help="Launch even if a job of this job file's name still runs "
+                                                          "(a second search, billed apart)."),
 ) -> int:
     """Run the search on a group of (spot) instances that replaces a preempted one and stops at the budget,
     all without this machine; then follow it live (Ctrl-C leaves it running). On a cloud it says what it is
@@ -67,6 +69,11 @@ def launch(
         typer.echo("\n".join(["dry run, nothing launched:", *_spending(quote)]), err=True)
         typer.echo(json.dumps(request, indent=2))
         return 0
+    if not another and (running := launching.running_namesakes(spec)):
+        ask_first([f"job {', '.join(running)} of this job file ({spec.name}) is still running; a launch starts a "
+                   "second search beside it, billed apart"], "Start a second job?",
+                  f"job {running[-1]} of this job file is still running (`nascloud status {running[-1]}`)",
+                  flag="--another")
     prepared = launching.prepare(spec, price_per_hour, force)
     for warning in prepared.warnings:  # before the question: they may change the user's mind
         typer.echo(f"Warning: {warning}", err=True)
