@@ -88,7 +88,8 @@ def run(root: Path, price: float, trials: int, epochs: int, drills: int) -> dict
             "wall_p50": wall["p50"] * 3600, "wall_p90": wall["p90"] * 3600, "actual_s": actual_h * 3600,
             "bases": sorted({t["basis"] for t in estimate.get("terms", {}).values()}
                             | {estimate["workload"].get("seconds_per_epoch_basis") or ""}),
-            "slowdown_at_launch": estimate["workload"]["terms"]["host_load"]["value"],
+            # none on a guess: the load scales only measured figures
+            "slowdown_at_launch": estimate["workload"]["terms"].get("host_load", {}).get("value", 1.0),
             # the model's terms against what the run measured: where a miss comes from
             "trial_mean": sum(history["trial_seconds"]) / len(history["trial_seconds"]),
             "trial_estimated": (estimate["workload"]["terms"]["seconds_per_epoch"]["value"] * epochs

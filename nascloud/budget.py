@@ -30,7 +30,12 @@ from nascloud import cost
 from nascloud.errors import UsageError
 
 DEFAULT_ALERTS = (0.5, 0.8, 1.0)
-SHUTDOWN_SECONDS = 180.0  # final snapshot (the agent's SIGTERM path) + terminate, billed all the way
+SHUTDOWN_SECONDS = 180.0  # a cloud's: final snapshot (the agent's SIGTERM path) + terminate, billed all the way
+# The local provider's hosts are processes here: from the budget stop to the host's end (host.json) took
+# 2 to 5 s, measured with tests/test_e2e_local.py's digits JOB capped at $0.90 at $36/h (file:// bucket,
+# 2 cores, issue 25); 10 s leaves room for a bigger final snapshot. A cloud's 180 s would stop a rehearsal's
+# small budget at its first check.
+CLOUD_SHUTDOWN_SECONDS = {"local": 10.0}
 P_OVER_SAMPLES = 1000  # enough for a percentage on a dashboard; a tick stays in milliseconds
 
 Stop = Literal["none", "budget", "deadline"]
@@ -247,9 +252,12 @@ class BudgetConfig:
 
     @classmethod
     def for_bundle(cls, bundle: Any, budget: Mapping[str, Any], tick_seconds: float,
-                   shutdown_seconds: float = SHUTDOWN_SECONDS) -> "BudgetConfig":
-        """From the job's bundle (nascloud.bundle.Bundle) and the budget record in force (budget.json)."""
+                   shutdown_seconds: Optional[float] = None) -> "BudgetConfig":
+        """From the job's bundle (nascloud.bundle.Bundle) and the budget record in force (budget.json); the
+        shutdown's seconds are its cloud's unless given."""
         spec = bundle.spec
+        if shutdown_seconds is None:
+            shutdown_seconds = CLOUD_SHUTDOWN_SECONDS.get(bundle.offer.cloud, SHUTDOWN_SECONDS)
         estimate = bundle.estimate or {}
         work = estimate.get("work_hours")  # pure training time on the offer's GPU
         return cls(budget_usd=budget.get("usd"), alerts=tuple(spec.budget.alerts), max_hours=budget.get("max_hours"),
@@ -308,8 +316,9 @@ def spend_alerts(spent: float, config: BudgetConfig, fired: Iterable[str]) -> li
     for fraction in config.alerts:
         key = f"spend:{fraction:g}@{budget:.2f}"
         if spent >= fraction * budget and key not in fired:
-            out.append(Alert(key, "spend", f"{fraction:.0%} of the {_money(budget)} budget spent "
-                                           f"({_money(spent)})"))
+            # The share actually spent: a jump (a billing minimum, a late tick) lands past the threshold.
+            out.append(Alert(key, "spend", f"{spent / budget:.0%} of the {_money(budget)} budget spent "
+                                           f"({_money(spent)}; past the {fraction:.0%} alert)"))
     return out
 
 
@@ -347,6 +356,21 @@ def deadline_alerts(now: float, remaining: Optional[float], config: BudgetConfig
     return out
 
 
+def _reserve_reason(spent: float, at_stop: float, between: bool, config: BudgetConfig) -> str:
+    """Why a budget stop came before the budget was spent: what is left is what the stop bills. The alerts
+    not reached are named here rather than fired: an alert says that share is spent, and the shutdown's
+    spend comes after the last check that could send one; the user hears this notice instead."""
+    budget = config.budget_usd
+    left = f"the {_money(budget - spent)} left is kept as the reserve" if spent < budget else "nothing is left"
+    what = "a replacement's billing minimum and its shutdown" if between else "the next check and the shutdown"
+    short = [f"{f:.0%}" for f in config.alerts if spent < f * budget]
+    named = " and ".join([", ".join(short[:-1]), short[-1]] if len(short) > 1 else short)
+    alerts = f"; stopped short of the {named} alert{'s' if len(short) > 1 else ''}" if short else ""
+    # One decimal: 49.7 % is short of the 50 % alert, which a whole percent would hide.
+    return (f"spent {_money(spent)} ({spent / budget:.1%}) of the {_money(budget)} budget: {left} for {what}, "
+            f"which bill {_money(at_stop - spent)}{alerts}")
+
+
 def stop_decision(rows: Sequence[Any], config: BudgetConfig, now: float, extra_usd: float = 0.0) -> tuple[Stop, str]:
     """Stop now if waiting for the next tick and then shutting down would pass the budget or deadline:
     the ledger is evaluated at now + tick + shutdown with the running spans still open, so billing
@@ -355,13 +379,13 @@ def stop_decision(rows: Sequence[Any], config: BudgetConfig, now: float, extra_u
     horizon = config.tick_seconds + config.shutdown_seconds
     if config.budget_usd is not None:
         at_stop = ledger_total(rows, now + horizon, config.minimum_billed_seconds) + extra_usd
-        if rows and all(r.ended_at is not None for r in rows):
+        between = bool(rows) and all(r.ended_at is not None for r in rows)
+        if between:
             # Between instances: the replacement the loop is about to launch bills its minimum at once.
             at_stop += burn_rate(rows) * max(config.minimum_billed_seconds, horizon) / 3600
         if at_stop > config.budget_usd:
-            spent = ledger_total(rows, now, config.minimum_billed_seconds) + extra_usd
-            return "budget", (f"spent {_money(spent)} of the {_money(config.budget_usd)} budget, and running on to "
-                              f"the next check and the shutdown would have made it {_money(at_stop)}")
+            return "budget", _reserve_reason(ledger_total(rows, now, config.minimum_billed_seconds) + extra_usd,
+                                             at_stop, between, config)
     deadline = config.deadline_at
     if deadline is not None and now + horizon >= deadline:
         return "deadline", (f"{_hours((now - config.started_at) / 3600)} since launch, and the shutdown takes the "
@@ -369,11 +393,14 @@ def stop_decision(rows: Sequence[Any], config: BudgetConfig, now: float, extra_u
     return "none", ""
 
 
-def next_trial_cost(progress: Progress, config: BudgetConfig, price_per_hour: float) -> tuple[float, float]:
+def next_trial_cost(progress: Progress, config: BudgetConfig, price_per_hour: float,
+                    guess: bool = False) -> tuple[float, float]:
     """(USD, seconds) a new instance bills to train one more trial and shut down: a trial as long as the mean
-    so far (before any ends, the estimate's), the next check and the shutdown, and at least its billing
-    minimum. What `resume` asks the budget and deadline to leave room for before anything boots."""
-    trial = statistics.fmean(progress.trial_durations) if progress.trial_durations else config.trial_seconds_hint
+    so far, the cap's next check and the shutdown, and at least its billing minimum. Before any trial ends the
+    trial counts 0 (what is certain: the cap's own reserve), or with `guess` the estimate's. What `launch` and
+    `resume` ask the budget and deadline to leave room for before anything boots."""
+    trial = (statistics.fmean(progress.trial_durations) if progress.trial_durations
+             else config.trial_seconds_hint if guess else None)
     seconds = (trial or 0.0) + config.tick_seconds + config.shutdown_seconds
     return price_per_hour * max(seconds, config.minimum_billed_seconds) / 3600, seconds
 

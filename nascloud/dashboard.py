@@ -12,20 +12,21 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, TextIO
 
-from nascloud.formats import dollars, duration, per_hour, trial_number
+from nascloud.formats import dollars, duration, moment, per_hour, trial_number
+from nascloud.hints import command
 
 RECENT_EVENTS = 8
 FINAL = ("finished", "stopped", "budget", "deadline", "failed", "halted")
 # What a final status means, and how to go on from it ({job}: the job's id).
 ENDINGS = {
-    "finished": ("finished", "`nascloud results {job}` shows the leaderboard and the best model"),
-    "stopped": ("stopped on request, with a final snapshot", "`nascloud resume {job}` continues it"),
+    "finished": ("finished", f"{command('results', '{job}')} shows the leaderboard and the best model"),
+    "stopped": ("stopped on request, with a final snapshot", f"{command('resume', '{job}')} continues it"),
     "budget": ("stopped at its budget, with a final snapshot",
-               "`nascloud resume {job} --budget +USD` continues it with more money"),
+               f"{command('resume', '{job}', '--budget', '+USD')} continues it with more money"),
     "deadline": ("stopped at its deadline, with a final snapshot",
-                 "`nascloud resume {job} --max-hours H` continues it with more time"),
-    "failed": ("failed", "`nascloud logs {job} --agent 50` shows why"),
-    "halted": ("halted: its instance ended the job's groups", "`nascloud resume {job}` continues it once fixed"),
+                 f"{command('resume', '{job}', '--max-hours', 'H')} continues it with more time"),
+    "failed": ("failed", f"{command('logs', '{job}', '--agent', 50)} shows why"),
+    "halted": ("halted: its instance ended the job's groups", f"{command('resume', '{job}')} continues it once fixed"),
 }
 
 
@@ -136,11 +137,6 @@ class JobView:
 
 # ---- formatting shared by both renderers -------------------------------------------------------
 
-def _when(t: Optional[float]) -> str:
-    """A date with the time (a search runs for days), in this machine's time zone."""
-    return "-" if t is None else time.strftime("%m-%d %H:%M:%S", time.localtime(t))
-
-
 def _score(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -219,13 +215,16 @@ def trials_table(view: JobView):
     from rich.table import Table
 
     trials = Table("trial", view.objective or "score", "seconds", "")
+    running = view.running_trial if not view.final else None
     for t in view.trials:
+        if t.number == running:  # the trial's own record says RUNNING: its row is the one with its epoch, below
+            continue
         best = t.number == view.best_trial
         trials.add_row(t.number, _score(t.score), "-" if t.seconds is None else f"{t.seconds:.0f}",
                        "★ best" if best else ("" if t.status == "COMPLETED" else t.status.lower()),
                        style="bold green" if best else "")
-    if view.running_trial and not view.final:
-        trials.add_row(view.running_trial, "-", "-",
+    if running:
+        trials.add_row(running, "-", "-",
                        f"epoch {view.running_epoch}" + (f"/{view.epochs}" if view.epochs else ""))
     return trials
 
@@ -256,7 +255,7 @@ def render(view: JobView):
                             f"{view.preemptions} preemption(s))", title_justify="left")
     for i in view.instances:
         instances.add_row(i.instance_id, "spot" if i.spot else "on-demand", per_hour(i.price_per_hour),
-                          _when(i.launched_at), _when(i.ended_at), i.end_reason or "running")
+                          moment(i.launched_at, view.now), moment(i.ended_at, view.now), i.end_reason or "running")
     parts.append(instances)
 
     parts.append(Text(trials_line(view), style="bold"))  # above the table: a title would wrap to its width
@@ -266,7 +265,7 @@ def render(view: JobView):
         recent = Table("time", "event", "", title="recent events", title_justify="left", show_header=False)
         for e in view.events[-RECENT_EVENTS:]:
             alert = e.kind == "alert"
-            recent.add_row(_when(e.time), e.kind, f"🔔 {e.message}" if alert else e.message,
+            recent.add_row(moment(e.time, view.now), e.kind, f"🔔 {e.message}" if alert else e.message,
                            style="bold red" if alert else "")
         parts.append(recent)
     for line in ending_lines(view):
@@ -320,6 +319,6 @@ class Dashboard:
                 self._last_lines = [view.status, *lines[1:]]
             for e in new_events:
                 prefix = "ALERT" if e.kind == "alert" else e.kind
-                self.stream.write(f"{_when(e.time)} {prefix}: {e.message}\n")
+                self.stream.write(f"{moment(e.time, view.now)} {prefix}: {e.message}\n")
             self.stream.flush()
         return view

@@ -13,6 +13,17 @@ class UsageError(NascloudError):
     exit_code = 2
 
 
+class JobGone(UsageError):
+    """A job this machine remembers whose bucket no longer holds it (`rm` on another machine)."""
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        from nascloud.hints import command
+
+        self.why = f"its bucket no longer holds it; {command('rm', job_id)} forgets it here"
+        super().__init__(f"job {job_id} is gone: {self.why}")
+
+
 class CloudError(NascloudError):
     """The cloud, network, credentials, quota or capacity failed us."""
 

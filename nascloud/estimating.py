@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from nascloud import cost, history
 from nascloud.errors import UsageError
+from nascloud.hints import command
 from nascloud.paths import nascloud_home
 from nascloud.pricing.catalog import Catalog
 
@@ -55,6 +55,7 @@ class ResolvedWorkload:
     terms: dict = field(default_factory=dict)  # name -> Term: seconds_per_epoch, trial_overhead, and the
     # job-level terms the history measured (job, restart, checkpoint), used by assumptions_for
     keep: int = 3
+    records: int = 0  # the similar jobs' history records the estimate rests on
 
     def for_stage(self, trials: int, epochs: int, data_fraction: float) -> cost.Workload:
         """The work of a differently sized run of the same search (plan's stages)."""
@@ -76,18 +77,19 @@ def read_calibration(job_name: str) -> Optional[dict]:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise UsageError(f"calibration record {path} is not readable JSON; run `nascloud calibrate` again "
-                         "or delete it") from None
+        raise UsageError(f"calibration record {path} is not readable JSON; run {command('calibrate', 'JOB.yaml')} "
+                         "again or delete it") from None
     missing = [k for k in CALIBRATION_FIELDS if k not in record] if isinstance(record, dict) else CALIBRATION_FIELDS
     if missing:
-        raise UsageError(f"calibration record {path} lacks {', '.join(missing)}; run `nascloud calibrate` again")
+        raise UsageError(f"calibration record {path} lacks {', '.join(missing)}; run "
+                         f"{command('calibrate', 'JOB.yaml')} again")
     return record
 
 
 def _when(measured_at) -> str:
-    if isinstance(measured_at, (int, float)):
-        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(measured_at))
-    return str(measured_at)
+    from nascloud.formats import moment
+
+    return moment(measured_at) if isinstance(measured_at, (int, float)) else str(measured_at)
 
 
 def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[float] = None,
@@ -117,10 +119,12 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     notes = []
     calibration = read_calibration(spec.name) if spec else None
     # On the local provider the host's other work slows training: what the calibration and the history
-    # measured is taken back to an idle machine by their own load, then to the load now.
+    # measured is taken back to an idle machine by their own load, then to the load now. Sampling the load
+    # takes a second, and only measured figures are scaled by it: a guess does without.
     local = cloud == "local"
-    load = history.host_load_now() if local else None
-    now = history.slowdown(load, own=False) if local else 1.0
+    scaled = local and bool(calibration or histories)
+    load = history.host_load_now() if scaled else None
+    now = history.slowdown(load, own=False) if scaled else 1.0
     if local and calibration and "host_load" in calibration:
         calibration = _scaled(calibration, 1 / history.slowdown(calibration["host_load"], own=True))
     learned = history.terms(histories or [], (calibration or {}).get("in_trial_overhead_seconds", 0.0),
@@ -138,7 +142,7 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
     elif "seconds_per_epoch" in learned:
         spe, basis, source = learned["seconds_per_epoch"]["value"] * search.data_fraction, "history", from_history
         notes.append(f"seconds per epoch, per-trial overhead and the job's fixed term from {from_history} "
-                     "(`nascloud history` shows how close their estimates were)")
+                     f"({command('history', 'JOB.yaml')} shows how close their estimates were)")
     elif calibration is not None:
         basis = "calibration"
         measured = calibration.get("seconds_per_sample")
@@ -157,7 +161,7 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
         spe = samples_used * GUESS_SECONDS_PER_SAMPLE if samples_used else GUESS_SECONDS_PER_EPOCH
         how = (f"{GUESS_SECONDS_PER_SAMPLE * 1000:g} ms per sample" if samples_used
                else f"{GUESS_SECONDS_PER_EPOCH:g} s per epoch")
-        fix = f"run `nascloud calibrate {spec.name}`" if spec else "give --seconds-per-epoch"
+        fix = f"run {command('calibrate', 'JOB.yaml')}" if spec else "give --seconds-per-epoch"
         source = f"a guess ({how} on a T4)"
         notes.append(f"seconds per epoch is a guess ({how} on a T4); {fix} for a measured figure")
     if search.trial_overhead_seconds is not None:
@@ -170,11 +174,15 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
                         f"nascloud calibrate ({when}): the trial end to end less its epochs")
     else:
         overhead = default_term(catalog, "any", "trial_overhead")
-    if "job_cv" in learned:
-        job_cv = Term(learned["job_cv"]["value"], "history",
-                      f"{from_history}: the spread of their wall time against their launch estimates")
+    if histories:
+        prior = default_term(catalog, "any", "history_prior_cv")
+        job_cv = Term(history.spread(histories, prior.value), "history",
+                      f"{from_history}: the spread of their wall time against their launch estimates, pooled with "
+                      f"a prior ({prior.value:g}; {prior.source}) and widened for so few (nascloud.history.spread)")
+        notes.append(f"the estimate rests on {len(histories)} similar job record(s) ({command('history', 'JOB.yaml')} "
+                     f"lists them); its spread is {job_cv.value:.0%} of the run, wider the fewer they are")
     else:
-        job_cv = default_term(catalog, cloud, "job_cv", "fewer than two similar jobs in the history")
+        job_cv = default_term(catalog, cloud, "job_cv", "no similar job in the history")
     seeds = len(search.seed_list)  # search.seeds: the same search once per seed, in this one job
     job_trials = seeds * trials
     # The trials, epochs and fraction steer which architectures the search visits, and so its time per
@@ -196,14 +204,15 @@ def resolve_workload(spec: Optional[JobSpec], catalog: Catalog, hours: Optional[
             found[name] = Term(learned[key]["value"], "history", from_history)
     if setup is not None:
         found["setup"] = setup
-    if local:
+    if scaled:
         found["host_load"] = Term(now, "measured", f"{load['load_average']:g} runnable threads on {load['cpus']} cores "
                                                    "now (+ the job's own): CPU-bound work runs this many times slower "
                                                    "than on an idle machine; the calibration and history are scaled by "
                                                    "it from the load average they ran at")
     return ResolvedWorkload(workload, description, basis, tuple(notes), trials=trials, epochs=epochs,
                             seconds_per_epoch=spe, overhead_seconds=overhead.value,
-                            data_fraction=search.data_fraction, terms=found, keep=workload.keep)
+                            data_fraction=search.data_fraction, terms=found, keep=workload.keep,
+                            records=len(histories or []))
 
 
 # What a busy host slows down (CPU-bound), of the history's terms and a calibration's figures.
@@ -254,7 +263,7 @@ def local_option(catalog: Catalog, spec: JobSpec, price_per_hour: Optional[float
                        vcpus=0, memory_gib=0, on_demand=price, spot=price,
                        source="local provider (price given by the user)", as_of="")
     return cost.Option(offer=offer, spot=spot, price_per_hour=price, speed=1.0, speed_basis="this machine",
-                       speed_source="the local provider runs where `nascloud calibrate` measures",
+                       speed_source=f"the local provider runs where {command('calibrate', 'JOB.yaml')} measures",
                        interruptions_per_hour=rate, rate_source=rate_source,
                        billing=catalog.billing_for("local"), price_source=offer.source)
 
@@ -276,7 +285,7 @@ def options_for(catalog: Catalog, gpu: Optional[str] = None, cloud: Optional[str
                 best[key] = option
     if not best:
         raise UsageError(f"no {'spot' if spot else 'on-demand'} offer for {gpu or 'any GPU'} on {cloud or 'any cloud'}; "
-                         f"try {'--on-demand' if spot else '--spot'} (see `nascloud prices`)")
+                         f"try {'--on-demand' if spot else '--spot'} (see {command('prices')})")
     return list(best.values())
 
 
@@ -432,6 +441,7 @@ def workload_json(resolved: ResolvedWorkload) -> dict:
     return {"t4_hours": round(resolved.workload.t4_hours, 4),
             "overhead_hours": round(resolved.workload.overhead_hours, 4), "description": resolved.description,
             "seconds_per_epoch_basis": resolved.seconds_per_epoch_basis, "notes": list(resolved.notes),
+            "history_records": resolved.records,
             "terms": {name: resolved.terms[name].json() for name in WORKLOAD_TERMS if name in resolved.terms}}
 
 
@@ -467,7 +477,7 @@ def estimate_for_offer(spec: JobSpec, record: dict, catalog: Optional[Catalog] =
             and (record["cloud"] == "local" or o.offer.region == record.get("region"))]
     if not same:
         raise UsageError(f"the offer {record['cloud']} {record['instance_type']} is not among the job's offers "
-                         "(`nascloud estimate JOB` lists them)")
+                         f"({command('estimate', 'JOB.yaml')} lists them)")
     option = same[0]
     if abs(option.price_per_hour - record["price_per_hour"]) > 1e-9:  # a price given at launch
         from dataclasses import replace

@@ -1,10 +1,13 @@
-"""Money, sizes, durations and advice about them as a user sees them anywhere (tables, the live view, events,
-errors): one format each."""
+"""Money, sizes, durations, moments and advice about them as a user sees them anywhere (tables, the live
+view, events, errors): one format each."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Optional
+
+from nascloud.hints import command
 
 
 def per_hour(usd: Optional[float]) -> str:
@@ -37,11 +40,26 @@ def data_size(n: float) -> str:
 
 
 def duration(hours: Optional[float]) -> str:
-    """A wall time to the minute: 22 min, 1 h 52 min."""
+    """A wall time: to the second under two minutes (40 s, never "0 min"), then to the minute (22 min,
+    1 h 52 min), to the hour from two days (3 d 04 h)."""
     if hours is None:
         return "-"
+    if hours * 3600 < 119.5:
+        return f"{max(0, round(hours * 3600))} s"
     minutes = round(hours * 60)
+    if minutes >= 48 * 60:
+        return f"{round(hours) // 24} d {round(hours) % 24:02d} h"
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def moment(t: Optional[float], now: Optional[float] = None) -> str:
+    """A point in time in this machine's zone, named: 14:02:05 CET today, 2024-11-30 14:02:05 CET on
+    another day (a search runs for days; a record outlives the year)."""
+    if t is None:
+        return "-"
+    local = time.localtime(t)
+    today = time.localtime(time.time() if now is None else now)[:3] == local[:3]
+    return time.strftime("%H:%M:%S %Z" if today else "%Y-%m-%d %H:%M:%S %Z", local)
 
 
 def trial_number(trial_id) -> str:
@@ -59,4 +77,4 @@ def small_data_warning(samples: int, what: str) -> Optional[str]:
         return None
     return (f"{what} {samples:,} samples, under {SMALL_DATA_SAMPLES:,}: the seed article found that searches on "
             f"under {SMALL_DATA_SAMPLES:,} samples lost to a hand-made baseline; compare the search with the "
-            "baseline `nascloud results` reports")
+            f"baseline {command('results', 'JOB')} reports")

@@ -12,11 +12,11 @@ import ipaddress
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Hashable, Literal, Optional, Sequence, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_serializer, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo,
+                      field_validator, model_serializer, model_validator)
 
 from nascloud.errors import UsageError
 
@@ -43,6 +43,11 @@ def Number(what: str = "a number", *, gt: Optional[float] = None, ge: Optional[f
     low, high = (gt, True) if gt is not None else (ge, False), (lt, True) if lt is not None else (le, False)
     interval = f"{'(' if low[1] else '['}{_show(low[0])}, {_show(high[0])}{')' if high[1] else ']'}"
 
+    def not_bool(value):
+        if isinstance(value, bool):  # pydantic would read true as 1: no one means a count of `true`
+            raise ValueError(f"must be {what} in {interval}, got {str(value).lower()}")
+        return value
+
     def check(value: float):
         inside = (math.isfinite(value) and (value > low[0] if low[1] else value >= low[0])
                   and (value < high[0] if high[1] else value <= high[0]) and (value.is_integer() or not whole))
@@ -50,7 +55,7 @@ def Number(what: str = "a number", *, gt: Optional[float] = None, ge: Optional[f
             raise ValueError(f"must be {what} in {interval}, got {value:g}")
         return int(value) if whole else value
 
-    return Annotated[float, AfterValidator(check)]
+    return Annotated[float, BeforeValidator(not_bool), AfterValidator(check)]
 
 
 Whole = Number("a whole number", ge=1, le=10_000, whole=True)
@@ -195,7 +200,7 @@ class ComputeSection(_Section):
     # fall back to on-demand after N preemptions
     on_demand_after_preemptions: Optional[Number("a whole number", ge=0, le=1000, whole=True)] = None
     interruptions_per_hour: Optional[Number("a rate per hour", ge=0, le=100)] = None  # override the catalog's
-    workers: int = Field(1, ge=1, le=1)  # one instance per search for now
+    workers: Number("a whole number", ge=1, le=1, whole=True) = 1  # one instance per search for now
 
     @field_validator("ssh_cidr")
     @classmethod
@@ -323,10 +328,7 @@ def with_settings(spec: JobSpec, settings: Sequence[str]) -> JobSpec:
         path, equals, text = setting.partition("=")
         if not equals or not path:
             raise UsageError(f"--set expects KEY=VALUE, like search.max_trials=40; got {setting!r}")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise UsageError(f"--set {path}: {text!r} is not a value (write it as in the job file)") from None
+        value = _load_yaml(text, f"--set {path}", "write the value as in the job file")
         *sections, field = path.split(".")
         node = data
         for depth, key in enumerate(sections):
@@ -357,12 +359,39 @@ def _read_job(path: Path) -> JobSpec:
         raise UsageError(f"job file {path} not found; give the path to a job YAML (see examples/)") from None
     except OSError as error:
         raise UsageError(f"cannot read job file {path}: {error.strerror}") from None
+    return parse_job(_load_yaml(text, str(path), "see examples/ for job files"), source=str(path))
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _JobLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML would keep the later one silently."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}  # key: the line it was first given on
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then one of base's keys is an override
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in lines:
+                both = f"line {line}" if lines[key] == line else f"lines {lines[key]} and {line}"
+                raise _DuplicateKey(f"{key!r} is given twice ({both}) and the later would silently win; keep one")
+            if isinstance(key, Hashable):
+                lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str, where: str, hint: str) -> Any:
+    """`text` (a job file, a --set value) as YAML; not YAML, nested too deeply or a key given twice is a usage
+    error at `where`, with `hint`."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=_JobLoader)
+    except _DuplicateKey as error:
+        raise UsageError(f"{where}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{path}: not valid YAML{where}") from None
+        raise UsageError(f"{where}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}; {hint}") from None
     except RecursionError:  # PyYAML builds nested values recursively
-        raise UsageError(f"{path}: nested too deeply to be a job file (see examples/)") from None
-    return parse_job(data, source=str(path))
+        raise UsageError(f"{where}: nested too deeply to be a job file's value; {hint}") from None

@@ -350,8 +350,9 @@ def money(bucket: JobBucket, now: float):
 def budget_view(bundle, budget: dict, progress: dict):
     """(BudgetConfig, Progress): a job's money settings under a budget record (the one in force, one `resume`
     is about to write, or a launch's), and its progress record as the budget reads it."""
-    from nascloud.budget import SHUTDOWN_SECONDS, BudgetConfig, Progress
+    from nascloud.budget import BudgetConfig, Progress
 
-    shutdown = float(os.environ.get("NASCLOUD_SHUTDOWN_SECONDS", SHUTDOWN_SECONDS))
-    config = BudgetConfig.for_bundle(bundle, budget, tick_seconds=heartbeat_seconds(), shutdown_seconds=shutdown)
+    shutdown = os.environ.get("NASCLOUD_SHUTDOWN_SECONDS")  # unset: the bundle's cloud's
+    config = BudgetConfig.for_bundle(bundle, budget, tick_seconds=heartbeat_seconds(),
+                                     shutdown_seconds=float(shutdown) if shutdown else None)
     return config, Progress.of(progress, bundle.spec.search.epochs, bundle.spec.search.job_trials)

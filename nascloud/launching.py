@@ -25,6 +25,7 @@ from typing import Optional
 
 from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.formats import per_hour
+from nascloud.hints import command
 from nascloud.job import JobSpec
 
 BUCKET_SCHEMES = {"local": ("file://", "s3://", "gs://"), "aws": ("s3://",), "gcp": ("gs://",)}
@@ -37,6 +38,29 @@ def check_bucket_suits(spec: JobSpec) -> None:
         raise UsageError(
             f"checkpoint.bucket {bucket!r} cannot be reached from a {cloud} instance; "
             f"use a {' or '.join(allowed)} bucket (e.g. --bucket {allowed[0]}my-bucket/nascloud)")
+    from nascloud.checkpoints import parse_url
+
+    # The URL checks every command makes; the examples' placeholder (upper case: no bucket's name) is left for
+    # `prepare` to refuse in words, so that a dry run of an example still shows its requests.
+    parsed = parse_url(parseable(bucket))
+    if parsed.scheme == "file":
+        _check_folder_can_hold(Path(parsed.bucket), bucket)
+
+
+def _check_folder_can_hold(folder: Path, bucket: str) -> None:
+    """A file:// bucket is a folder this machine can make: not below a file (file:///etc/passwd/x), nor a device
+    (file:///dev/null), nor on a file system that holds no folders of ours (file:///proc/x). Probed by making a
+    folder and removing it at once: root passes any mode check, and the path is the user's, so it is exit 2 here
+    rather than a storage error once the launch has begun writing."""
+    fix = "give a folder for the job's state, e.g. --bucket file://./nascloud-bucket"
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise UsageError(f"checkpoint.bucket {bucket}: {existing} is not a folder; {fix}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".nascloud-probe-", dir=existing))
+    except OSError as error:
+        raise UsageError(f"checkpoint.bucket {bucket}: cannot make a folder in {existing} ({error.strerror}); "
+                         f"{fix}") from None
 
 
 def choose_offer(spec: JobSpec, price_per_hour: Optional[float] = None) -> dict:
@@ -77,13 +101,21 @@ def new_job_id(spec: JobSpec) -> str:
 
 
 def build_wheel() -> Path:
-    """This exact nascloud version as a wheel, for a cloud instance (a dev version is not on PyPI)."""
+    """This exact nascloud version as a wheel, for a cloud instance (a dev version is not on PyPI), alone in a
+    temporary folder that the caller removes once it is uploaded."""
     root = Path(__file__).resolve().parent.parent
     out = Path(tempfile.mkdtemp(prefix="nascloud-wheel-"))
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(root)],
-                          capture_output=True, text=True)
+    # pip builds in the source tree: what it makes there goes once the wheel is built (what was there stays)
+    made = [path for path in (root / "build", root / "nascloud.egg-info") if not path.exists()]
+    try:
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(root)],
+                              capture_output=True, text=True)
+    finally:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
     wheels = sorted(out.glob("nascloud-*.whl"))
     if done.returncode != 0 or not wheels:
+        shutil.rmtree(out, ignore_errors=True)
         raise UsageError(f"cannot build nascloud's wheel from {root} for the instance: "
                          f"{(done.stderr or done.stdout).strip().splitlines()[-1:] or ['no wheel']}")
     return wheels[0]
@@ -157,6 +189,21 @@ def dry_run(spec: JobSpec, price_per_hour: Optional[float]) -> tuple[Quote, dict
 PLACEHOLDER_BUCKET = "YOUR-BUCKET"  # what the examples' job files say until the user sets theirs
 
 
+def is_placeholder(bucket: str) -> bool:
+    return PLACEHOLDER_BUCKET.lower() in bucket.lower()
+
+
+def parseable(bucket: str) -> str:
+    """The bucket URL with the placeholder (upper case: no bucket's name) in lower case, so that it parses."""
+    return bucket.replace(PLACEHOLDER_BUCKET, PLACEHOLDER_BUCKET.lower())
+
+
+def placeholder_problem(bucket: str) -> str:
+    """What launch refuses and check fails on for the examples' placeholder bucket."""
+    return (f"checkpoint.bucket {bucket} is the example's placeholder; set your own bucket in the job file or with "
+            "--bucket (e.g. --bucket s3://my-bucket/nascloud)")
+
+
 @dataclass
 class Prepared:
     """A launch checked, priced and preflighted, with nothing created yet: what `launch` shows (and, on a
@@ -183,9 +230,8 @@ def prepare(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool =
     from nascloud.datasets import object_name
     from nascloud.provisioners import provisioner_for
 
-    if PLACEHOLDER_BUCKET.lower() in spec.checkpoint.bucket.lower():
-        raise UsageError(f"checkpoint.bucket {spec.checkpoint.bucket} is the example's placeholder; set your own "
-                         "bucket in the job file or with --bucket (e.g. --bucket s3://my-bucket/nascloud)")
+    if is_placeholder(spec.checkpoint.bucket):
+        raise UsageError(placeholder_problem(spec.checkpoint.bucket))
     found = quote(spec, price_per_hour)
     estimate = found.estimate
     if found.over_budget and not force:
@@ -206,14 +252,15 @@ def prepare(spec: JobSpec, price_per_hour: Optional[float] = None, force: bool =
     return Prepared(found, bundle, packed, scratch, provisioner, tuple(warnings))
 
 
-def new_bundle(found: Quote, job_id: str, data: str):
-    """The bundle of a job about to launch on the quote's offer (data: its data set's object name)."""
+def new_bundle(found: Quote, job_id: str, data: str, bucket: Optional[str] = None):
+    """The bundle of a job about to launch on the quote's offer (data: its data set's object name), in
+    checkpoint.bucket or `bucket`."""
     from nascloud.bundle import Bundle, OfferRecord
     from nascloud.checkpoints import job_url as job_prefix_url, parse_url
     from nascloud.paths import nascloud_home
     from nascloud.pricing import load_catalog
 
-    job_url = job_prefix_url(found.spec.checkpoint.bucket, job_id)
+    job_url = job_prefix_url(bucket or found.spec.checkpoint.bucket, job_id)
     record = OfferRecord.model_validate({k: v for k, v in found.offer.items() if k in OfferRecord.model_fields})
     catalog = load_catalog()
     return Bundle(job_id=job_id, job_url=job_url, created_at=time.time(), spec=found.spec, offer=record, data=data,
@@ -262,8 +309,11 @@ def launch(prepared: Prepared):
         upload_dataset(data_store, prepared.packed)
     if record.cloud != "local":
         built = build_wheel()
-        bundle = bundle.model_copy(update={"wheel": f"bundle/{built.name}"})
-        store.put_file(bundle.wheel, built)
+        try:
+            bundle = bundle.model_copy(update={"wheel": f"bundle/{built.name}"})
+            store.put_file(bundle.wheel, built)
+        finally:
+            shutil.rmtree(built.parent, ignore_errors=True)  # the instances take it from the bucket
     if spec.compute.ssh_cidr:  # opt-in SSH: the instances authorize this machine's key (its public half)
         from nascloud.provisioners.common import job_keys
 
@@ -301,10 +351,10 @@ def stop(bucket, timeout_seconds: float) -> str:
     job_id = bucket.bundle().job_id
     if status not in ("finished", "stopped", "budget", "deadline", "failed"):
         # Nobody answered (no instance, or it never wrote its record): stop it from here.
-        bucket.write_exit("stopped", "stopped by `nascloud stop` (no instance answered in time)", "observer")
+        bucket.write_exit("stopped", f"stopped by {command('stop', job_id)} (no instance answered in time)", "observer")
         status = "stopped"
     for group in found or ():
-        provisioner(bucket).resize(job_id, group.name, 0, reason="stopped by `nascloud stop`")
+        provisioner(bucket).resize(job_id, group.name, 0, reason=f"stopped by {command('stop', job_id)}")
     tidy(bucket, groups(bucket), status if status != HALTED else "stopped")
     return status
 
@@ -319,10 +369,16 @@ def resume(bucket, budget_usd: Optional[float], max_hours: Optional[float]) -> N
     from nascloud.observer import groups, job_status, provisioner
 
     status, _ = job_status(bucket, groups(bucket))
+    job_id = bucket.bundle().job_id
     if status == "finished":
-        raise UsageError(f"job {bucket.bundle().job_id} has finished; see `nascloud results {bucket.bundle().job_id}`")
+        raise UsageError(f"job {job_id} has finished; see {command('results', job_id)}")
+    if status in ("running", "launching", "stopping") and bucket.progress().get("finished"):
+        # Its search is done and its instance is writing the end: a stop and resume would only redo that.
+        raise UsageError(f"job {job_id}'s search has finished and its instance is writing the results; "
+                         f"{command('watch', job_id)} follows it to the end, then {command('results', job_id)}")
     if status in ("running", "launching", "stopping"):
-        raise UsageError(f"job {bucket.bundle().job_id} is {status}; `nascloud stop` it first or watch it")
+        raise UsageError(f"job {job_id} is {status}; {command('stop', job_id)} it first or "
+                         f"{command('watch', job_id)}")
     record = bucket.budget()
     record = {"usd": record.get("usd") if budget_usd is None else budget_usd,
               "max_hours": record.get("max_hours") if max_hours is None else max_hours}
@@ -330,7 +386,9 @@ def resume(bucket, budget_usd: Optional[float], max_hours: Optional[float]) -> N
     bucket.set_budget(record["usd"], record["max_hours"])
     bucket.reopen()
     bundle = bucket.bundle()
-    bucket.add_event("resumed", "job resumed" + (f" with budget ${budget_usd:.2f}" if budget_usd else ""))
+    # The trials done so far: where the job's history splits its runs (nascloud.history.segments).
+    bucket.add_event("resumed", "job resumed" + (f" with budget ${budget_usd:.2f}" if budget_usd else ""),
+                     {"trials_done": bucket.progress().get("trials_done", 0)})
     prov = provisioner(bucket)
     prov.create_groups(group_specs(bundle, backstop(bucket)))  # those a finished stop deleted; the backstop anew
     for group in bundle.groups:
@@ -338,21 +396,23 @@ def resume(bucket, budget_usd: Optional[float], max_hours: Optional[float]) -> N
 
 
 def check_budget_buys_a_trial(bundle) -> None:
-    """Whatever the flags: a budget below what one trial and the cap's own reserve (the next check and the
-    shutdown) bill at the offer's price would start a job that stops with no trial done."""
+    """Whatever the flags: a budget below the cap's own reserve at the offer's price (its next check and the
+    shutdown, at least the billing minimum) starts a job that stops with no trial done. Past that floor, a
+    budget the estimate finds short is the P50 check's, which --force overrides: an estimate can be wrong."""
     from nascloud.budget import next_trial_cost
     from nascloud.jobbucket import budget_view
 
-    usd = bundle.spec.budget.usd
+    usd, price = bundle.spec.budget.usd, bundle.offer.price_per_hour
     if usd is None:
         return
     config, progress = budget_view(bundle, {"usd": usd}, {})
-    cost, seconds = next_trial_cost(progress, config, bundle.offer.price_per_hour)
-    if cost > usd:
-        raise UsageError(f"a budget of ${usd:.2f} cannot buy one trial at {per_hour(bundle.offer.price_per_hour)}: "
-                         f"a trial (about {seconds - config.tick_seconds - config.shutdown_seconds:.0f} s by the "
-                         f"estimate), the cap's next check and the shutdown ({config.shutdown_seconds:.0f} s) bill "
-                         f"about ${cost:.2f}; set --budget {math.ceil(cost * 100) / 100:.2f} or more")
+    reserve, _ = next_trial_cost(progress, config, price)
+    if reserve > usd:
+        least, seconds = next_trial_cost(progress, config, price, guess=True)
+        trial = seconds - config.tick_seconds - config.shutdown_seconds
+        raise UsageError(f"a budget of ${usd:.2f} cannot buy one trial at {per_hour(price)}: the cap keeps "
+                         f"${reserve:.2f} in reserve for its next check and the shutdown, and a trial takes about "
+                         f"{trial:.0f} s by the estimate; set --budget {math.ceil(least * 100) / 100:.2f} or more")
 
 
 def check_room_for_a_trial(bucket, budget: dict) -> None:
@@ -368,11 +428,13 @@ def check_room_for_a_trial(bucket, budget: dict) -> None:
     if budget.get("usd") is not None and (spent := spend(bucket, now)) + usd > budget["usd"]:
         raise UsageError(f"a budget of ${budget['usd']:.2f} leaves no room for another trial: ${spent:.2f} is spent "
                          f"and the next instance bills about ${usd:.2f} for a trial and its shutdown; "
-                         f"`nascloud resume {job_id} --budget {math.ceil((spent + usd) * 100) / 100:.2f}` or more")
+                         f"{command('resume', job_id, '--budget', f'{math.ceil((spent + usd) * 100) / 100:.2f}')} "
+                         "or more")
     if config.deadline_at is not None and now + seconds > config.deadline_at:
         hours = (now + seconds - bundle.created_at) / 3600
         raise UsageError(f"the {budget['max_hours']:g} h deadline (from the launch) leaves no room for another "
-                         f"trial; `nascloud resume {job_id} --max-hours {math.ceil(hours * 100) / 100:g}` or more")
+                         f"trial; {command('resume', job_id, '--max-hours', f'{math.ceil(hours * 100) / 100:g}')} "
+                         "or more")
 
 
 def holdings(bucket) -> tuple[str, int, int]:
@@ -382,7 +444,7 @@ def holdings(bucket) -> tuple[str, int, int]:
     status, _ = job_status(bucket, groups(bucket))
     if status not in SHOWN_FINAL:
         job_id = bucket.bundle().job_id
-        raise UsageError(f"job {job_id} is {status}; `nascloud stop {job_id}` it first, then remove it")
+        raise UsageError(f"job {job_id} is {status}; {command('stop', job_id)} it first, then remove it")
     found = bucket.store.objects.list("")
     return status, len(found), sum(o.size for o in found)
 
@@ -429,7 +491,7 @@ def drill(bucket, timeout_seconds: float = 1800) -> float:
     live = [i for g in groups(bucket) or () for i in g.live]
     beat = bucket.heartbeat()
     if not live or beat.get("phase") != "searching":
-        raise UsageError(f"job {job_id} has no instance training now to preempt (see `nascloud status {job_id}`)")
+        raise UsageError(f"job {job_id} has no instance training now to preempt (see {command('status', job_id)})")
     victim = live[0]
     started = time.time()
     bucket.add_event("drill", f"fire drill: preempting {victim.instance_id}")
@@ -443,7 +505,7 @@ def drill(bucket, timeout_seconds: float = 1800) -> float:
             bucket.add_event("drill", f"fire drill: training again after {seconds:.1f} s on {beat['instance_id']}")
             return seconds
         time.sleep(0.5)
-    raise CloudError(f"job {job_id} did not recover within {timeout_seconds:.0f} s; see `nascloud logs {job_id}`")
+    raise CloudError(f"job {job_id} did not recover within {timeout_seconds:.0f} s; see {command('logs', job_id)}")
 
 
 def find_garbage(prov, now: Optional[float] = None) -> list[tuple]:
@@ -479,7 +541,7 @@ SILENT_SECONDS = 3600.0
 def collect(prov, garbage: list[tuple]) -> None:
     """End the groups gc found (size 0: their instances go), then delete what they needed."""
     for group, why in garbage:
-        prov.resize(group.job_id, group.name, 0, reason=f"collected by `nascloud gc`: {why}")
+        prov.resize(group.job_id, group.name, 0, reason=f"collected by {command('gc')}: {why}")
     deadline = time.monotonic() + GONE_SECONDS
     for job_id in sorted({group.job_id for group, _ in garbage}):
         while any(g.live for g in prov.groups(job_id)) and time.monotonic() < deadline:

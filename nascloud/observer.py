@@ -8,18 +8,21 @@ dead instance left above 0 after the job ended, and what costs nothing once the 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from nascloud.errors import NascloudError
+from nascloud.errors import JobGone, NascloudError, UsageError
+from nascloud.hints import command
 from nascloud.jobbucket import FINAL, JobBucket, heartbeat_seconds
 
 ENDING_GRACE_SECONDS = 60.0  # how long an instance at the job's end may take to write it (seconds, normally)
 HALTED = "halted"  # the groups were ended without an exit record: the instance said why on the group (an
 # observer then copies it into the exit record)
 SHOWN_FINAL = FINAL + (HALTED,)
+GONE = "gone"  # `status`'s word for a job this machine remembers whose bucket no longer holds it
 EXIT_CODES = {"finished": 0, "stopped": 0, "budget": 3, "deadline": 3, "failed": 1, HALTED: 1}
 
 
@@ -33,7 +36,20 @@ def open_job(ref: str) -> JobBucket:
         bundle = bucket.bundle()
         cache.remember(bundle.job_id, bundle.name, bucket.url, bundle.created_at)
         return bucket
-    return JobBucket.open(cache.find(ref).job_url)
+    known = cache.find(ref)
+    return remembered(JobBucket.open(known.job_url), known.job_id)
+
+
+def remembered(bucket: JobBucket, job_id: str) -> JobBucket:
+    """A job this machine's record names, with its bundle read; JobGone when the bucket no longer holds it
+    (removed from another machine), rather than "not a job launch made"."""
+    try:
+        bucket.bundle()
+    except UsageError:
+        if bucket.store.get_json("bundle/job.json") is None:
+            raise JobGone(job_id) from None
+        raise
+    return bucket
 
 
 def provisioner(bucket: JobBucket):
@@ -176,16 +192,17 @@ def _summary(bucket: JobBucket, now: Optional[float], tidy_up: bool) -> dict:
 
 
 def all_summaries() -> list[dict]:
-    """Every job this machine knows, newest last; a job whose bucket cannot be read says so in its row
-    instead of taking the table down."""
+    """Every job this machine knows, newest last; a job whose bucket cannot be read, or no longer holds it,
+    says so in its row instead of taking the table down."""
     from nascloud.state import JobCache
 
     rows = []
     for known in JobCache().jobs():
         try:
-            rows.append(summary(JobBucket.open(known.job_url)))
+            rows.append(summary(remembered(JobBucket.open(known.job_url), known.job_id)))
         except NascloudError as error:
-            rows.append({"job_id": known.job_id, "name": known.name, "status": "unreadable", "reason": str(error),
+            status, reason = (GONE, error.why) if isinstance(error, JobGone) else ("unreadable", str(error))
+            rows.append({"job_id": known.job_id, "name": known.name, "status": status, "reason": reason,
                          "job_url": known.job_url, "progress": {}, "estimate": {}, "spent_usd": 0.0,
                          "budget_usd": None, "preemptions": 0})
     return rows
@@ -208,30 +225,54 @@ def follow(bucket: JobBucket, poll_seconds: float = 2.0) -> str:
             time.sleep(poll_seconds)
 
 
+# What a narrow terminal loses first. The job id (what every other command takes), the status and the money
+# are never cut; where even they do not fit, a few lines a job.
+DROPPED_FIRST = ("preempt.", "region", "cloud", "GPU", "best", "started", "trials")
+
+
 def render_summaries(summaries: list[dict], now: Optional[float] = None) -> None:
-    """`nascloud status`: a table, one row a job; where the table would not fit the terminal, a few lines a
-    job instead. The job id is never cut (it is what every other command takes); a pipe gets the table."""
+    """`nascloud status`: a table, one row a job, as wide as the terminal (or COLUMNS) allows: the columns of
+    DROPPED_FIRST go in that order, and a start's age wraps under its time, before anything is cut. A pipe
+    gets the whole table; colour only on a terminal, and not with NO_COLOR (rich's rules)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     now = now or time.time()
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
     if not summaries:
-        console.print("no jobs yet; start one with `nascloud launch JOB.yaml`")
+        console.print(f"no jobs yet; start one with {command('launch', 'JOB.yaml')}")
         return
     header = ("job", "status", "started", "cloud", "GPU", "region", "trials", "best", "spent", "budget",
               "estimate P50", "preempt.")
     rows = [_status_row(s, now) for s in summaries]
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
-    if sum(widths) + 3 * len(widths) + 1 <= console.width:  # the cells and the table's borders and padding
-        table = Table(*header)
-        for row in rows:
-            table.add_row(*row)
+    # The narrowest each column can be: whole cells, but a start's " (3 d 04 h ago)" may go under its time.
+    least = {column[0]: max(len(cell.partition(" (")[0] if column[0] == "started" else cell) for cell in column)
+             for column in zip(header, *rows)}
+
+    def fits(columns: list[str]) -> bool:  # the cells, and the table's borders and padding
+        return sum(least[c] for c in columns) + 3 * len(columns) + 1 <= console.width
+
+    shown = list(header)
+    for name in DROPPED_FIRST:
+        if fits(shown):
+            break
+        shown.remove(name)
+    if fits(shown):
+        table = Table()
+        for name in shown:
+            table.add_column(name, no_wrap=name != "started", min_width=least[name])
+        for s, row in zip(summaries, rows):
+            cells = dict(zip(header, row))
+            status, spent = _glance(s)
+            cells["status"], cells["spent"] = Text(cells["status"], status), Text(cells["spent"], spent)
+            table.add_row(*(cells[name] for name in shown))
         console.print(table)
     else:
-        for row in rows:
+        for s, row in zip(summaries, rows):
             cells = dict(zip(header, row))
-            console.print(f"[bold]{cells['job']}[/bold]  {cells['status']}", soft_wrap=True)
+            console.print(Text.assemble((cells["job"], "bold"), "  ", (cells["status"], _glance(s)[0])),
+                          soft_wrap=True)
             console.print(f"  started {cells['started']} on {cells['cloud']} {cells['GPU']} in {cells['region']}")
             console.print(f"  trials {cells['trials']}, best {cells['best']}; spent {cells['spent']} of "
                           f"{cells['budget']} (estimate P50 {cells['estimate P50']}); "
@@ -239,6 +280,17 @@ def render_summaries(summaries: list[dict], now: Optional[float] = None) -> None
     for s in summaries:
         if s.get("reason") and s["status"] not in ("running", "launching"):
             console.print(f"{s['job_id']}: {s['reason']}", soft_wrap=True)
+
+
+def _glance(s: dict) -> tuple[str, str]:
+    """The styles of a row's status and spent cells: red over the budget (or failed), yellow once an alert
+    fired, a running job green."""
+    over = bool(s["budget_usd"]) and s["spent_usd"] >= s["budget_usd"]
+    if over or s["status"] in ("failed", HALTED, "budget"):
+        return "red", "red" if over else ""
+    if s.get("alerts") and s["status"] not in SHOWN_FINAL:
+        return "yellow", "yellow"
+    return "green" if s["status"] == "running" else "", ""
 
 
 def _status_row(s: dict, now: float) -> tuple[str, ...]:
@@ -255,13 +307,12 @@ def _status_row(s: dict, now: float) -> tuple[str, ...]:
 
 
 def _started(created_at: Optional[float], now: float) -> str:
-    """The date and time a job started, and how long ago: 11-30 14:02 (3 d ago)."""
+    """When a job started, and how long ago: 2024-11-30 14:02:05 CET (3 d 04 h ago), 14:02:05 CET (40 s ago)."""
+    from nascloud.formats import duration, moment
+
     if created_at is None:
         return "-"
-    minutes = max(0, int(now - created_at) // 60)
-    age = (f"{minutes} min" if minutes < 60 else f"{minutes // 60} h" if minutes < 48 * 60
-           else f"{minutes // 1440} d")
-    return f"{time.strftime('%m-%d %H:%M', time.localtime(created_at))} ({age} ago)"
+    return f"{moment(created_at, now)} ({duration(max(0.0, now - created_at) / 3600)} ago)"
 
 
 def render_leaderboard(board: dict, folder: Path) -> None:
@@ -277,15 +328,20 @@ def render_leaderboard(board: dict, folder: Path) -> None:
     best = board.get("best_trial_id")
     test = board.get("test_accuracy")
     seeded = bool(board.get("seeds"))  # several seeds: each trial says whose search it was
+    shown: set = set()
+    readable = [readable_hyperparameters(trial.get("hyperparameters") or {}, shown) for trial in trials]
+    others = differing_hyperparameters([trial.get("hyperparameters") or {} for trial in trials], shown)
     table = Table("trial", *(["seed"] if seeded else []), objective, "test accuracy", "block", "depth", "kernel",
-                  "dropout", "optimizer", "params", "seconds", "")
-    for trial in trials:
-        hp = readable_hyperparameters(trial.get("hyperparameters") or {})
+                  "dropout", "optimizer", *("/".join(path.split("/")[-2:]) for path in others), "params", "seconds",
+                  "")
+    for trial, hp in zip(trials, readable):
         is_best = trial.get("trial_id") == best
+        values = trial.get("hyperparameters") or {}
         table.add_row(trial_number(trial.get("trial_id")), *([str(trial.get("seed", ""))] if seeded else []),
                       _fmt(trial.get("score")),
                       _fmt(test) if is_best else "", hp["block"], hp["depth"], hp["kernel"], hp["dropout"],
-                      hp["optimizer"], f"{trial['parameters']:,}" if trial.get("parameters") else "-",
+                      hp["optimizer"], *(_value(values.get(path)) for path in others),
+                      f"{trial['parameters']:,}" if trial.get("parameters") else "-",
                       f"{trial['duration_seconds']:.0f}" if trial.get("duration_seconds") is not None else "-",
                       "★ best" if is_best else ("" if trial.get("status") == "COMPLETED"
                                                else str(trial.get("status", "")).lower()),
@@ -361,7 +417,7 @@ def _print_test_report(console, report: Optional[dict], baseline: Optional[dict]
                       *([str(n) for n in row] if shown else []), style="red" if c["recall"] == 0 else "")
     console.print(table)
     if not shown:
-        console.print(f"confusion matrix ({len(classes)} classes): `nascloud results --json`, test_report")
+        console.print(f"confusion matrix ({len(classes)} classes): {command('results', 'JOB', '--json')}, test_report")
 
 
 def _print_seeds(console, seeds: Optional[dict], objective: str) -> None:
@@ -394,11 +450,17 @@ BLOCKS = {"conv_block": "vanilla", "res_net_block": "resnet", "xception_block": 
           "efficient_net_block": "efficient", "dense_block": "dense"}
 
 
-def readable_hyperparameters(values: dict) -> dict:
+def readable_hyperparameters(values: dict, shown: Optional[set] = None) -> dict:
     """AutoKeras' hyperparameter paths as the job file's space names them: block type, depth (blocks ×
-    layers), kernel size, dropout, and the optimizer with its learning rate; "-" where a trial had none."""
+    layers), kernel size, dropout, and the optimizer with its learning rate; "-" where a trial had none.
+    The paths these columns show are added to `shown`."""
+    shown = set() if shown is None else shown
+    shown.update(("optimizer", "learning_rate"))
+
     def last(name: str, inside: str = ""):
-        return next((v for k, v in values.items() if k.endswith("/" + name) and inside in k), None)
+        path = next((k for k in values if k.endswith("/" + name) and inside in k), None)
+        shown.add(path)
+        return values.get(path)
 
     block = last("block_type") or next((label for path, label in BLOCKS.items()
                                         if any(f"/{path}_" in k for k in values)), None)
@@ -411,6 +473,21 @@ def readable_hyperparameters(values: dict) -> dict:
             "kernel": str(last("kernel_size") or "-"),
             "dropout": "-" if last("dropout", body) is None else f"{last('dropout', body):g}",
             "optimizer": f"{optimizer}, lr {rate:g}" if optimizer and rate is not None else str(optimizer or "-")}
+
+
+def differing_hyperparameters(trials: list[dict], shown: set) -> list[str]:
+    """The paths, other than those `shown`, whose value differs between the trials that have them (a trial
+    without one did not search it): two trials are never shown as identical rows."""
+    seen: dict[str, list] = {}
+    for values in trials:
+        for path, value in values.items():
+            if path not in shown and value not in seen.setdefault(path, []):
+                seen[path].append(value)
+    return sorted(path for path, found in seen.items() if len(found) > 1)
+
+
+def _value(value) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _fmt(value) -> str:

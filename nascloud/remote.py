@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, NoReturn, Optional
 
 from nascloud.errors import CloudError, NascloudError, UsageError
+from nascloud.hints import command
 
 
 class HostKeyError(NascloudError):
@@ -69,14 +70,14 @@ def find_target(bucket) -> Target:
                          "over SSH, set compute.ssh_cidr (e.g. 203.0.113.7/32) in the job file and launch it")
     key_path = keys_dir(None, job_id) / "id_ed25519"
     if not key_path.exists():
-        raise UsageError(f"job {job_id}'s SSH key is not on this machine ({key_path}); run `nascloud ssh` on "
+        raise UsageError(f"job {job_id}'s SSH key is not on this machine ({key_path}); run {command('ssh', job_id)} on "
                          "the machine that launched the job")
     found = groups(bucket)
     if found is None:
         raise CloudError(f"cannot list job {job_id}'s instances from its provider now; try again")
     live = sorted((i for g in found for i in g.live), key=lambda i: i.launched_at or 0)
     if not live:
-        raise CloudError(f"job {job_id} has no running instance to reach (see `nascloud status {job_id}`)")
+        raise CloudError(f"job {job_id} has no running instance to reach (see {command('status', job_id)})")
     instance_id = live[-1].instance_id
     host = HostRecord.read(bucket, instance_id)
     if host is None:
@@ -137,7 +138,7 @@ def exec_shell(target: Target) -> NoReturn:
     ssh = shutil.which("ssh")
     if ssh is None:
         raise UsageError("OpenSSH's ssh is not installed on this machine; install it, or run one command with "
-                         "`nascloud ssh JOB --command CMD`")
+                         f"{command('ssh', 'JOB', '--command', 'CMD')}")
     connect(target).close()
     host = target.host
     known_hosts = target.key_path.with_name("known_hosts")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from nascloud.errors import UsageError
+from nascloud.hints import command
 from nascloud.paths import nascloud_home
 
 SCHEMA = """
@@ -51,7 +52,7 @@ class JobCache:
     def find(self, ref: str) -> KnownJob:
         """An exact job id; a job name (its newest run); or the start of one id or name, taken literally."""
         if not ref.strip():
-            raise UsageError("give a job id or name (see `nascloud status`), or the job's bucket URL")
+            raise UsageError(f"give a job id or name (see {command('status')}), or the job's bucket URL")
         jobs = self.jobs()
         exact = [j for j in jobs if j.job_id == ref] or [j for j in jobs if j.name == ref]
         matches = exact or [j for j in jobs if j.job_id.startswith(ref) or j.name.startswith(ref)]

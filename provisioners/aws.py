@@ -394,6 +394,8 @@ class AwsProvisioner:
             return []
 
     def preflight(self, groups: list[GroupSpec]) -> None:
+        from nascloud.launching import is_placeholder
+
         for group in groups:
             offer, spec = group.offer, group.spec
             region = self._region_of(offer)
@@ -401,14 +403,8 @@ class AwsProvisioner:
             if not spec.compute.image:
                 self._image(region)  # a region without the Deep Learning AMI: said before anything is made
             _cidr(spec)
-            bucket = job_prefix(spec, group.job_id, "s3")
-            try:
-                self._client("s3", region).head_bucket(Bucket=bucket.bucket)
-            except Exception as error:
-                if _code(error) in ("404", "NoSuchBucket"):
-                    raise UsageError(f"bucket s3://{bucket.bucket} does not exist; create it "
-                                     f"(`aws s3 mb s3://{bucket.bucket}`) or fix checkpoint.bucket") from None
-                raise _error(error, f"reaching bucket s3://{bucket.bucket}") from None
+            if not is_placeholder(spec.checkpoint.bucket):  # no bucket to ask about: check's bucket line says so
+                self._bucket_exists(region, job_prefix(spec, group.job_id, "s3").bucket)
             kind, needed = offer["instance_type"], vcpus * max(group.size, 1)
             for market, code in quota_codes(offer, spec):
                 quota = self._quota(region, code)
@@ -418,6 +414,15 @@ class AwsProvisioner:
                     raise CloudError(f"your AWS {market} quota for {kind} in {region} is {quota:g} vCPUs and it needs "
                                      f"{needed} (new accounts start at 0); request an increase of quota {code} in the "
                                      f"Service Quotas console{other[market]}")
+
+    def _bucket_exists(self, region: str, bucket: str) -> None:
+        try:
+            self._client("s3", region).head_bucket(Bucket=bucket)
+        except Exception as error:
+            if _code(error) in ("404", "NoSuchBucket"):
+                raise UsageError(f"bucket s3://{bucket} does not exist; create it "
+                                 f"(`aws s3 mb s3://{bucket}`) or fix checkpoint.bucket") from None
+            raise _error(error, f"reaching bucket s3://{bucket}") from None
 
     def _quota(self, region: str, code: str) -> Optional[float]:
         quotas = self._client("service-quotas", region)

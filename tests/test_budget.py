@@ -119,9 +119,9 @@ def test_spend_alerts_fire_once_each_in_order():
     alerts, stop, _ = run_loop(lambda now: [row(0.0, price=36.0)], config, progress(), 0.0, 1200.0, 10.0)
     spend = [a for a in alerts if a.kind == "spend"]
     assert [a.message for a in spend] == [
-        "50% of the $10.00 budget spent ($5.00)",
-        "80% of the $10.00 budget spent ($8.00)",
-        "100% of the $10.00 budget spent ($10.00)",
+        "50% of the $10.00 budget spent ($5.00; past the 50% alert)",
+        "80% of the $10.00 budget spent ($8.00; past the 80% alert)",
+        "100% of the $10.00 budget spent ($10.00; past the 100% alert)",
     ]
     assert len({a.key for a in alerts}) == len(alerts)  # none twice
     assert stop is not None and stop.stop == "budget"
@@ -147,7 +147,7 @@ def test_raising_the_budget_rearms_the_alerts():
     fired = {"spend:0.5@10.00", "spend:0.8@10.00", "spend:1@10.00", "projection@10.00"}
     raised = aws_config(budget_usd=budget.parse_budget_change("+10", 10.0))
     tick = budget.evaluate([row(0.0, 3600.0, price=10.5)], progress(finished=True), raised, fired, now=4000.0)
-    assert [a.message for a in tick.alerts] == ["50% of the $20.00 budget spent ($10.50)"]
+    assert [a.message for a in tick.alerts] == ["52% of the $20.00 budget spent ($10.50; past the 50% alert)"]
 
 
 # ---- the hard cap ------------------------------------------------------------------------------
@@ -180,8 +180,8 @@ def test_the_cap_counts_the_billing_minimum_of_a_fresh_instance():
     assert budget.evaluate(rows, progress(), config, set(), now=1059.0).stop == "none"  # $10.39 at the next tick
     late = budget.evaluate(rows, progress(), config, set(), now=1061.0)  # $10.41 at the next tick
     assert late.stop == "budget"
-    assert late.reason == ("spent $10.31 of the $10.40 budget, and running on to the next check and the shutdown "
-                           "would have made it $10.41")
+    assert late.reason == ("spent $10.31 (99.1%) of the $10.40 budget: the $0.09 left is kept as the reserve for the "
+                           "next check and the shutdown, which bill $0.10; stopped short of the 100% alert")
 
 
 def test_no_recovery_is_launched_into_a_budget_that_cannot_pay_its_minimum():

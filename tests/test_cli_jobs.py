@@ -157,7 +157,7 @@ def test_a_running_job_is_not_resumed_and_a_booting_one_is_not_drilled(cli):
     job = make_job(cli, "digits-e2e-cccccc")
     provider = with_group(cli, job, size=1)
     hosts = live_ids(provider, job.bundle().job_id)
-    assert "is launching; `nascloud stop` it first" in refused(cli.run("resume", job.url))
+    assert "is launching; `nascloud stop digits-e2e-cccccc` it first" in refused(cli.run("resume", job.url))
     # Its host has not reported training yet: a drill would time nothing.
     assert "has no instance training now to preempt" in refused(cli.run("drill", job.url))
     assert live_ids(provider, job.bundle().job_id) == hosts  # nobody preempted

@@ -11,6 +11,7 @@ from rich.console import Console
 from nascloud import budget
 from nascloud.budget import BudgetConfig, Progress
 from nascloud.dashboard import Dashboard, JobView, bar_style, render, status_lines
+from nascloud.formats import moment
 from nascloud.jobbucket import Event, JobBucket, LedgerEntry
 from tests.fixtures.search import make_bundle
 
@@ -93,7 +94,7 @@ def test_rich_view_has_the_bar_a_score_per_trial_with_the_best_marked_and_each_a
     assert ["3", "-", "-", "epoch 2/4"] in cells
     assert "instance i-first preempted: recovering" in text
     assert text.count(ALERT) == 1 and f"🔔 {ALERT}" in text
-    assert time.strftime("%m-%d %H:%M:%S", time.localtime(NOW - 10)) in text  # dates with the times
+    assert moment(NOW - 10, NOW) in text  # times with their zone (and the date, another day)
 
 
 def test_the_budget_bar_changes_colour_at_each_alert_threshold():
@@ -189,7 +190,8 @@ def test_status_shows_started_cloud_gpu_region_and_whole_job_ids_piped_and_at_80
     from nascloud.observer import render_summaries
 
     job_id = "digits-aws-experiment-long-1a2b3c"  # the longest a job name allows is 40 characters + 7
-    started = time.strftime("%m-%d %H:%M", time.localtime(NOW - 3 * 86400)) + " (3 d ago)"
+    started = moment(NOW - 3 * 86400, NOW) + " (3 d 00 h ago)"
+    monkeypatch.delenv("COLUMNS", raising=False)  # a pipe with no width given
     render_summaries(status_rows(job_id), now=NOW)  # piped: the whole table
     piped = capsys.readouterr().out
     header = next(line for line in piped.splitlines() if "job" in line and "status" in line)
@@ -202,11 +204,19 @@ def test_status_shows_started_cloud_gpu_region_and_whole_job_ids_piped_and_at_80
 
     terminal = Terminal()
     monkeypatch.setattr("sys.stdout", terminal)
-    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("COLUMNS", "80")  # the columns a glance needs least go first; the money stays whole
     render_summaries(status_rows(job_id), now=NOW)
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in terminal.getvalue().splitlines()]
-    assert lines[0] == f"{job_id}  running" and all(len(line) <= 80 for line in lines)
-    assert lines[1] == f"  started {started} on aws T4 in us-east-1"
+    assert all(len(line) <= 80 for line in lines)
+    assert [c.strip() for c in lines[3].split("│")[1:-1]] == [job_id, "running", "$1.20", "$25.00", "$0.08"]
+
+    terminal = Terminal()  # too narrow even for those: a few lines a job
+    monkeypatch.setattr("sys.stdout", terminal)
+    monkeypatch.setenv("COLUMNS", "60")
+    render_summaries(status_rows(job_id), now=NOW)
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in terminal.getvalue().splitlines()]
+    assert lines[0] == f"{job_id}  running" and all(len(line) <= 60 for line in lines)
+    assert f"started {started}" in " ".join(lines) and "spent $1.20 of $25.00" in " ".join(lines)
 
 
 def test_results_read_the_hyperparameters_in_words_with_the_test_accuracy_and_one_numbering(capsys, tmp_path):

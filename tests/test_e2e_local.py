@@ -226,7 +226,7 @@ def test_laptop_gone_two_preemptions_the_group_recovers_and_the_webhook_hears_ea
     assert sorted(t["status"] for t in board["trials"]) == ["COMPLETED"] * 3
 
     assert len(received) == len(set(received)), received  # each notice once, across the replacements
-    assert sum("25% of the $5.00 budget spent" in m for m in received) == 1, received
+    assert sum("of the $5.00 budget spent" in m and "past the 25% alert" in m for m in received) == 1, received
     assert sum("search finished" in m for m in received) == 1, received
     logs = cli.run("logs", url, "--agent", "5", home=fresh).stdout
     assert "trials completed" in logs and "finished" in logs
@@ -264,7 +264,18 @@ def test_the_cap_holds_with_the_laptop_gone_and_resume_from_elsewhere_finishes(c
     report = check_chain(agent_logs(url), truncated_ok=True)
     assert report.problems == [] and len(report.completed) == 5
     alerts = [a["message"] for a in final["alerts"]]
-    assert alerts[0].startswith("25% of the $0.90 budget spent"), alerts
+    # The first is the 25 % alert of the first budget, at the share spent (the billing minimum's 67 %).
+    assert "of the $0.90 budget spent" in alerts[0] and alerts[0].endswith("past the 25% alert)"), alerts
+    # Each run's end writes its final event (before, a resumed run's end wrote none: `logs` ended at the resume).
+    kinds = [e.kind for e in job.events()]
+    resumed_at = len(kinds) - 1 - kinds[::-1].index("resumed")
+    assert "budget" in kinds[:resumed_at] and "finished" in kinds[resumed_at:], kinds
+    # The job's record holds its two runs, not the time between them (the instance writes it after its end).
+    record = wait_for(lambda: (h := job.store.get_json("history.json")) and h["status"] == "finished" and h, 60,
+                      "the record of the job's end")
+    runs = record["segments"]
+    assert [r["trials"] for r in runs] == [kept.get("trials_done", 0), 5 - kept.get("trials_done", 0)], runs
+    assert record["wall_seconds"] == pytest.approx(sum(r["seconds"] for r in runs))
 
 
 def test_stop_from_another_machine_ends_a_running_job_with_its_final_snapshot(cli):

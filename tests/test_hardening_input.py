@@ -194,14 +194,22 @@ def test_checkpoints_of_a_folder_that_does_not_exist_exit_2(cli, tmp_path):
 
 @pytest.fixture
 def known_job(tmp_path):
-    """A job this machine launched, as the job cache remembers it; its bucket folder exists."""
+    """A job this machine launched, as the job cache remembers it; its bucket folder holds its bundle (no data
+    set: nothing here runs it)."""
+    from nascloud.bundle import Bundle, OfferRecord
+    from nascloud.checkpoints import open_store
+    from nascloud.job import parse_job
     from nascloud.state import JobCache
 
     (tmp_path / "home").mkdir(exist_ok=True)
-    folder = tmp_path / "bucket" / "digits-x-abc123"
-    folder.mkdir(parents=True)
+    url = f"file://{tmp_path}/bucket/digits-x-abc123"
+    offer = OfferRecord(cloud="local", region="local", instance_type="local", gpu=None, spot=True, price_per_hour=0.0,
+                        on_demand_price_per_hour=0.0)
+    open_store(url).put_json("bundle/job.json", Bundle(
+        job_id="digits-x-abc123", job_url=url, created_at=time.time(), spec=parse_job({"name": "digits-x"}),
+        offer=offer, data="data/none.json", interval_minutes=1.0, billing_minimum_seconds=0.0).to_json())
     cache = JobCache(tmp_path / "home" / "jobs.db")
-    cache.remember("digits-x-abc123", "digits-x", f"file://{folder}", time.time())
+    cache.remember("digits-x-abc123", "digits-x", url, time.time())
     cache.close()
     return "digits-x-abc123"
 

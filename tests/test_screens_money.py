@@ -46,19 +46,21 @@ def test_a_pull_into_a_folder_with_other_files_is_refused_unless_forced(tmp_path
 
 
 def test_a_budget_the_cap_cannot_keep_is_refused_at_launch_whatever_the_flags(tmp_path):
-    """Before, $1 at $36/h was accepted with --yes --detach (and --force): the cap's own reserve, the next check
-    and the shutdown, costs more than that, so the job started, billed and stopped with no trial done."""
+    """Before, $0.50 at $36/h was accepted with --yes --detach (and --force): the cap's own reserve (its next check
+    and the shutdown, at least local's billing minimum) costs more than that, so the job started, billed and
+    stopped with no trial done."""
     from tests.test_e2e_local import JOB
 
     job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(trials=2, epochs=2, budget=1, bucket=tmp_path / "bucket", webhook=""))
+    job.write_text(JOB.format(trials=2, epochs=2, budget=0.5, bucket=tmp_path / "bucket", webhook=""))
     env = {**os.environ, "NASCLOUD_HOME": str(tmp_path / "home")}
     refused = nascloud("launch", str(job), "--price-per-hour", "36", "--yes", "--detach", "--force", env=env)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     [line] = refused.stderr.splitlines()
-    assert line.startswith("Error: a budget of $1.00 cannot buy one trial at $36.00/h: a trial (about "), line
+    assert line.startswith("Error: a budget of $0.50 cannot buy one trial at $36.00/h: the cap keeps $0.60 in "
+                           "reserve for its next check and the shutdown, and a trial takes about "), line
     least = float(line.rsplit("--budget ", 1)[1].split()[0])
-    assert least > 36 * 180 / 3600  # the cloud-sized shutdown reserve alone is $1.80 at this price
+    assert least >= 36 * 60 / 3600  # the local billing minimum alone is $0.60 at this price
     assert not (tmp_path / "bucket").exists() and not (tmp_path / "home" / "local" / "groups").exists()
     enough = nascloud("launch", str(job), "--price-per-hour", "36", "--budget", str(least), "--yes", "--detach",
                       "--force", env=env)  # the least it names is taken

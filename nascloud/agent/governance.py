@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from typing import Optional
 
+from nascloud.hints import command
 from nascloud.jobbucket import JobBucket, LedgerEntry, money, spend
 
 
@@ -108,9 +109,11 @@ class Governance:
 
 
 CONCLUSIONS = {
-    "finished": "search finished; `nascloud results {job}` shows the leaderboard and the best model",
-    "stopped": "job stopped with a final snapshot; `nascloud resume {job}` continues it",
-    "budget": "stopped at the budget with a final snapshot; continue with `nascloud resume {job} --budget +USD`",
-    "deadline": "stopped at the deadline with a final snapshot; continue with `nascloud resume {job} --max-hours H`",
-    "failed": "the search failed; see `nascloud logs {job} --agent 50`",
+    "finished": f"search finished; {command('results', '{job}')} shows the leaderboard and the best model",
+    "stopped": f"job stopped with a final snapshot; {command('resume', '{job}')} continues it",
+    "budget": ("stopped at the budget with a final snapshot; continue with "
+               f"{command('resume', '{job}', '--budget', '+USD')}"),
+    "deadline": ("stopped at the deadline with a final snapshot; continue with "
+                 f"{command('resume', '{job}', '--max-hours', 'H')}"),
+    "failed": f"the search failed; see {command('logs', '{job}', '--agent', 50)}",
 }

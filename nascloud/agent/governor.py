@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 from nascloud.errors import NascloudError, StorageError
+from nascloud.hints import command
 from nascloud.jobbucket import FINAL, JobBucket, heartbeat_seconds
 
 log = logging.getLogger("nascloud.instance")
@@ -109,7 +110,7 @@ class Governor:
             self.governance.record_boot(self.me)
         except NascloudError as error:
             self.halt(f"the instance cannot use the job's bucket {self.job_url}: {error}; fix its permissions or "
-                      "the bucket, then `nascloud resume`")
+                      f"the bucket, then {command('resume', self.job_id)}")
         if self.ssh:  # opt-in (compute.ssh_cidr), early: a boot that goes wrong later is what one debugs
             from nascloud.agent.ssh import open_ssh
 
@@ -280,7 +281,7 @@ def govern() -> None:
         except StorageError as error:  # full, read-only or forbidden mid-run: the job's end, not a failed boot
             log.exception("the job's bucket refused a write")
             governor.halt(f"the job's bucket {governor.job_url} refused a write ({one_line(error)}); free space "
-                          "or fix its permissions, then `nascloud resume`")
+                          f"or fix its permissions, then {command('resume', governor.job_id)}")
     except Exception as error:  # noqa: BLE001  whatever it is, the groups must end: the breaker's job
         log.exception("the governor failed")
         reason = f"the instance's governor failed: {one_line(error)}"
@@ -298,9 +299,11 @@ def halt_now(reason: str, instance_id: str) -> None:
         bucket = JobBucket.open(governor.job_url)
         from nascloud.agent.governance import Governance
 
+        governance = Governance(bucket, instance_id)
         if (bucket.exit_record() or {}).get("status") not in FINAL:
+            governance.conclude("budget", reason)  # this end's final event too, before its exit record
             bucket.write_exit("budget", reason, instance_id)
-        Governance(bucket, instance_id).end("budget")
+        governance.end("budget")
         bucket.put_log(instance_id, governor.agent_log)
     except Exception as error:  # noqa: BLE001  the records are a courtesy: the halt below is the point
         log.warning("could not close the ledger entry: %s", error)

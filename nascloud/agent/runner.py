@@ -25,6 +25,7 @@ from nascloud.agent.notices import Notices, StopRequested, fault_armed, fault_po
 from nascloud.agent.seeds import SeedRecord, job_trial_id, project_parent
 from nascloud.errors import NascloudError, StaleWriterError
 from nascloud.formats import trial_number
+from nascloud.hints import command
 from nascloud.job import JobSpec
 
 if TYPE_CHECKING:
@@ -202,6 +203,16 @@ class Agent:
         return rank_trials(rows, search.maximize)
 
     def exit_status(self, status: str, message: str) -> AgentResult:
+        from nascloud.jobbucket import FINAL
+
+        if self.governance is not None and status in FINAL:
+            # The final event before the record that ends the job: whoever sees the end (`resume` and `watch`
+            # return at it) finds its event in `logs`; the governor's own, later, is then a no-op (once), or
+            # writes it where this one could not.
+            try:
+                self.governance.conclude(status, message)
+            except NascloudError as error:
+                log.warning("could not write the job's final event: %s", error)
         self.store.put_json("agent/exit.json", {"status": status, "message": message, "time": time.time(),
                                                 "instance_id": self.options.instance_id, "pid": os.getpid(),
                                                 "requests": asdict(self.store.requests)})
@@ -499,8 +510,8 @@ def calibrate(spec: JobSpec, directory: Path) -> dict:
     search_module.fit(model, spec.search, splits, epochs=CALIBRATION_EPOCHS)
     fit_seconds = time.monotonic() - fit_began
     if len(clock.ends) < CALIBRATION_EPOCHS + 1:
-        raise NascloudError(f"the calibration trial failed before {CALIBRATION_EPOCHS} epochs; run `nascloud "
-                            "agent` on the job file to see the trial's error")
+        raise NascloudError(f"the calibration trial failed before {CALIBRATION_EPOCHS} epochs; run "
+                            f"{command('agent', 'JOB.yaml')} to see the trial's error")
     seconds = statistics.median(b - a for a, b in zip(clock.ends[1:], clock.ends[2:]))
     gpus = search_module.gpu_names()
     return {"seconds_per_epoch": seconds, "seconds_per_sample": seconds / len(splits.y_train),

@@ -17,10 +17,11 @@ __all__ = ["CheckpointStore", "SnapshotInfo", "SnapshotStore", "PublishStats", "
            "parse_url", "job_url"]
 
 _BUCKET = {
-    # S3: 3-63 of lower-case letters, digits, dots, hyphens; GCS also allows underscores.
     "s3": re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
     "gs": re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"),
 }
+_RULES = {"s3": "3-63 lower-case letters, digits, dots and hyphens, a letter or digit at each end",
+          "gs": "3-222 lower-case letters, digits, dots, hyphens and underscores, a letter or digit at each end"}
 _FORMS = "file:///path, file://./relative, s3://bucket/prefix or gs://bucket/prefix"
 
 
@@ -39,17 +40,24 @@ def parse_url(url: str) -> StoreURL:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise UsageError(f"not a bucket URL: {url!r}; use {_FORMS}")
+    if "?" in rest or "#" in rest:  # in a GCS object name '?' breaks its URLs
+        raise UsageError(f"malformed URL {url!r}: '?' and '#' cannot be in a bucket URL (a URL reads them as a "
+                         "query and a fragment); choose a name without them")
     if scheme == "file":
+        host = rest.partition("/")[0]
+        if host == "localhost":
+            rest = rest[len("localhost"):]
+        elif host and not host.startswith((".", "~")):  # file://./x, file://~/x: this machine, relative
+            raise UsageError(f"file URL {url!r} names the host {host!r}: a file:// bucket is a folder on this "
+                             f"machine; write file:///{rest} (absolute) or file://./{rest} (relative)")
         if not rest:
             raise UsageError(f"malformed file URL {url!r}: no path; use {_FORMS}")
-        if rest.startswith("localhost/"):
-            rest = rest[len("localhost"):]
         return StoreURL("file", str(Path(rest).expanduser().resolve()), "")
     if scheme not in _BUCKET:
         raise UsageError(f"unknown scheme {scheme!r} in {url!r}; use {_FORMS}")
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET[scheme].match(bucket):
-        raise UsageError(f"malformed {scheme}:// URL {url!r}: {bucket!r} is not a valid bucket name")
+        raise UsageError(f"malformed {scheme}:// URL {url!r}: {bucket!r} is not a valid bucket name ({_RULES[scheme]})")
     prefix = prefix.strip("/")
     if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
         raise UsageError(f"malformed {scheme}:// URL {url!r}: empty, '.' or '..' parts in the prefix")

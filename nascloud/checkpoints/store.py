@@ -23,6 +23,7 @@ from typing import Iterator, Optional
 
 from nascloud.checkpoints.base import CountedObjects, ObjectStore, SnapshotInfo, storage_error
 from nascloud.errors import NascloudError, StaleWriterError, UsageError
+from nascloud.hints import command
 
 HEAD = "HEAD"
 MANIFESTS = "manifests/"
@@ -345,7 +346,7 @@ class SnapshotStore:
         self.last_restore_warning = None
         head = self._see_head()
         if snapshot_id is not None:
-            candidates = [snapshot_id]
+            candidates = [self._existing(snapshot_id)]
         elif head is None:
             self._base = None
             return None
@@ -373,16 +374,26 @@ class SnapshotStore:
             return []
         with _local_disk("read", local_dir):
             current = self._scan(local_dir)
-        wanted = snapshot_id or self._see_head()
+        wanted = self._existing(snapshot_id) if snapshot_id else self._see_head()
         try:
             kept = self._manifest(wanted).files if wanted and wanted.isdigit() else {}
         except Damaged:
             kept = {}
         return sorted(rel for rel, entry in current.items() if kept.get(rel) != entry)
 
-    def _restore_manifest(self, local_dir: Path, snapshot_id: str) -> Manifest:
+    def _existing(self, snapshot_id: str) -> str:
+        """A snapshot id the user gave, as the store names it ("7" is 000007); one with no manifest is no
+        damaged snapshot but a wrong id, and the error lists those there are."""
         if not snapshot_id.isdigit():
-            raise UsageError(f"bad snapshot id {snapshot_id!r}: use one `nascloud checkpoints list` shows")
+            raise UsageError(f"bad snapshot id {snapshot_id!r}: use one "
+                             f"{command('checkpoints', 'list', self.url)} shows")
+        seqs = sorted(self._manifest_seqs())
+        if int(snapshot_id) not in seqs:
+            there = ", ".join(map(_snapshot_id, seqs)) or "none yet"
+            raise UsageError(f"snapshot {snapshot_id} does not exist in {self.url}; it has: {there}")
+        return _snapshot_id(int(snapshot_id))
+
+    def _restore_manifest(self, local_dir: Path, snapshot_id: str) -> Manifest:
         manifest = self._manifest(snapshot_id)
         bad = [rel for rel in manifest.files if not _safe_relpath(rel)]
         if bad:

@@ -13,6 +13,7 @@ import typer  # noqa: E402
 
 from nascloud.cli.app import app  # noqa: E402
 from nascloud.errors import NascloudError  # noqa: E402
+from nascloud.hints import command  # noqa: E402
 
 # Each module registers its commands on `app`; importing them must stay cheap (no cloud SDKs,
 # no TensorFlow): heavy imports live inside the commands that use them.
@@ -39,7 +40,7 @@ def main() -> None:
     except NascloudError as error:
         _fail(str(error), error.exit_code)
     except cli_errors.NoArgsIsHelpError as error:
-        typer.echo(error.ctx.get_help() if error.ctx else "see `nascloud --help`")
+        typer.echo(error.ctx.get_help() if error.ctx else f"see {command('--help')}")
         sys.exit(0)
     except cli_errors.UsageError as error:
         hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""

@@ -11,7 +11,7 @@ import typer
 from nascloud.cli.app import app
 
 
-@app.command()
+@app.command(hidden=True)  # what an instance runs: it still runs, but `nascloud --help` does not list it
 def agent(
     job: str = typer.Argument(..., help="The job prefix URL (file://, s3://, gs://) holding bundle/job.json, "
                                         "or a job YAML to run the search on this machine."),

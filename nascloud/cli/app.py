@@ -13,27 +13,31 @@ from typer.core import TyperCommand, TyperGroup
 
 from nascloud.errors import UsageError
 
-# One example per command, shown at the end of its help (a test checks that every command has one).
-# The job files are the repository's examples; JOB is a job id as `launch` prints it.
+# One example per command and group ("" is `nascloud` itself), shown at the end of its help. Each one a user
+# types runs as printed from the repository's root on the local provider (tests/test_screens_help.py runs
+# them): none asks on a terminal, and only `check`, which is for the clouds, needs their credentials.
+# digits-1a2b3c is a job id as `launch` prints it.
 EXAMPLES = {
+    "": "nascloud estimate examples/digits-local.yaml",
     "prices": "nascloud prices --gpu T4 --cloud aws",
     "estimate": "nascloud estimate examples/digits-aws-t4-spot.yaml --set search.max_trials=40 --budget 10",
     "plan": "nascloud plan examples/digits-aws-t4-spot.yaml --budget 800",
     "check": "nascloud check examples/digits-aws-t4-spot.yaml --bucket s3://my-bucket/nascloud",
-    "launch": "nascloud launch examples/digits-aws-t4-spot.yaml --bucket s3://my-bucket/nascloud --budget 10",
+    "launch": "nascloud launch examples/digits-local.yaml --budget 2 --dry-run",
     "watch": "nascloud watch digits-1a2b3c",
     "status": "nascloud status            # every job launched here",
     "logs": "nascloud logs digits-1a2b3c --follow",
     "stop": "nascloud stop digits-1a2b3c",
-    "resume": "nascloud resume digits-1a2b3c --budget +5",
+    "resume": "nascloud resume digits-1a2b3c --budget +5 --detach",
     "results": "nascloud results digits-1a2b3c --download results/",
     "drill": "nascloud drill digits-1a2b3c",
     "ssh": "nascloud ssh digits-1a2b3c --command nvidia-smi",
-    "gc": "nascloud gc --cloud aws",
-    "rm": "nascloud rm digits-1a2b3c",
+    "gc": "nascloud gc --cloud local --yes",
+    "rm": "nascloud rm digits-1a2b3c --yes",
     "agent": "nascloud agent s3://my-bucket/nascloud/digits-1a2b3c --instance-id i-0abc",
     "calibrate": "nascloud calibrate examples/digits-local.yaml",
     "history": "nascloud history examples/digits-local.yaml",
+    "checkpoints": "nascloud checkpoints list digits-1a2b3c",
     "checkpoints list": "nascloud checkpoints list digits-1a2b3c",
     "checkpoints pull": "nascloud checkpoints pull digits-1a2b3c ./search-state",
 }
@@ -69,7 +73,14 @@ def complete_job(incomplete: str) -> list[str]:
 
 
 def _example(ctx) -> Optional[str]:
-    return EXAMPLES.get(ctx.command_path.split(" ", 1)[-1])
+    return EXAMPLES.get(ctx.command_path.partition(" ")[2])
+
+
+def _format_example(ctx, formatter) -> None:
+    example = _example(ctx)
+    if example:
+        with formatter.section("Example"):
+            formatter.write(f"{'':>{formatter.current_indent}}{example}\n")  # as typed: never wrapped
 
 
 class Command(TyperCommand):
@@ -96,10 +107,7 @@ class Command(TyperCommand):
 
     def format_epilog(self, ctx, formatter) -> None:
         super().format_epilog(ctx, formatter)
-        example = _example(ctx)
-        if example:
-            with formatter.section("Example"):
-                formatter.write(f"{'':>{formatter.current_indent}}{example}\n")  # as typed: never wrapped
+        _format_example(ctx, formatter)
 
 
 def argument_name(param) -> str:
@@ -107,7 +115,8 @@ def argument_name(param) -> str:
 
 
 class Group(TyperGroup):
-    """The command list shows each command's whole first sentence (wrapped), not one cut at 45 columns."""
+    """The command list shows each command's whole first sentence (wrapped), not one cut at 45 columns, and
+    the help ends with the group's example, as a command's does."""
 
     def format_commands(self, ctx, formatter) -> None:
         rows = [(name, command.get_short_help_str(limit=10_000)) for name in self.list_commands(ctx)
@@ -115,6 +124,10 @@ class Group(TyperGroup):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+    def format_epilog(self, ctx, formatter) -> None:
+        super().format_epilog(ctx, formatter)
+        _format_example(ctx, formatter)
 
 
 class Typer(typer.Typer):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +10,7 @@ import typer
 
 from nascloud.cli.app import Typer, app, ask_first, complete_job
 from nascloud.errors import NascloudError, UsageError
-from nascloud.formats import data_size
+from nascloud.formats import data_size, moment
 
 checkpoints_app = Typer(help="A job's search-state snapshots in its bucket: list them, pull one.",
                         no_args_is_help=True)
@@ -45,8 +44,12 @@ def list_snapshots(
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of snapshots, oldest first."),
 ) -> None:
     """List a job's kept snapshots, oldest first: id, time, files, size, and whether HEAD's chain holds it."""
+    from nascloud.jobbucket import JobBucket
+
     store = _open(job_or_url)
     snapshots = store.list()
+    if not snapshots:  # and no bundle either: a folder that is no job's, refused as `status` refuses it
+        JobBucket(store).bundle()
     if as_json:
         typer.echo(json.dumps([{"snapshot_id": s.snapshot_id, "created_at": s.created_at, "files": s.files,
                                 "bytes": s.bytes, "committed": s.committed, "status": s.status}
@@ -55,11 +58,12 @@ def list_snapshots(
     if not snapshots:
         typer.echo(f"no snapshots yet in {store.url}")
         return
-    typer.echo(f"{'SNAPSHOT':<10} {'CREATED (UTC)':<20} {'FILES':>6} {'SIZE':>10}  COMMITTED")
-    for s in snapshots:
-        created = "-" if s.created_at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s.created_at))
+    created = [moment(s.created_at) for s in snapshots]
+    width = max(len("CREATED"), *map(len, created))
+    typer.echo(f"{'SNAPSHOT':<10} {'CREATED':<{width}} {'FILES':>6} {'SIZE':>10}  COMMITTED")
+    for s, when in zip(snapshots, created):
         files, size = ("-", "-") if s.files is None else (s.files, data_size(s.bytes))
-        typer.echo(f"{s.snapshot_id:<10} {created:<20} {files:>6} {size:>10}  {_STATUS[s.status]}")
+        typer.echo(f"{s.snapshot_id:<10} {when:<{width}} {files:>6} {size:>10}  {_STATUS[s.status]}")
 
 
 @checkpoints_app.command("pull")

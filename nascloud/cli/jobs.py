@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from nascloud.cli.app import SETTINGS, app, ask_first, complete_job
+from nascloud.hints import command
 
 JOB_HELP = "Job id or name launched here, or the job's bucket URL (file://.../JOB-ID, s3://..., gs://...)."
 
@@ -32,8 +33,8 @@ def _follow(bucket) -> int:
     try:
         return EXIT_CODES.get(follow(bucket), 0)
     except KeyboardInterrupt:
-        typer.echo(f"\nstopped watching; the job goes on by itself (`nascloud watch {job_id}` shows it again, "
-                   f"`nascloud stop {job_id}` stops it)")
+        typer.echo(f"\nstopped watching; the job goes on by itself ({command('watch', job_id)} shows it again, "
+                   f"{command('stop', job_id)} stops it)")
         return 130
 
 
@@ -72,7 +73,7 @@ def launch(
     if not another and (running := launching.running_namesakes(spec)):
         ask_first([f"job {', '.join(running)} of this job file ({spec.name}) is still running; a launch starts a "
                    "second search beside it, billed apart"], "Start a second job?",
-                  f"job {running[-1]} of this job file is still running (`nascloud status {running[-1]}`)",
+                  f"job {running[-1]} of this job file is still running ({command('status', running[-1])})",
                   flag="--another")
     prepared = launching.prepare(spec, price_per_hour, force)
     for warning in prepared.warnings:  # before the question: they may change the user's mind
@@ -84,7 +85,7 @@ def launch(
     job_id = prepared.bundle.job_id
     typer.echo(f"job {job_id}: {'; '.join(_spending(prepared.quote)[:2])}; state in {job.url}")
     if detach:
-        typer.echo(f"the job runs by itself; `nascloud watch {job_id}` follows it, `nascloud stop {job_id}` stops it")
+        typer.echo(f"the job runs by itself; {command('watch', job_id)} follows it, {command('stop', job_id)} stops it")
         return 0
     return _follow(job)
 
@@ -92,7 +93,7 @@ def launch(
 def _spending(quote) -> list[str]:
     """What a launch will spend, one line each: offer and price, estimate, budget, bucket."""
     from nascloud.formats import dollars, duration, per_hour
-    from nascloud.launching import PLACEHOLDER_BUCKET
+    from nascloud.launching import is_placeholder
 
     offer, estimate, spec = quote.offer, quote.estimate, quote.spec
     market = "spot" if offer.get("spot") else "on-demand"
@@ -103,12 +104,14 @@ def _spending(quote) -> list[str]:
     bucket = spec.checkpoint.bucket
     return [
         f"{where} at {per_hour(offer['price_per_hour'])}",
-        f"estimate {dollars(estimate['cost_usd']['p50'])} (P90 {dollars(estimate['cost_usd']['p90'])}) in "
+        # The compute as `estimate`'s cost columns give it, then its "expected in all" (disk, IPv4, storage too).
+        f"estimate {dollars(estimate['cost_usd']['p50'])} for compute (P90 {dollars(estimate['cost_usd']['p90'])}), "
+        f"{dollars(estimate['total_usd']['mean'])} expected in all with extras, in "
         f"{duration(estimate['wall_hours']['p50'])}"
         + (" (over the budget: launch refuses it without --force)" if quote.over_budget else ""),
         f"budget {dollars(spec.budget.usd) if spec.budget.usd else 'none'}{deadline}",
         f"bucket {bucket}" + (" (the example's placeholder: set your own)"
-                              if PLACEHOLDER_BUCKET.lower() in bucket.lower() else ""),
+                              if is_placeholder(bucket) else ""),
     ]
 
 
@@ -141,6 +144,7 @@ def logs(
     agent: int = typer.Option(0, help="Also print the last N lines of the agent's log (from the bucket)."),
 ) -> None:
     """The job's events (launches, preemptions, alerts, stops), and with --agent N the agent's log."""
+    from nascloud.formats import moment
     from nascloud.observer import SHOWN_FINAL, groups, job_status
 
     bucket = _open(job)
@@ -149,8 +153,7 @@ def logs(
     seen = ""
     while True:
         for event in bucket.events(after=seen):
-            typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(event.time))} {event.kind:<14} "
-                       f"{event.message}")
+            typer.echo(f"{moment(event.time)} {event.kind:<14} {event.message}")
             seen = event.name
         if not follow_ or job_status(bucket, groups(bucket))[0] in SHOWN_FINAL:
             return
@@ -169,7 +172,10 @@ def stop(job: str = typer.Argument(..., help=JOB_HELP, autocompletion=complete_j
     if job_status(bucket, groups(bucket))[0] in ("finished", "failed"):
         raise UsageError(f"job {job_id} has already ended; nothing to stop")
     final = launching.stop(bucket, float(os.environ.get("NASCLOUD_STOP_TIMEOUT", "300")))
-    typer.echo(f"job {job_id} {final}; its search state stays in {bucket.url}; `nascloud resume {job_id}`")
+    from nascloud.dashboard import ENDINGS
+
+    # A job that ended by itself meanwhile goes on as its ending says (a finished one is not resumed).
+    typer.echo(f"job {job_id} {final}; its search state stays in {bucket.url}; {ENDINGS[final][1].format(job=job_id)}")
 
 
 @app.command()
@@ -192,7 +198,7 @@ def resume(
         check_field("budget.max_hours", max_hours, "--max-hours")
     launching.resume(bucket, usd, max_hours)
     if detach:
-        typer.echo(f"job {bucket.bundle().job_id} resumed; `nascloud watch {bucket.bundle().job_id}` follows it")
+        typer.echo(f"job {bucket.bundle().job_id} resumed; {command('watch', bucket.bundle().job_id)} follows it")
         return 0
     return _follow(bucket)
 
@@ -215,7 +221,7 @@ def results(
     folder = download or nascloud_home() / "results" / job_id
     board = launching.results(bucket, folder)
     if board is None:
-        raise UsageError(f"job {job_id} has no results yet; see `nascloud status {job_id}`")
+        raise UsageError(f"job {job_id} has no results yet; see {command('status', job_id)}")
     if as_json:
         typer.echo(json.dumps(board, indent=2))
     else:
@@ -228,11 +234,19 @@ def rm(
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking."),
 ) -> None:
     """Delete an ended job: its data in the bucket (snapshots, results, ledger, logs) and this machine's record
-    of it, after saying how much it holds. A running job must be stopped first."""
+    of it, after saying how much it holds. A running job must be stopped first; one whose bucket no longer
+    holds it (removed from another machine) is only forgotten here."""
     from nascloud import launching
+    from nascloud.errors import JobGone
     from nascloud.formats import data_size
+    from nascloud.state import JobCache
 
-    bucket = _open(job)
+    try:
+        bucket = _open(job)
+    except JobGone as gone:  # removed from another machine: only this machine's record of it is left
+        JobCache().forget(gone.job_id)
+        typer.echo(f"forgot job {gone.job_id} here: its bucket no longer holds it")
+        return
     job_id = bucket.bundle().job_id
     status, count, size = launching.holdings(bucket)
     if not yes:
@@ -274,7 +288,7 @@ def ssh(
 
 @app.command()
 def gc(
-    yes: bool = typer.Option(False, "--yes", help="Remove without asking."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Remove without asking."),
     cloud: str = typer.Option("local", help="local | aws | gcp."),
 ) -> None:
     """Find groups nascloud created whose job is over, halted or silent for an hour, and remove them."""

@@ -14,10 +14,12 @@ import typer
 
 from nascloud.cli.app import SETTINGS, app
 from nascloud.errors import UsageError
-from nascloud.formats import dollars, per_hour, significant
+from nascloud.formats import dollars, duration, per_hour, significant
+from nascloud.hints import command
 
 # Options the three commands share, declared once (the flags are the job file's fields).
-GPU = typer.Option(None, help="Only this GPU (T4, V100, A10G, L4, A100...); with --hours, the hours are on it.")
+GPU_HELP = "Only this GPU (T4, V100, A10G, L4, A100...)."
+GPU = typer.Option(None, help=GPU_HELP)
 CLOUD = typer.Option(None, help="aws, gcp, lambda, paperspace or any.")
 REGION = typer.Option(None, help="Only this region.")
 SPOT = typer.Option(None, "--spot/--on-demand", help="Only spot, or only on-demand (default: both).",
@@ -42,10 +44,6 @@ def _console():
     # never markup: a note's "[min, max]" or a setting's "=[vanilla]" prints as written (and no emoji table
     # is loaded: ~4 ms of every estimate).
     return Console(highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200)
-
-
-def _hours(value: float) -> str:
-    return f"{value:,.1f} h" if value >= 1 else f"{value * 60:.0f} min"
 
 
 @app.command()
@@ -156,7 +154,7 @@ JOB_ARG = typer.Argument(None, metavar="JOB.yaml", show_default=False,
 def estimate(
     job: Optional[Path] = JOB_ARG,
     settings: Optional[list[str]] = SETTINGS,
-    gpu: Optional[str] = GPU,
+    gpu: Optional[str] = typer.Option(None, help=f"{GPU_HELP} With --hours, the hours are on it."),
     cloud: Optional[str] = CLOUD,
     region: Optional[str] = REGION,
     spot: Optional[bool] = SPOT,
@@ -218,6 +216,14 @@ SPEED_MARKS = {"reference": " ref", "seed": " seed", "estimated": " est.", "meas
                "this machine": " here"}
 
 
+def _speed(option, resolved) -> str:
+    # This machine's pace is what calibrate (or a job's history) measured; before that, a guess of seconds per
+    # epoch is all there is, and "1 here" would read as a measurement.
+    if option.speed_basis == "this machine" and resolved.seconds_per_epoch_basis == "guess":
+        return "not calibrated"
+    return f"{option.speed:g}{SPEED_MARKS.get(option.speed_basis, '')}"
+
+
 def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> None:
     from nascloud import estimating
 
@@ -234,8 +240,8 @@ def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> No
         o = e.option
         table.add_row(str(i), o.offer.cloud, o.offer.region, o.offer.instance_type,
                       f"{o.offer.gpu_count}×{o.offer.gpu}" if o.offer.gpu_count > 1 else o.offer.gpu,
-                      f"{o.speed:g}{SPEED_MARKS.get(o.speed_basis, '')}", o.kind,
-                      significant(o.price_per_hour), _hours(e.wall_hours.p50), _hours(e.wall_hours.p90),
+                      _speed(o, resolved), o.kind,
+                      significant(o.price_per_hour), duration(e.wall_hours.p50), duration(e.wall_hours.p90),
                       dollars(e.cost_usd.p50), dollars(e.cost_usd.p90), dollars(e.extras_usd.mean),
                       f"{e.expected_preemptions:.2f}", *([f"{e.p_over_budget:.0%}"] if budget else []),
                       o.note or "")
@@ -243,7 +249,7 @@ def _render_estimates(question, ranking, top, plot, chosen_interval: bool) -> No
     console.print(table)
     best = ranking.estimates[0]
     basis = "as asked" if chosen_interval else "Young/Daly"
-    interval = (f"checkpoint every {best.interval_hours * 60:.0f} min ({basis})"
+    interval = (f"checkpoint every {duration(best.interval_hours)} ({basis})"
                 if math.isfinite(best.interval_hours) else "no periodic checkpoints needed")
     console.print("speed: × T4 and its basis (ref: the T4 itself, seed: the seed article, est.: estimated, here: "
                   "this machine as calibrated); --json gives each one's source")
@@ -404,7 +410,7 @@ def plan(
     for s in result.stages:
         overrides = "\n".join(" ".join(_setting(k, v) for k, v in run.items()) for run in s.runs)
         table.add_row(s.name, str(len(s.runs)), dollars(s.mean_usd), dollars(s.estimate.total_usd.p90 * len(s.runs)),
-                      _hours(s.estimate.wall_hours.p50), s.buys, overrides)
+                      duration(s.estimate.wall_hours.p50), s.buys, overrides)
     table.add_row("reserve", "", dollars(result.reserve_usd), "", "", "the P90 spread of the stages above: "
                   "preemptions and slow trials", "")
     console = _console()
@@ -470,17 +476,27 @@ def history(
         typer.echo(json.dumps({"jobs": rows}, indent=2))
         return
     if not rows:
-        typer.echo("no ended job in the history yet; `nascloud status JOB` copies a finished job's history here")
+        typer.echo(f"no ended job in the history yet; {command('status', 'JOB')} copies a finished job's history here")
         return
     from rich.table import Table
 
-    table = Table("job", "trials", "preempt.", "spent", "by price history", "cost P50 / actual", "P90 covers", "took",
-                  "wall P50 / actual", "P90 covers", title="Launch estimates against the bill")
+    table = Table("job", "runs", "trials", "preempt.", "spent", "by price history", "cost P50 / actual", "P90 covers",
+                  "took", "wall P50 / actual", "P90 covers", "estimates use it",
+                  title="Launch estimates against the bill")
+
+    def ratio(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    def covers(value: Optional[bool]) -> str:
+        return "-" if value is None else "yes" if value else "no"
+
     for r in rows:
         checked = r["by_price_history_usd"]
-        table.add_row(r["job_id"], str(r["trials"]), str(r["preemptions"]), dollars(r["actual_usd"]),
-                      "-" if checked is None else dollars(checked),
-                      f"{r['cost_ratio']:.2f}", "yes" if r["cost_p90_covered"] else "no", _hours(r["actual_hours"]),
-                      f"{r['wall_ratio']:.2f}", "yes" if r["wall_p90_covered"] else "no")
+        used = "yes" if r["used_by_estimates"] else f"no ({r['status']}{', not complete' * (not r['complete'])})"
+        table.add_row(r["job_id"], str(r["runs"]), str(r["trials"]), str(r["preemptions"]), dollars(r["actual_usd"]),
+                      "-" if checked is None else dollars(checked), ratio(r["cost_ratio"]), covers(r["cost_p90_covered"]),
+                      duration(r["actual_hours"]), ratio(r["wall_ratio"]), covers(r["wall_p90_covered"]), used)
     console = _console()
     console.print(table)
+    console.print(f"An estimate of a job like these rests on the {sum(r['used_by_estimates'] for r in rows)} marked "
+                  "yes: complete (ended finished, or at its budget or deadline, with its ledger closed), with trials.")
