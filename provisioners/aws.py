@@ -635,13 +635,20 @@ class AwsProvisioner:
             if not self._call("describing the group", client.describe_auto_scaling_groups,
                               AutoScalingGroupNames=[name])["AutoScalingGroups"]:
                 continue  # a missing group is success
-            # The resize first: it is what stops the bill.
+            # The reason before the resize: the group may end the calling instance (and this call) at once. A
+            # refused note must not stop the resize, which is what stops the bill: its error comes after it.
+            noted = None
+            if reason:
+                try:
+                    self._call(f"noting why {name} was resized", client.create_or_update_tags, Tags=[{
+                        "ResourceId": name, "ResourceType": "auto-scaling-group", "Key": REASON_TAG,
+                        "Value": reason[:256], "PropagateAtLaunch": False}])
+                except NascloudError as error:
+                    noted = error
             self._call(f"resizing {name}", client.set_desired_capacity, AutoScalingGroupName=name,
                        DesiredCapacity=size, HonorCooldown=False)
-            if reason:
-                self._call(f"noting why {name} was resized", client.create_or_update_tags, Tags=[{
-                    "ResourceId": name, "ResourceType": "auto-scaling-group", "Key": REASON_TAG,
-                    "Value": reason[:256], "PropagateAtLaunch": False}])
+            if noted:
+                raise noted
 
     def use_on_demand(self, job_id: str, group: str) -> None:
         """The group's later instances on-demand: only the instances distribution changes (no launch template

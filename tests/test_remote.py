@@ -17,12 +17,18 @@ from nascloud.jobbucket import JobBucket
 from nascloud.provisioners.common import ensure_key, job_keys
 from nascloud.provisioners.local import INSTANCE_ENV, LocalProvisioner, kill_host
 from tests.fixtures.search import make_bundle
-from tests.fixtures.servers import free_port, requires_sshd
+from tests.fixtures.servers import free_port, requires_sshd, sshd_safe_tmp  # noqa: F401  (sshd_safe_tmp: fixture)
 from tests.test_e2e_local import wait_for
 from tests.test_provisioners_local import run_group
 
 JOB = "remote-test-a1b2c3"
 HOST = "local-remote01"
+
+
+@pytest.fixture
+def tmp_path(sshd_safe_tmp):
+    """Where the host's sshd (StrictModes yes) trusts the authorized_keys in it: not under /tmp."""
+    return sshd_safe_tmp
 
 
 @pytest.fixture

@@ -178,7 +178,7 @@ def test_estimate_warns_when_the_job_states_under_5000_samples(cli, tmp_path):  
         assert done.returncode == 0, done.stderr
         assert [line for line in done.stderr.splitlines() if line.startswith("Warning: ")] == [
             "Warning: the workload states 1,200 samples, under 5,000: the seed article found that searches on under "
-            "5,000 samples lost to a hand-made baseline; compare the search with the baseline `nascloud results` "
+            "5,000 samples lost to a hand-made baseline; compare the search with the baseline `nascloud results JOB` "
             "reports"]
     json.loads(done.stdout)  # --json: stdout stays the estimate
     assert "Warning" not in cli.run("estimate", str(job), "--samples", "6000", timeout=60).stderr
