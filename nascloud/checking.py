@@ -51,7 +51,8 @@ class Answer:
 
 def check(spec: JobSpec) -> list[Answer]:
     """Every check, even after one fails, so that one run says all that needs fixing."""
-    from nascloud.launching import is_placeholder, new_bundle, parseable, placeholder_problem, quote
+    from nascloud.job import is_placeholder, parseable, placeholder_problem
+    from nascloud.launching import new_bundle, quote
 
     found = quote(spec)  # a bucket of the wrong kind or an unknown offer is a usage error, before the cloud
     bucket = spec.checkpoint.bucket

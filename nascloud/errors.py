@@ -1,5 +1,7 @@
 """One error family. The library raises these; only the CLI turns them into `Error: ...` and an exit code."""
 
+from nascloud.hints import command
+
 
 class NascloudError(Exception):
     """A failure with a message a user can act on. Exit code 1: something at run time went wrong."""
@@ -18,8 +20,6 @@ class JobGone(UsageError):
 
     def __init__(self, job_id: str):
         self.job_id = job_id
-        from nascloud.hints import command
-
         self.why = f"its bucket no longer holds it; {command('rm', job_id)} forgets it here"
         super().__init__(f"job {job_id} is gone: {self.why}")
 

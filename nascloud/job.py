@@ -319,6 +319,24 @@ def load_job(path: str | Path, settings: Sequence[str] = ()) -> JobSpec:
     return with_settings(spec, settings) if settings else spec
 
 
+PLACEHOLDER_BUCKET = "YOUR-BUCKET"  # what the examples' job files say until the user sets theirs
+
+
+def is_placeholder(bucket: str) -> bool:
+    return PLACEHOLDER_BUCKET.lower() in bucket.lower()
+
+
+def parseable(bucket: str) -> str:
+    """The bucket URL with the placeholder (upper case: no bucket's name) in lower case, so that it parses."""
+    return bucket.replace(PLACEHOLDER_BUCKET, PLACEHOLDER_BUCKET.lower())
+
+
+def placeholder_problem(bucket: str) -> str:
+    """What launch refuses and check fails on for the examples' placeholder bucket."""
+    return (f"checkpoint.bucket {bucket} is the example's placeholder; set your own bucket in the job file or with "
+            "--bucket (e.g. --bucket s3://my-bucket/nascloud)")
+
+
 def with_settings(spec: JobSpec, settings: Sequence[str]) -> JobSpec:
     """`--set search.max_trials=40`: a dotted path into the job file and a value as YAML reads it. A bad path
     or value is a usage error naming the setting."""

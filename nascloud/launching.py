@@ -26,7 +26,7 @@ from typing import Optional
 from nascloud.errors import CloudError, NascloudError, UsageError
 from nascloud.formats import per_hour
 from nascloud.hints import command
-from nascloud.job import JobSpec
+from nascloud.job import JobSpec, is_placeholder, parseable, placeholder_problem
 
 BUCKET_SCHEMES = {"local": ("file://", "s3://", "gs://"), "aws": ("s3://",), "gcp": ("gs://",)}
 
@@ -184,24 +184,6 @@ def dry_run(spec: JobSpec, price_per_hour: Optional[float]) -> tuple[Quote, dict
 
     found = quote(spec, price_per_hour)
     return found, launch_request(spec, found.offer)
-
-
-PLACEHOLDER_BUCKET = "YOUR-BUCKET"  # what the examples' job files say until the user sets theirs
-
-
-def is_placeholder(bucket: str) -> bool:
-    return PLACEHOLDER_BUCKET.lower() in bucket.lower()
-
-
-def parseable(bucket: str) -> str:
-    """The bucket URL with the placeholder (upper case: no bucket's name) in lower case, so that it parses."""
-    return bucket.replace(PLACEHOLDER_BUCKET, PLACEHOLDER_BUCKET.lower())
-
-
-def placeholder_problem(bucket: str) -> str:
-    """What launch refuses and check fails on for the examples' placeholder bucket."""
-    return (f"checkpoint.bucket {bucket} is the example's placeholder; set your own bucket in the job file or with "
-            "--bucket (e.g. --bucket s3://my-bucket/nascloud)")
 
 
 @dataclass

@@ -394,7 +394,7 @@ class AwsProvisioner:
             return []
 
     def preflight(self, groups: list[GroupSpec]) -> None:
-        from nascloud.launching import is_placeholder
+        from nascloud.job import is_placeholder
 
         for group in groups:
             offer, spec = group.offer, group.spec

@@ -93,7 +93,7 @@ def launch(
 def _spending(quote) -> list[str]:
     """What a launch will spend, one line each: offer and price, estimate, budget, bucket."""
     from nascloud.formats import dollars, duration, per_hour
-    from nascloud.launching import is_placeholder
+    from nascloud.job import is_placeholder
 
     offer, estimate, spec = quote.offer, quote.estimate, quote.spec
     market = "spot" if offer.get("spot") else "on-demand"

@@ -494,7 +494,8 @@ def history(
         checked = r["by_price_history_usd"]
         used = "yes" if r["used_by_estimates"] else f"no ({r['status']}{', not complete' * (not r['complete'])})"
         table.add_row(r["job_id"], str(r["runs"]), str(r["trials"]), str(r["preemptions"]), dollars(r["actual_usd"]),
-                      "-" if checked is None else dollars(checked), ratio(r["cost_ratio"]), covers(r["cost_p90_covered"]),
+                      "-" if checked is None else dollars(checked), ratio(r["cost_ratio"]),
+                      covers(r["cost_p90_covered"]),
                       duration(r["actual_hours"]), ratio(r["wall_ratio"]), covers(r["wall_p90_covered"]), used)
     console = _console()
     console.print(table)
