@@ -470,7 +470,7 @@ def drill(bucket, timeout_seconds: float = 1800) -> float:
 
     job_id, prov = bucket.bundle().job_id, provisioner(bucket)
     revive(bucket, prov)  # an engine that died would never replace the victim
-    live = [i for g in groups(bucket) or () for i in g.live]
+    live = [i for g in groups(bucket, prov) or () for i in g.live]
     beat = bucket.heartbeat()
     if not live or beat.get("phase") != "searching":
         raise UsageError(f"job {job_id} has no instance training now to preempt (see {command('status', job_id)})")

@@ -58,10 +58,10 @@ def provisioner(bucket: JobBucket):
     return provisioner_for(bucket.bundle())
 
 
-def groups(bucket: JobBucket) -> Optional[list]:
-    """The job's groups as the provider lists them; None when the provider cannot be asked now."""
+def groups(bucket: JobBucket, prov=None) -> Optional[list]:
+    """The job's groups as the provider (or `prov`, its provisioner) lists them; None when it cannot be asked."""
     try:
-        return provisioner(bucket).groups(bucket.bundle().job_id)
+        return (prov or provisioner(bucket)).groups(bucket.bundle().job_id)
     except NascloudError:
         return None
 
